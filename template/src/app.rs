@@ -1,0 +1,112 @@
+//! Assembles the service: shared state, the actix `App` (middleware, routes, docs) and the server loop.
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderName;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, HttpServer, web};
+
+use crate::auth::{Authenticator, middleware};
+use crate::config::Config;
+use crate::error::{ApiError, extractors};
+use crate::keys::{ApiKeyService, UsageTracker, handlers};
+use crate::store::{self, Backend};
+use crate::{openapi, routes};
+
+/// Everything the workers share, built once at start-up.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Backend>,
+    pub usage: Arc<UsageTracker>,
+    pub service: web::Data<ApiKeyService>,
+    pub authenticator: web::Data<Authenticator>,
+    pub openapi: utoipa::openapi::OpenApi,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn Backend>) -> Self {
+        let format = config.key_format();
+        let header = HeaderName::try_from(config.api_key_header.as_str()).expect("validated by Config");
+        let usage = Arc::new(UsageTracker::default());
+        Self {
+            service: web::Data::new(ApiKeyService::new(store.clone(), format.clone(), usage.clone())),
+            authenticator: web::Data::new(Authenticator::new(
+                format,
+                header,
+                config.api_keys_admin_scope.clone(),
+                store.clone(),
+                usage.clone(),
+            )),
+            openapi: openapi::document(&config),
+            store,
+            usage,
+            config,
+        }
+    }
+}
+
+/// The application, as each server worker (and each test) runs it.
+pub fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let key_routes = state
+        .config
+        .api_keys_routes
+        .then(|| web::scope(&state.config.api_keys_route_prefix).configure(handlers::routes));
+    App::new()
+        .app_data(state.authenticator)
+        .app_data(state.service)
+        .app_data(extractors::json_config())
+        .app_data(extractors::query_config())
+        .app_data(extractors::path_config())
+        .wrap(from_fn(middleware::authenticate))
+        .configure(routes::routes)
+        .configure(|cfg| {
+            if let Some(scope) = key_routes {
+                cfg.service(scope);
+            }
+        })
+        .configure(openapi::docs(&state.config, state.openapi))
+        .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::RouteNotFound) }))
+}
+
+/// Migrates, then serves until SIGINT/SIGTERM, then writes the usage counted so far.
+pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let applied = store::migrate(&config.database_url).await?;
+    if applied > 0 {
+        tracing::info!(applied, "database migrated");
+    }
+    let store = store::open(&config.database_url).await?;
+    let state = AppState::new(config, store);
+    let flusher = state
+        .usage
+        .clone()
+        .spawn_flusher(state.store.clone(), state.config.usage_flush_interval());
+
+    let address = (state.config.host.clone(), state.config.port);
+    let docs_path = state.config.docs_path.clone();
+    let server_state = state.clone();
+    let server = HttpServer::new(move || app(server_state.clone())).bind(address)?;
+    for addr in server.addrs() {
+        tracing::info!("listening on http://{addr}; Swagger UI at http://{addr}{docs_path}/");
+    }
+    server.run().await?;
+
+    flusher.abort();
+    match state.usage.flush(state.store.as_ref()).await {
+        Ok(keys) => tracing::info!(keys, "usage flushed at shutdown"),
+        Err(err) => tracing::error!(error = %err, "usage counted since the last flush was lost"),
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! The API key format: generating keys, parsing what clients send, and hashing for storage.
+//!
+//! A key reads `{prefix}{id}_{secret}{checksum}`, for example
+//! `sk_3hT9bK2mQx7L_Vb8…(43 chars)…0aZ9kP`:
+//!
+//! - `prefix` is the configured service prefix (`API_KEY_PREFIX`), so a leaked key says where it came from;
+//! - `id` is 12 base62 characters, public: it names the key in logs, the UI and the routes;
+//! - `secret` is 43 base62 characters from the OS CSPRNG (256 bits);
+//! - `checksum` is the CRC32 of everything before it, as 6 base62 characters, so a mistyped or
+//!   made-up key is rejected here, before any storage is touched.
+//!
+//! Only a digest of the whole key is stored: SHA-256, or HMAC-SHA256 when a server-side pepper is set.
+//! Nothing in this module does I/O.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+pub const ID_LEN: usize = 12;
+pub const SECRET_LEN: usize = 43;
+pub const CHECKSUM_LEN: usize = 6;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// How keys look and are hashed in this service.
+#[derive(Clone)]
+pub struct KeyFormat {
+    prefix: String,
+    pepper: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// A freshly minted key. `key` is the only copy of the secret: show it once, then drop it.
+pub struct MintedKey {
+    pub id: String,
+    pub key: Zeroizing<String>,
+    pub hash: String,
+}
+
+impl std::fmt::Debug for MintedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedKey")
+            .field("id", &self.id)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key that passed the format and checksum checks. It borrows the request header.
+#[derive(Clone, Copy)]
+pub struct ParsedKey<'a> {
+    id: &'a str,
+    whole: &'a str,
+}
+
+impl std::fmt::Debug for ParsedKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl<'a> ParsedKey<'a> {
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("the key does not start with this service's prefix")]
+    WrongPrefix,
+    #[error("the key has the wrong length or shape")]
+    WrongShape,
+    #[error("the key's checksum does not match")]
+    BadChecksum,
+}
+
+impl KeyFormat {
+    pub fn new(prefix: impl Into<String>, pepper: Option<&[u8]>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            pepper: pepper.map(|p| Zeroizing::new(p.to_vec())),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Total length of a key in this format.
+    pub fn key_len(&self) -> usize {
+        self.prefix.len() + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN
+    }
+
+    /// A regular expression that matches this service's keys, for secret scanners.
+    pub fn scanner_regex(&self) -> String {
+        format!(
+            "{}[0-9A-Za-z]{{{ID_LEN}}}_[0-9A-Za-z]{{{}}}",
+            self.prefix,
+            SECRET_LEN + CHECKSUM_LEN
+        )
+    }
+
+    /// Mints a new key from the operating system's CSPRNG.
+    pub fn generate(&self) -> MintedKey {
+        let random = random_base62(ID_LEN + SECRET_LEN);
+        let mut key = Zeroizing::new(String::with_capacity(self.key_len()));
+        key.push_str(&self.prefix);
+        key.push_str(&random[..ID_LEN]);
+        key.push('_');
+        key.push_str(&random[ID_LEN..]);
+        let checksum = checksum(key.as_bytes());
+        key.push_str(&checksum);
+        let parsed = self.parse(&key).expect("a generated key parses");
+        MintedKey {
+            id: parsed.id.to_owned(),
+            hash: self.hash(parsed),
+            key,
+        }
+    }
+
+    /// Checks prefix, shape and checksum without touching storage.
+    pub fn parse<'a>(&self, raw: &'a str) -> Result<ParsedKey<'a>, FormatError> {
+        let rest = raw
+            .strip_prefix(self.prefix.as_str())
+            .ok_or(FormatError::WrongPrefix)?;
+        let bytes = rest.as_bytes();
+        if bytes.len() != ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN || bytes[ID_LEN] != b'_' {
+            return Err(FormatError::WrongShape);
+        }
+        let is_base62 = |part: &[u8]| part.iter().all(u8::is_ascii_alphanumeric);
+        if !is_base62(&bytes[..ID_LEN]) || !is_base62(&bytes[ID_LEN + 1..]) {
+            return Err(FormatError::WrongShape);
+        }
+        let (body, sum) = raw.split_at(raw.len() - CHECKSUM_LEN);
+        if checksum(body.as_bytes()).as_bytes().ct_eq(sum.as_bytes()).into() {
+            Ok(ParsedKey {
+                id: &rest[..ID_LEN],
+                whole: raw,
+            })
+        } else {
+            Err(FormatError::BadChecksum)
+        }
+    }
+
+    /// The digest stored for a key: hex SHA-256, or hex HMAC-SHA256 under the pepper.
+    pub fn hash(&self, key: ParsedKey<'_>) -> String {
+        let digest: [u8; 32] = match &self.pepper {
+            Some(pepper) => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(pepper).expect("HMAC takes any key length");
+                mac.update(key.whole.as_bytes());
+                mac.finalize().into_bytes().into()
+            }
+            None => Sha256::digest(key.whole.as_bytes()).into(),
+        };
+        hex::encode(digest)
+    }
+
+    /// Compares a presented key with a stored digest in constant time.
+    pub fn verify(&self, key: ParsedKey<'_>, stored_hash: &str) -> bool {
+        self.hash(key).as_bytes().ct_eq(stored_hash.as_bytes()).into()
+    }
+}
+
+fn random_base62(len: usize) -> String {
+    let mut out = String::with_capacity(len);
+    let mut buf = Zeroizing::new([0u8; 64]);
+    while out.len() < len {
+        getrandom::fill(buf.as_mut()).expect("the OS random number generator is available");
+        // 248 = 4 × 62: dropping larger bytes keeps every character equally likely.
+        for &b in buf.iter().filter(|&&b| b < 248) {
+            if out.len() == len {
+                break;
+            }
+            out.push(BASE62[usize::from(b % 62)] as char);
+        }
+    }
+    out
+}
+
+fn checksum(body: &[u8]) -> String {
+    let mut n = crc32fast::hash(body);
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(out.to_vec()).expect("base62 is ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format() -> KeyFormat {
+        KeyFormat::new("sk_", None)
+    }
+
+    #[test]
+    fn generated_keys_parse_and_verify() {
+        let f = format();
+        let new = f.generate();
+        assert_eq!(new.key.len(), f.key_len());
+        let parsed = f.parse(&new.key).unwrap();
+        assert_eq!(parsed.id(), new.id);
+        assert!(f.verify(parsed, &new.hash));
+    }
+
+    #[test]
+    fn keys_are_unique() {
+        let f = format();
+        let a = f.generate();
+        let b = f.generate();
+        assert_ne!(a.id, b.id);
+        assert_ne!(*a.key, *b.key);
+    }
+
+    #[test]
+    fn junk_is_rejected_before_storage() {
+        let f = format();
+        let key = f.generate().key;
+        assert_eq!(f.parse("").unwrap_err(), FormatError::WrongPrefix);
+        assert_eq!(f.parse(&key.replacen("sk_", "pk_", 1)).unwrap_err(), FormatError::WrongPrefix);
+        assert_eq!(f.parse(&key[..key.len() - 1]).unwrap_err(), FormatError::WrongShape);
+        let last = if key.ends_with('0') { '1' } else { '0' };
+        assert_eq!(f.parse(&format!("{}{last}", &key[..key.len() - 1])).unwrap_err(), FormatError::BadChecksum);
+        assert_eq!(f.parse(&format!("{}!", &key[..key.len() - 1])).unwrap_err(), FormatError::WrongShape);
+        let mut typo = key.to_string();
+        let i = f.prefix().len() + ID_LEN + 5;
+        let swapped = if &typo[i..=i] == "a" { "b" } else { "a" };
+        typo.replace_range(i..=i, swapped);
+        assert_eq!(f.parse(&typo).unwrap_err(), FormatError::BadChecksum);
+        let non_ascii = format!("{}é{}", &key[..10], &key[12..]);
+        assert!(f.parse(&non_ascii).is_err());
+    }
+
+    #[test]
+    fn the_pepper_changes_the_digest() {
+        let plain = format();
+        let peppered = KeyFormat::new("sk_", Some(b"server secret"));
+        let new = plain.generate();
+        let parsed = plain.parse(&new.key).unwrap();
+        assert_ne!(plain.hash(parsed), peppered.hash(parsed));
+        assert!(!peppered.verify(parsed, &new.hash));
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let new = format().generate();
+        assert!(!format!("{new:?}").contains(new.key.as_str()));
+    }
+
+    #[test]
+    fn scanner_regex_names_the_shape() {
+        assert_eq!(format().scanner_regex(), "sk_[0-9A-Za-z]{12}_[0-9A-Za-z]{49}");
+    }
+}

@@ -1,0 +1,15 @@
+//! API-key authentication, in the order a request meets it:
+//! [`middleware`] authenticates the key once per request (with [`Authenticator`], which parses it with
+//! [`key`] and looks it up), then the guards in [`guard`] decide: the [`ApiKey`] extractor, and the
+//! `#[require_api_key]` / `#[require_scope(...)]` attributes that inject it.
+
+pub mod authenticator;
+pub mod guard;
+pub mod key;
+pub mod middleware;
+pub mod scope;
+
+pub use auth_macros::{require_api_key, require_scope};
+pub use authenticator::{AuthError, Authenticator};
+pub use guard::{AdminKey, ApiKey, GuardedRoute, RequireScopes, ScopeRequirement};
+pub use scope::Match;

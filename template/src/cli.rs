@@ -1,0 +1,133 @@
+//! The command line: `serve` (the default), `migrate`, and `keys create|list|revoke`.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::keys::{ApiKeyService, NewKey};
+use crate::store::ListQuery;
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate the database, then serve HTTP (the default)
+    Serve,
+    /// Apply pending database migrations and exit
+    Migrate,
+    /// Manage API keys directly in the database
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it, once
+    Create {
+        /// A name to recognise the key by
+        #[arg(long)]
+        name: String,
+        /// Scopes, comma-separated (e.g. invoices:read,invoices:write)
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Owner of the key
+        #[arg(long)]
+        owner: Option<String>,
+        /// Lifetime, e.g. 30d, 12h, 90min
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+        /// Also grant the key-management (admin) scope
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List keys, newest first
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// Revoke a key by its id
+    Revoke { id: String },
+}
+
+impl KeysCommand {
+    pub async fn run(self, service: &ApiKeyService, admin_scope: &str) -> Result<(), Box<dyn std::error::Error>> {
+        match self {
+            Self::Create {
+                name,
+                mut scopes,
+                owner,
+                expires_in,
+                admin,
+            } => {
+                if admin {
+                    scopes.push(admin_scope.to_owned());
+                }
+                let expires_at = expires_in
+                    .map(|d| chrono::Duration::from_std(d).map(|d| crate::keys::service::now() + d))
+                    .transpose()
+                    .map_err(|_| "--expires-in is too long")?;
+                let created = service
+                    .create_key(NewKey {
+                        name,
+                        scopes,
+                        owner_id: owner,
+                        expires_at,
+                        ..NewKey::default()
+                    })
+                    .await?;
+                let record = &created.record;
+                eprintln!(
+                    "Created key {} ({}) with scopes [{}]{}.",
+                    record.id,
+                    record.name,
+                    record.scopes.join(", "),
+                    record.expires_at.map(|at| format!(", expiring {at}")).unwrap_or_default()
+                );
+                eprintln!("Store it now; it is not shown again:");
+                println!("{}", created.key.as_str());
+            }
+            Self::List { owner, limit, offset } => {
+                let page = service
+                    .list_keys(&ListQuery {
+                        owner_id: owner,
+                        limit,
+                        offset,
+                    })
+                    .await?;
+                println!("{:<12}  {:<8}  {:<24}  {:>8}  SCOPES", "ID", "STATUS", "NAME", "REQUESTS");
+                for key in &page.items {
+                    let status = if key.revoked_at.is_some() {
+                        "revoked"
+                    } else if key.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<12}  {:<8}  {:<24}  {:>8}  {}",
+                        key.id,
+                        status,
+                        key.name,
+                        key.request_count,
+                        key.scopes.join(",")
+                    );
+                }
+                eprintln!("{} of {} keys", page.items.len(), page.total);
+            }
+            Self::Revoke { id } => {
+                service.revoke_key(&id).await?;
+                eprintln!("Revoked key {id}.");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! Typed configuration, read once at start-up from the environment and an optional `.env` file.
+//!
+//! Every setting has a default, so `cargo run` needs none. A bad value stops start-up with one line
+//! naming the variable.
+
+mod defaults;
+
+use std::time::Duration;
+
+use actix_web::http::header::HeaderName;
+use serde::Deserialize;
+
+use crate::auth::key::KeyFormat;
+use crate::auth::scope;
+
+/// Settings of the service. Field `foo_bar` is read from the variable `FOO_BAR`.
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub database_url: String,
+    pub host: String,
+    pub port: u16,
+    /// Prefix of every issued key, e.g. `acme_`.
+    pub api_key_prefix: String,
+    /// Header that carries the key; `Authorization: Bearer <key>` is accepted too.
+    pub api_key_header: String,
+    /// Optional server-side secret: keys are then stored as HMAC-SHA256 digests under it.
+    pub api_key_pepper: Option<Secret>,
+    pub api_keys_route_prefix: String,
+    /// Scope that grants the key-management routes.
+    pub api_keys_admin_scope: String,
+    /// Whether the key-management routes are mounted at all.
+    pub api_keys_routes: bool,
+    pub docs_path: String,
+    /// How often counted key usage is written to the database, in seconds.
+    pub usage_flush_seconds: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: defaults::DATABASE_URL.into(),
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key_prefix: defaults::API_KEY_PREFIX.into(),
+            api_key_header: "X-API-Key".into(),
+            api_key_pepper: None,
+            api_keys_route_prefix: defaults::API_KEYS_ROUTE_PREFIX.into(),
+            api_keys_admin_scope: "api_keys:admin".into(),
+            api_keys_routes: true,
+            docs_path: defaults::DOCS_PATH.into(),
+            usage_flush_seconds: 5,
+        }
+    }
+}
+
+/// A configuration value that must never be printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A setting that could not be used; its `Display` is the one line printed at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(variable: &str, problem: impl Into<String>) -> Self {
+        Self {
+            variable: variable.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `.env` (if present) and the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        if let Err(err) = dotenvy::dotenv()
+            && !err.not_found()
+        {
+            return Err(ConfigError::new(".env", err.to_string()));
+        }
+        Self::from_source(config::Environment::default())
+    }
+
+    /// Reads settings from the given variables only (for tests and tools).
+    pub fn from_vars<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ConfigError> {
+        let map = vars
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self::from_source(config::Environment::default().source(Some(map)))
+    }
+
+    fn from_source(env: config::Environment) -> Result<Self, ConfigError> {
+        let config: Self = config::Config::builder()
+            .add_source(env)
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database_url;
+        if !["sqlite:", "postgres://", "postgresql://", "memory:"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must start with sqlite://, postgres://, postgresql:// or memory://",
+            ));
+        }
+        if self.host.is_empty() {
+            return Err(ConfigError::new("HOST", "must not be empty"));
+        }
+        let prefix = &self.api_key_prefix;
+        let body = prefix.strip_suffix('_').unwrap_or_default();
+        if !(1..=15).contains(&body.len()) || !body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return Err(ConfigError::new(
+                "API_KEY_PREFIX",
+                format!("must be 2-16 lowercase letters or digits ending in '_', got {prefix:?}"),
+            ));
+        }
+        if HeaderName::try_from(self.api_key_header.as_str()).is_err() {
+            return Err(ConfigError::new(
+                "API_KEY_HEADER",
+                format!("{:?} is not a valid HTTP header name", self.api_key_header),
+            ));
+        }
+        if self.api_key_pepper.as_ref().is_some_and(|p| p.0.len() < 32) {
+            return Err(ConfigError::new("API_KEY_PEPPER", "must be at least 32 characters long"));
+        }
+        check_path("API_KEYS_ROUTE_PREFIX", &self.api_keys_route_prefix)?;
+        check_path("DOCS_PATH", &self.docs_path)?;
+        if !scope::is_valid(&self.api_keys_admin_scope) {
+            return Err(ConfigError::new(
+                "API_KEYS_ADMIN_SCOPE",
+                format!("{:?} is not a valid scope (segments of a-z, 0-9, _ and - joined by ':')", self.api_keys_admin_scope),
+            ));
+        }
+        if !(1..=3600).contains(&self.usage_flush_seconds) {
+            return Err(ConfigError::new("USAGE_FLUSH_SECONDS", "must be between 1 and 3600"));
+        }
+        Ok(())
+    }
+
+    /// The key format these settings describe.
+    pub fn key_format(&self) -> KeyFormat {
+        KeyFormat::new(self.api_key_prefix.clone(), self.api_key_pepper.as_ref().map(Secret::expose))
+    }
+
+    pub fn usage_flush_interval(&self) -> Duration {
+        Duration::from_secs(self.usage_flush_seconds)
+    }
+}
+
+fn check_path(variable: &str, path: &str) -> Result<(), ConfigError> {
+    let valid = path.starts_with('/')
+        && path[1..].split('/').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            variable,
+            format!("must be a path like /api/v1/keys (no trailing slash), got {path:?}"),
+        ))
+    }
+}
+
+fn describe(err: config::ConfigError) -> ConfigError {
+    match err {
+        config::ConfigError::Type {
+            key: Some(key),
+            unexpected,
+            expected,
+            ..
+        } => ConfigError::new(&key.to_uppercase(), format!("expected {expected}, got {unexpected}")),
+        other => ConfigError::new("environment", other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(vars: &[(&str, &str)]) -> String {
+        Config::from_vars(vars.iter().copied())
+            .err()
+            .expect("the value is rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_need_no_variables() {
+        let config = Config::from_vars([]).unwrap();
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.api_key_header, "X-API-Key");
+        assert_eq!(config.api_keys_admin_scope, "api_keys:admin");
+        assert!(config.api_keys_routes);
+    }
+
+    #[test]
+    fn variables_override_defaults() {
+        let config = Config::from_vars([("PORT", "9000"), ("API_KEY_PREFIX", "acme_"), ("API_KEYS_ROUTES", "false")]).unwrap();
+        assert_eq!(config.port, 9000);
+        assert_eq!(config.api_key_prefix, "acme_");
+        assert!(!config.api_keys_routes);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("PORT", "eighty"),
+            ("PORT", "70000"),
+            ("API_KEY_PREFIX", "Acme_"),
+            ("API_KEY_PREFIX", "acme"),
+            ("API_KEY_HEADER", "X API Key"),
+            ("API_KEY_PEPPER", "short"),
+            ("API_KEYS_ROUTE_PREFIX", "keys"),
+            ("API_KEYS_ROUTE_PREFIX", "/keys/"),
+            ("API_KEYS_ADMIN_SCOPE", "Admin"),
+            ("DOCS_PATH", "/docs?x"),
+            ("DATABASE_URL", "mysql://db"),
+            ("USAGE_FLUSH_SECONDS", "0"),
+            ("API_KEYS_ROUTES", "maybe"),
+        ] {
+            let message = error(&[(var, value)]);
+            assert!(message.starts_with(&format!("{var}: ")), "{var}={value} gave {message:?}");
+            assert!(!message.contains('\n'), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn the_pepper_is_never_printed() {
+        let pepper = "a-very-long-server-side-secret-value-123";
+        let config = Config::from_vars([("API_KEY_PEPPER", pepper)]).unwrap();
+        assert!(!format!("{:?}", config.api_key_pepper).contains(pepper));
+    }
+}

@@ -1,0 +1,193 @@
+//! The one place where failures become HTTP responses: `application/problem+json` bodies (RFC 9457)
+//! with a stable `code` that clients can match on.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::AuthError;
+use crate::keys::ServiceError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("this API key lacks the required scope")]
+    InsufficientScope { required: Vec<String> },
+    #[error("no API key with this id")]
+    KeyNotFound,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("{message}")]
+    Validation { field: &'static str, message: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("storage is unavailable, try again later")]
+    StorageUnavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+/// An `application/problem+json` body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// The HTTP status phrase.
+    #[schema(example = "Forbidden")]
+    pub title: String,
+    #[schema(example = 403)]
+    pub status: u16,
+    /// What went wrong, for people.
+    #[schema(example = "this API key lacks the required scope")]
+    pub detail: String,
+    /// What went wrong, for programs; stable across versions.
+    #[schema(example = "insufficient_scope")]
+    pub code: &'static str,
+    /// With `insufficient_scope`: the scopes the route requires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_scopes: Option<Vec<String>>,
+    /// With `validation_failed`: the offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Auth(err) => err.code(),
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::KeyNotFound => "api_key_not_found",
+            Self::RouteNotFound => "not_found",
+            Self::Validation { .. } => "validation_failed",
+            Self::BadRequest(_) => "bad_request",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::StorageUnavailable => "storage_unavailable",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let status = self.status_code();
+        Problem {
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: self.code(),
+            required_scopes: match self {
+                Self::InsufficientScope { required } => Some(required.clone()),
+                _ => None,
+            },
+            field: match self {
+                Self::Validation { field, .. } => Some(field),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Auth(AuthError::NotInstalled) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Auth(_) => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response.content_type("application/problem+json");
+        if let Self::Auth(err) = self
+            && let Some(challenge) = err.challenge()
+        {
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
+        }
+        if matches!(self, Self::StorageUnavailable | Self::Auth(AuthError::Unavailable)) {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        response.json(self.problem())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Duplicate | StoreError::Corrupt(_) => {
+                tracing::error!(error = %err, "storage returned an unexpected result");
+                Self::Internal
+            }
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "storage is unavailable");
+                Self::StorageUnavailable
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::Invalid { field, message } => Self::Validation { field, message },
+            ServiceError::NotFound => Self::KeyNotFound,
+            ServiceError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// Turns actix's own extractor errors (bad JSON, bad query strings, oversize bodies) into problems.
+pub mod extractors {
+    use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+    use actix_web::{HttpRequest, web};
+
+    use super::ApiError;
+
+    /// Largest JSON body accepted, in bytes.
+    pub const JSON_LIMIT: usize = 16 * 1024;
+
+    pub fn json_config() -> web::JsonConfig {
+        web::JsonConfig::default()
+            .limit(JSON_LIMIT)
+            .error_handler(|err, _: &HttpRequest| {
+                match err {
+                    JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+                        ApiError::PayloadTooLarge { limit: JSON_LIMIT }
+                    }
+                    JsonPayloadError::ContentType => {
+                        ApiError::BadRequest("the body must be JSON (Content-Type: application/json)".into())
+                    }
+                    JsonPayloadError::Deserialize(err) => ApiError::BadRequest(format!("invalid JSON body: {err}")),
+                    other => ApiError::BadRequest(format!("invalid JSON body: {other}")),
+                }
+                .into()
+            })
+    }
+
+    pub fn query_config() -> web::QueryConfig {
+        web::QueryConfig::default().error_handler(|err, _: &HttpRequest| {
+            let QueryPayloadError::Deserialize(err) = err else {
+                return ApiError::BadRequest("invalid query string".into()).into();
+            };
+            ApiError::BadRequest(format!("invalid query string: {err}")).into()
+        })
+    }
+
+    pub fn path_config() -> web::PathConfig {
+        web::PathConfig::default().error_handler(|err, _: &HttpRequest| {
+            let PathError::Deserialize(err) = err else {
+                return ApiError::BadRequest("invalid path".into()).into();
+            };
+            ApiError::BadRequest(format!("invalid path: {err}")).into()
+        })
+    }
+}

@@ -1,0 +1,52 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use {{crate_name}}::app;
+use {{crate_name}}::cli::{Cli, Command};
+use {{crate_name}}::config::Config;
+use {{crate_name}}::keys::{ApiKeyService, UsageTracker};
+use {{crate_name}}::store;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+
+    match run(cli.command.unwrap_or(Command::Serve), config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        Command::Serve => app::serve(config).await,
+        Command::Migrate => {
+            let applied = store::migrate(&config.database_url).await?;
+            eprintln!("{applied} migration(s) applied.");
+            Ok(())
+        }
+        Command::Keys(command) => {
+            store::migrate(&config.database_url).await?;
+            let store = store::open(&config.database_url).await?;
+            let service = ApiKeyService::new(store, config.key_format(), Arc::new(UsageTracker::default()));
+            command.run(&service, &config.api_keys_admin_scope).await
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The OpenAPI document and the Swagger UI that serves it.
+//!
+//! Security requirements are not written by hand: every handler guarded by `#[require_api_key]` or
+//! `#[require_scope]` registers what it enforces, and [`document`] copies that onto its operation,
+//! together with the 401/403 answers. The key-management routes get the configured admin scope.
+
+use actix_web::{HttpResponse, web};
+use utoipa::OpenApi;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::guard::guarded_routes;
+use crate::auth::Match;
+use crate::config::Config;
+use crate::error::Problem;
+use crate::keys::handlers::KeysApi;
+use crate::routes::ExampleApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(description = "API-key authenticated service. Send your key in the `X-API-Key` header \
+                        (or the configured one), or as `Authorization: Bearer <key>`."),
+    components(schemas(Problem))
+)]
+struct ApiDoc;
+
+/// The complete document for this configuration.
+pub fn document(config: &Config) -> Document {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(ExampleApi::openapi());
+    if config.api_keys_routes {
+        let mut keys = KeysApi::openapi();
+        for operation in operations(&mut keys) {
+            protect(operation, &[config.api_keys_admin_scope.as_str()], Match::All);
+        }
+        doc = doc.nest(&config.api_keys_route_prefix, keys);
+    }
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "api_key",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(&config.api_key_header))),
+    );
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    for route in guarded_routes() {
+        for operation in operations(&mut doc) {
+            if operation.operation_id.as_deref() == Some(route.operation) {
+                protect(operation, route.scopes, route.mode);
+            }
+        }
+    }
+    doc
+}
+
+/// Swagger UI at `DOCS_PATH/`, the document at `DOCS_PATH/openapi.json`, and `DOCS_PATH` redirecting to the UI.
+pub fn docs(config: &Config, doc: Document) -> impl FnOnce(&mut web::ServiceConfig) {
+    let docs_path = config.docs_path.clone();
+    move |cfg| {
+        // Relative, so the redirect also works behind a proxy that mounts the service under a sub-path.
+        let location = format!("{}/", docs_path.rsplit('/').next().unwrap_or_default());
+        cfg.service(
+            SwaggerUi::new(format!("{docs_path}/{}", "{_:.*}")).url(format!("{docs_path}/openapi.json"), doc),
+        )
+        .service(web::resource(docs_path).to(move || {
+            let location = location.clone();
+            async move { HttpResponse::PermanentRedirect().insert_header(("Location", location)).finish() }
+        }));
+    }
+}
+
+fn operations(doc: &mut Document) -> impl Iterator<Item = &mut Operation> {
+    doc.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ]
+        .into_iter()
+        .filter_map(Option::as_mut)
+    })
+}
+
+fn protect(operation: &mut Operation, scopes: &[&str], mode: Match) {
+    let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+    operation.security = Some(vec![
+        SecurityRequirement::new("api_key", scopes.clone()),
+        SecurityRequirement::new("bearer", scopes.clone()),
+    ]);
+    let note = match (scopes.as_slice(), mode) {
+        ([], _) => "Requires a valid API key.".to_owned(),
+        ([one], _) => format!("Requires scope `{one}`."),
+        (many, Match::All) => format!("Requires all of the scopes `{}`.", many.join("`, `")),
+        (many, Match::Any) => format!("Requires any one of the scopes `{}`.", many.join("`, `")),
+    };
+    operation.description = Some(match operation.description.take() {
+        Some(text) if !text.is_empty() => format!("{text}\n\n{note}"),
+        _ => note,
+    });
+    let responses = &mut operation.responses.responses;
+    responses.insert("401".into(), problem("Missing, invalid, expired or revoked API key").into());
+    if !scopes.is_empty() {
+        responses.insert("403".into(), problem("The API key lacks a required scope").into());
+    }
+    responses.insert("503".into(), problem("The key store is unavailable").into());
+}
+
+fn problem(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+        )
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn security_of(doc: &mut Document, operation_id: &str) -> Option<Vec<String>> {
+        let operation = operations(doc).find(|op| op.operation_id.as_deref() == Some(operation_id))?;
+        let requirements = serde_json::to_value(operation.security.as_ref()?).unwrap();
+        let scopes = requirements[0]["api_key"].as_array().expect("an api_key requirement");
+        assert_eq!(requirements[0]["api_key"], requirements[1]["bearer"]);
+        Some(scopes.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+    }
+
+    #[test]
+    fn documented_scopes_are_the_enforced_ones() {
+        let config = Config::default();
+        let mut doc = document(&config);
+        let guarded: Vec<_> = guarded_routes().collect();
+        assert!(guarded.len() >= 3, "the example routes register their guards");
+
+        let mut seen = HashSet::new();
+        for route in &guarded {
+            assert!(seen.insert(route.operation), "two guarded handlers are named {}", route.operation);
+            let documented = security_of(&mut doc, route.operation)
+                .unwrap_or_else(|| panic!("guarded handler {} is missing from the OpenAPI document", route.operation));
+            assert_eq!(documented, route.scopes, "scopes of {}", route.operation);
+        }
+        for id in ["create_key", "list_keys", "get_key", "revoke_key"] {
+            assert_eq!(security_of(&mut doc, id), Some(vec![config.api_keys_admin_scope.clone()]), "{id}");
+        }
+        let unguarded: Vec<_> = operations(&mut doc)
+            .filter(|op| op.security.is_none())
+            .filter_map(|op| op.operation_id.clone())
+            .collect();
+        assert_eq!(unguarded, ["health"], "only the health check is open");
+    }
+
+    #[test]
+    fn key_routes_follow_the_configured_prefix() {
+        let config = Config::from_vars([("API_KEYS_ROUTE_PREFIX", "/admin/keys")]).unwrap();
+        let doc = document(&config);
+        assert!(doc.paths.paths.contains_key("/admin/keys"));
+        assert!(doc.paths.paths.contains_key("/admin/keys/{id}"));
+
+        let without = Config::from_vars([("API_KEYS_ROUTES", "false")]).unwrap();
+        let doc = document(&without);
+        assert!(!doc.paths.paths.keys().any(|p| p.starts_with(&without.api_keys_route_prefix)));
+    }
+}

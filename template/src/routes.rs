@@ -1,0 +1,68 @@
+//! Example routes, as litestar-api-auth documents them: an open health check, routes that need any
+//! valid key, and one that needs a scope. Replace them with your own; keep the attribute order.
+
+use actix_web::{HttpResponse, delete, get, web};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::auth::{ApiKey, require_api_key, require_scope};
+
+#[derive(OpenApi)]
+#[openapi(paths(health, protected, api_data, delete_user), components(schemas(Status)))]
+pub struct ExampleApi;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(health)
+        .service(protected)
+        .service(api_data)
+        .service(delete_user);
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Liveness check
+#[utoipa::path(tag = "examples", responses((status = 200, body = Status)))]
+#[get("/health")]
+pub async fn health() -> web::Json<Status> {
+    web::Json(Status { status: "ok" })
+}
+
+/// Any valid key
+#[utoipa::path(tag = "examples", responses((status = 200, body = Status)))]
+#[get("/protected")]
+#[require_api_key]
+pub async fn protected() -> web::Json<Status> {
+    web::Json(Status {
+        status: "authenticated",
+    })
+}
+
+/// Any valid key, and who it belongs to
+#[utoipa::path(tag = "examples", responses((status = 200, description = "Data for the calling key")))]
+#[get("/api/data")]
+#[require_api_key]
+pub async fn api_data(key: ApiKey) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "data": "sensitive",
+        "key_id": key.id,
+        "owner_id": key.owner_id,
+    }))
+}
+
+/// Needs the `admin:delete` scope
+#[utoipa::path(
+    tag = "examples",
+    params(("user_id" = String, Path, description = "The user to delete")),
+    responses((status = 204, description = "Deleted"))
+)]
+#[delete("/api/admin/users/{user_id}")]
+#[require_scope("admin:delete")]
+pub async fn delete_user(user_id: web::Path<String>) -> HttpResponse {
+    tracing::info!(user_id = %user_id, "user deleted");
+    HttpResponse::NoContent().finish()
+}

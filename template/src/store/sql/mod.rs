@@ -1,0 +1,286 @@
+//! The Diesel backend: SQLite or PostgreSQL through diesel-async and a deadpool pool.
+//!
+//! Both databases share one schema and one set of queries; which one is used follows the
+//! `DATABASE_URL` scheme, among those compiled in (the `sqlite` and `postgres` cargo features).
+
+pub mod models;
+pub mod schema;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diesel::dsl::case_when;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Nullable, Timestamp};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use self::models::ApiKeyRow;
+use self::schema::api_keys;
+use super::{ApiKeyRecord, Backend, ListQuery, Page, StoreError, Usage};
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!("enable the `sqlite` or the `postgres` feature (or both)");
+
+#[cfg(feature = "sqlite")]
+type SqliteConnection = diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>;
+#[cfg(feature = "postgres")]
+type PgConnection = diesel_async::AsyncPgConnection;
+
+#[cfg(feature = "sqlite")]
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+#[cfg(feature = "postgres")]
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// Per-connection SQLite settings: concurrent readers (WAL), waiting on locks instead of failing at once.
+#[cfg(feature = "sqlite")]
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                              PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
+const POOL_SIZE: usize = 8;
+
+/// A database named by a `DATABASE_URL`, among those compiled in.
+enum Database<'a> {
+    #[cfg(feature = "sqlite")]
+    Sqlite { path: &'a str },
+    #[cfg(feature = "postgres")]
+    Postgres { url: &'a str },
+}
+
+impl<'a> Database<'a> {
+    fn parse(url: &'a str) -> Result<Self, StoreError> {
+        let sqlite_path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+        let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        #[cfg(feature = "sqlite")]
+        if let Some(path) = sqlite_path {
+            return Ok(Self::Sqlite { path });
+        }
+        #[cfg(feature = "postgres")]
+        if is_postgres {
+            return Ok(Self::Postgres { url });
+        }
+        let missing = match (sqlite_path, is_postgres) {
+            (Some(_), _) => "sqlite",
+            (None, true) => "postgres",
+            (None, false) => {
+                return Err(StoreError::Unavailable(
+                    "DATABASE_URL must start with sqlite://, postgres:// or memory://".into(),
+                ));
+            }
+        };
+        Err(StoreError::Unavailable(format!(
+            "DATABASE_URL names {missing}, which this build does not include: rebuild with `--features {missing}`"
+        )))
+    }
+}
+
+enum Connections {
+    #[cfg(feature = "sqlite")]
+    Sqlite(Pool<SqliteConnection>),
+    #[cfg(feature = "postgres")]
+    Postgres(Pool<PgConnection>),
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection of whichever database is in use.
+macro_rules! with_conn {
+    ($self:ident, |$conn:ident| $body:expr) => {
+        match &$self.connections {
+            #[cfg(feature = "sqlite")]
+            Connections::Sqlite(pool) => {
+                let mut $conn = pool.get().await.map_err(unavailable)?;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            Connections::Postgres(pool) => {
+                let mut $conn = pool.get().await.map_err(unavailable)?;
+                $body
+            }
+        }
+    };
+}
+
+pub struct SqlBackend {
+    connections: Connections,
+}
+
+impl SqlBackend {
+    /// Opens a connection pool. It does not migrate: run [`migrate`] first.
+    pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
+        let connections = match Database::parse(database_url)? {
+            #[cfg(feature = "sqlite")]
+            Database::Sqlite { path } => {
+                let mut config = diesel_async::pooled_connection::ManagerConfig::default();
+                config.custom_setup = Box::new(|path| {
+                    let path = path.to_owned();
+                    Box::pin(async move {
+                        use diesel_async::SimpleAsyncConnection;
+                        let mut conn = SqliteConnection::establish(&path).await?;
+                        conn.batch_execute(SQLITE_PRAGMAS)
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    })
+                });
+                let manager = AsyncDieselConnectionManager::new_with_config(path, config);
+                Connections::Sqlite(build_pool(manager)?)
+            }
+            #[cfg(feature = "postgres")]
+            Database::Postgres { url } => Connections::Postgres(build_pool(AsyncDieselConnectionManager::new(url))?),
+        };
+        Ok(Self { connections })
+    }
+}
+
+/// Creates the database if needed and applies pending migrations. Returns how many ran.
+pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
+        // Diesel's migration harness is synchronous: run it on a blocking thread with a plain connection.
+        let (applied, _) = match Database::parse(&url)? {
+            #[cfg(feature = "sqlite")]
+            Database::Sqlite { path } => {
+                if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+                }
+                let mut conn = diesel::SqliteConnection::establish(path).map_err(unavailable)?;
+                let applied = conn.run_pending_migrations(SQLITE_MIGRATIONS).map_err(unavailable)?.len();
+                (applied, ())
+            }
+            #[cfg(feature = "postgres")]
+            Database::Postgres { url } => {
+                use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+                let mut conn = <AsyncConnectionWrapper<PgConnection> as diesel::Connection>::establish(url).map_err(unavailable)?;
+                let applied = conn.run_pending_migrations(POSTGRES_MIGRATIONS).map_err(unavailable)?.len();
+                (applied, ())
+            }
+        };
+        Ok(applied)
+    })
+    .await
+    .map_err(unavailable)?
+}
+
+fn build_pool<C>(manager: AsyncDieselConnectionManager<C>) -> Result<Pool<C>, StoreError>
+where
+    AsyncDieselConnectionManager<C>: deadpool::managed::Manager<Type = C>,
+{
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .wait_timeout(Some(std::time::Duration::from_secs(5)))
+        .create_timeout(Some(std::time::Duration::from_secs(5)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(unavailable)
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+fn query_failed(err: DieselError) -> StoreError {
+    match err {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => StoreError::Duplicate,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Backend for SqlBackend {
+    async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let row = ApiKeyRow::from(key);
+        with_conn!(self, |conn| {
+            diesel::insert_into(api_keys::table)
+                .values(&row)
+                .execute(&mut conn)
+                .await
+                .map_err(query_failed)?;
+        });
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row: Option<ApiKeyRow> = with_conn!(self, |conn| {
+            api_keys::table
+                .find(id)
+                .select(ApiKeyRow::as_select())
+                .first(&mut conn)
+                .await
+                .optional()
+                .map_err(query_failed)?
+        });
+        row.map(ApiKeyRecord::try_from).transpose()
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
+        let limit = i64::from(query.limit);
+        let offset = i64::try_from(query.offset).unwrap_or(i64::MAX);
+        let (rows, total): (Vec<ApiKeyRow>, i64) = with_conn!(self, |conn| {
+            let mut page = api_keys::table
+                .select(ApiKeyRow::as_select())
+                .order_by((api_keys::created_at.desc(), api_keys::id.desc()))
+                .limit(limit)
+                .offset(offset)
+                .into_boxed();
+            let mut count = api_keys::table.count().into_boxed();
+            if let Some(owner) = &query.owner_id {
+                page = page.filter(api_keys::owner_id.eq(owner));
+                count = count.filter(api_keys::owner_id.eq(owner));
+            }
+            let rows = page.load(&mut conn).await.map_err(query_failed)?;
+            let total = count.get_result(&mut conn).await.map_err(query_failed)?;
+            (rows, total)
+        });
+        Ok(Page {
+            items: rows.into_iter().map(ApiKeyRecord::try_from).collect::<Result<_, _>>()?,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let at = at.naive_utc();
+        with_conn!(self, |conn| {
+            let updated = diesel::update(api_keys::table.find(id).filter(api_keys::revoked_at.is_null()))
+                .set(api_keys::revoked_at.eq(at))
+                .execute(&mut conn)
+                .await
+                .map_err(query_failed)?;
+            if updated > 0 {
+                return Ok(true);
+            }
+            let existing: i64 = api_keys::table
+                .find(id)
+                .count()
+                .get_result(&mut conn)
+                .await
+                .map_err(query_failed)?;
+            Ok(existing > 0)
+        })
+    }
+
+    async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
+        // One transaction for the batch: a failed flush applies nothing, so re-queueing it counts nothing twice.
+        with_conn!(self, |conn| {
+            conn.transaction(async |conn| {
+                for usage in batch {
+                    let at = usage.last_used_at.naive_utc();
+                    let requests = i64::try_from(usage.requests).unwrap_or(i64::MAX);
+                    let newer = api_keys::last_used_at.is_null().or(api_keys::last_used_at.lt(at));
+                    diesel::update(api_keys::table.find(&usage.id))
+                        .set((
+                            api_keys::request_count.eq(api_keys::request_count + requests),
+                            api_keys::last_used_at.eq(case_when::<_, _, Nullable<Timestamp>>(newer, Some(at))
+                                .otherwise(api_keys::last_used_at)),
+                        ))
+                        .execute(conn)
+                        .await?;
+                }
+                Ok::<_, DieselError>(())
+            })
+            .await
+            .map_err(query_failed)
+        })
+    }
+}
