@@ -29,10 +29,15 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, store: Arc<dyn Backend>) -> Self {
         let format = config.key_format();
-        let header = HeaderName::try_from(config.api_key_header.as_str()).expect("validated by Config");
+        let header =
+            HeaderName::try_from(config.api_key_header.as_str()).expect("validated by Config");
         let usage = Arc::new(UsageTracker::default());
         Self {
-            service: web::Data::new(ApiKeyService::new(store.clone(), format.clone(), usage.clone())),
+            service: web::Data::new(ApiKeyService::new(
+                store.clone(),
+                format.clone(),
+                usage.clone(),
+            )),
             authenticator: web::Data::new(Authenticator::new(
                 format,
                 header,
@@ -78,7 +83,9 @@ pub fn app(
             }
         })
         .configure(openapi::docs(&state.config, state.openapi))
-        .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::RouteNotFound) }))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::RouteNotFound)
+        }))
 }
 
 /// Migrates, then serves until SIGINT/SIGTERM, then writes the usage counted so far.

@@ -59,7 +59,11 @@ pub enum KeysCommand {
 }
 
 impl KeysCommand {
-    pub async fn run(self, service: &ApiKeyService, admin_scope: &str) -> Result<(), Box<dyn std::error::Error>> {
+    pub async fn run(
+        self,
+        service: &ApiKeyService,
+        admin_scope: &str,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         match self {
             Self::Create {
                 name,
@@ -90,12 +94,19 @@ impl KeysCommand {
                     record.id,
                     record.name,
                     record.scopes.join(", "),
-                    record.expires_at.map(|at| format!(", expiring {at}")).unwrap_or_default()
+                    record
+                        .expires_at
+                        .map(|at| format!(", expiring {at}"))
+                        .unwrap_or_default()
                 );
                 eprintln!("Store it now; it is not shown again:");
                 println!("{}", created.key.as_str());
             }
-            Self::List { owner, limit, offset } => {
+            Self::List {
+                owner,
+                limit,
+                offset,
+            } => {
                 let page = service
                     .list_keys(&ListQuery {
                         owner_id: owner,
@@ -103,7 +114,10 @@ impl KeysCommand {
                         offset,
                     })
                     .await?;
-                println!("{:<12}  {:<8}  {:<24}  {:>8}  SCOPES", "ID", "STATUS", "NAME", "REQUESTS");
+                println!(
+                    "{:<12}  {:<8}  {:<24}  {:>8}  SCOPES",
+                    "ID", "STATUS", "NAME", "REQUESTS"
+                );
                 for key in &page.items {
                     let status = if key.revoked_at.is_some() {
                         "revoked"

@@ -22,7 +22,10 @@ pub enum ApiError {
     #[error("no such route")]
     RouteNotFound,
     #[error("{message}")]
-    Validation { field: &'static str, message: String },
+    Validation {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("the request body is larger than {limit} bytes")]
@@ -111,9 +114,15 @@ impl ResponseError for ApiError {
         if let Self::Auth(err) = self
             && let Some(challenge) = err.challenge()
         {
-            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            ));
         }
-        if matches!(self, Self::StorageUnavailable | Self::Auth(AuthError::Unavailable)) {
+        if matches!(
+            self,
+            Self::StorageUnavailable | Self::Auth(AuthError::Unavailable)
+        ) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
         response.json(self.problem())
@@ -160,13 +169,16 @@ pub mod extractors {
             .limit(JSON_LIMIT)
             .error_handler(|err, _: &HttpRequest| {
                 match err {
-                    JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+                    JsonPayloadError::OverflowKnownLength { .. }
+                    | JsonPayloadError::Overflow { .. } => {
                         ApiError::PayloadTooLarge { limit: JSON_LIMIT }
                     }
-                    JsonPayloadError::ContentType => {
-                        ApiError::BadRequest("the body must be JSON (Content-Type: application/json)".into())
+                    JsonPayloadError::ContentType => ApiError::BadRequest(
+                        "the body must be JSON (Content-Type: application/json)".into(),
+                    ),
+                    JsonPayloadError::Deserialize(err) => {
+                        ApiError::BadRequest(format!("invalid JSON body: {err}"))
                     }
-                    JsonPayloadError::Deserialize(err) => ApiError::BadRequest(format!("invalid JSON body: {err}")),
                     other => ApiError::BadRequest(format!("invalid JSON body: {other}")),
                 }
                 .into()

@@ -21,7 +21,9 @@ async fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
 
@@ -45,7 +47,11 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         Command::Keys(command) => {
             store::migrate(&config.database_url).await?;
             let store = store::open(&config.database_url).await?;
-            let service = ApiKeyService::new(store, config.key_format(), Arc::new(UsageTracker::default()));
+            let service = ApiKeyService::new(
+                store,
+                config.key_format(),
+                Arc::new(UsageTracker::default()),
+            );
             command.run(&service, &config.api_keys_admin_scope).await
         }
     }

@@ -7,12 +7,14 @@
 use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::guard::guarded_routes;
 use crate::auth::Match;
+use crate::auth::guard::guarded_routes;
 use crate::config::Config;
 use crate::error::Problem;
 use crate::keys::handlers::KeysApi;
@@ -20,8 +22,10 @@ use crate::routes::ExampleApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(description = "API-key authenticated service. Send your key in the `X-API-Key` header \
-                        (or the configured one), or as `Authorization: Bearer <key>`."),
+    info(
+        description = "API-key authenticated service. Send your key in the `X-API-Key` header \
+                        (or the configured one), or as `Authorization: Bearer <key>`."
+    ),
     components(schemas(Problem))
 )]
 struct ApiDoc;
@@ -29,11 +33,17 @@ struct ApiDoc;
 /// The complete document for this configuration.
 pub fn document(config: &Config) -> Document {
     let mut doc = ApiDoc::openapi();
+    // utoipa copies the license from Cargo.toml; this service has not chosen one.
+    doc.info.license = None;
     doc.merge(ExampleApi::openapi());
     if config.api_keys_routes {
         let mut keys = KeysApi::openapi();
         for operation in operations(&mut keys) {
-            protect(operation, &[config.api_keys_admin_scope.as_str()], Match::All);
+            protect(
+                operation,
+                &[config.api_keys_admin_scope.as_str()],
+                Match::All,
+            );
         }
         doc = doc.nest(&config.api_keys_route_prefix, keys);
     }
@@ -63,11 +73,16 @@ pub fn docs(config: &Config, doc: Document) -> impl FnOnce(&mut web::ServiceConf
         // Relative, so the redirect also works behind a proxy that mounts the service under a sub-path.
         let location = format!("{}/", docs_path.rsplit('/').next().unwrap_or_default());
         cfg.service(
-            SwaggerUi::new(format!("{docs_path}/{}", "{_:.*}")).url(format!("{docs_path}/openapi.json"), doc),
+            SwaggerUi::new(format!("{docs_path}/{}", "{_:.*}"))
+                .url(format!("{docs_path}/openapi.json"), doc),
         )
         .service(web::resource(docs_path).to(move || {
             let location = location.clone();
-            async move { HttpResponse::PermanentRedirect().insert_header(("Location", location)).finish() }
+            async move {
+                HttpResponse::PermanentRedirect()
+                    .insert_header(("Location", location))
+                    .finish()
+            }
         }));
     }
 }
@@ -106,9 +121,15 @@ fn protect(operation: &mut Operation, scopes: &[&str], mode: Match) {
         _ => note,
     });
     let responses = &mut operation.responses.responses;
-    responses.insert("401".into(), problem("Missing, invalid, expired or revoked API key").into());
+    responses.insert(
+        "401".into(),
+        problem("Missing, invalid, expired or revoked API key").into(),
+    );
     if !scopes.is_empty() {
-        responses.insert("403".into(), problem("The API key lacks a required scope").into());
+        responses.insert(
+            "403".into(),
+            problem("The API key lacks a required scope").into(),
+        );
     }
     responses.insert("503".into(), problem("The key store is unavailable").into());
 }
@@ -118,7 +139,9 @@ fn problem(description: &str) -> utoipa::openapi::Response {
         .description(description)
         .content(
             "application/problem+json",
-            ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
         )
         .build()
 }
@@ -130,11 +153,19 @@ mod tests {
     use super::*;
 
     fn security_of(doc: &mut Document, operation_id: &str) -> Option<Vec<String>> {
-        let operation = operations(doc).find(|op| op.operation_id.as_deref() == Some(operation_id))?;
+        let operation =
+            operations(doc).find(|op| op.operation_id.as_deref() == Some(operation_id))?;
         let requirements = serde_json::to_value(operation.security.as_ref()?).unwrap();
-        let scopes = requirements[0]["api_key"].as_array().expect("an api_key requirement");
+        let scopes = requirements[0]["api_key"]
+            .as_array()
+            .expect("an api_key requirement");
         assert_eq!(requirements[0]["api_key"], requirements[1]["bearer"]);
-        Some(scopes.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+        Some(
+            scopes
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect(),
+        )
     }
 
     #[test]
@@ -142,17 +173,32 @@ mod tests {
         let config = Config::default();
         let mut doc = document(&config);
         let guarded: Vec<_> = guarded_routes().collect();
-        assert!(guarded.len() >= 3, "the example routes register their guards");
+        assert!(
+            guarded.len() >= 3,
+            "the example routes register their guards"
+        );
 
         let mut seen = HashSet::new();
         for route in &guarded {
-            assert!(seen.insert(route.operation), "two guarded handlers are named {}", route.operation);
-            let documented = security_of(&mut doc, route.operation)
-                .unwrap_or_else(|| panic!("guarded handler {} is missing from the OpenAPI document", route.operation));
+            assert!(
+                seen.insert(route.operation),
+                "two guarded handlers are named {}",
+                route.operation
+            );
+            let documented = security_of(&mut doc, route.operation).unwrap_or_else(|| {
+                panic!(
+                    "guarded handler {} is missing from the OpenAPI document",
+                    route.operation
+                )
+            });
             assert_eq!(documented, route.scopes, "scopes of {}", route.operation);
         }
         for id in ["create_key", "list_keys", "get_key", "revoke_key"] {
-            assert_eq!(security_of(&mut doc, id), Some(vec![config.api_keys_admin_scope.clone()]), "{id}");
+            assert_eq!(
+                security_of(&mut doc, id),
+                Some(vec![config.api_keys_admin_scope.clone()]),
+                "{id}"
+            );
         }
         let unguarded: Vec<_> = operations(&mut doc)
             .filter(|op| op.security.is_none())
@@ -170,6 +216,11 @@ mod tests {
 
         let without = Config::from_vars([("API_KEYS_ROUTES", "false")]).unwrap();
         let doc = document(&without);
-        assert!(!doc.paths.paths.keys().any(|p| p.starts_with(&without.api_keys_route_prefix)));
+        assert!(
+            !doc.paths
+                .paths
+                .keys()
+                .any(|p| p.starts_with(&without.api_keys_route_prefix))
+        );
     }
 }

@@ -9,7 +9,10 @@ use utoipa::{OpenApi, ToSchema};
 use crate::auth::{ApiKey, require_api_key, require_scope};
 
 #[derive(OpenApi)]
-#[openapi(paths(health, protected, api_data, delete_user), components(schemas(Status)))]
+#[openapi(
+    paths(health, protected, api_data, delete_user),
+    components(schemas(Status))
+)]
 pub struct ExampleApi;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

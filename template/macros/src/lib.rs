@@ -77,10 +77,10 @@ pub fn require_scope(attr: TokenStream, item: TokenStream) -> TokenStream {
     let scopes: Vec<&LitStr> = requirement.scopes.iter().collect();
     let mode = &requirement.mode;
     let vis = &handler.vis;
-    handler
-        .sig
-        .inputs
-        .insert(0, parse_quote!(__scope: crate::auth::RequireScopes<#marker>));
+    handler.sig.inputs.insert(
+        0,
+        parse_quote!(__scope: crate::auth::RequireScopes<#marker>),
+    );
     let registration = register(name, &scopes, mode);
     quote! {
         #[doc(hidden)]
@@ -156,10 +156,16 @@ fn is_scope(scope: &str) -> bool {
 fn check_handler(handler: &ItemFn) -> syn::Result<()> {
     let sig = &handler.sig;
     if sig.asyncness.is_none() {
-        return Err(syn::Error::new_spanned(sig.fn_token, "guards apply to async handlers: add `async`"));
+        return Err(syn::Error::new_spanned(
+            sig.fn_token,
+            "guards apply to async handlers: add `async`",
+        ));
     }
     if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
-        return Err(syn::Error::new_spanned(receiver, "a handler cannot take `self`"));
+        return Err(syn::Error::new_spanned(
+            receiver,
+            "a handler cannot take `self`",
+        ));
     }
     if sig.inputs.len() > MAX_OWN_ARGUMENTS {
         return Err(syn::Error::new_spanned(

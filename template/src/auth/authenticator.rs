@@ -46,7 +46,9 @@ impl AuthError {
     pub fn challenge(&self) -> Option<&'static str> {
         match self {
             Self::Missing => Some(r#"Bearer realm="api""#),
-            Self::Invalid | Self::Expired | Self::Revoked => Some(r#"Bearer realm="api", error="invalid_token""#),
+            Self::Invalid | Self::Expired | Self::Revoked => {
+                Some(r#"Bearer realm="api", error="invalid_token""#)
+            }
             Self::Unavailable | Self::NotInstalled => None,
         }
     }
@@ -84,7 +86,10 @@ impl Authenticator {
     /// Authenticates the key in `headers`, counting a use of it on success.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<ApiKey, AuthError> {
         let presented = self.presented_key(headers)?;
-        let parsed = self.format.parse(presented).map_err(|_| AuthError::Invalid)?;
+        let parsed = self
+            .format
+            .parse(presented)
+            .map_err(|_| AuthError::Invalid)?;
         let record = match self.store.get(parsed.id()).await {
             Ok(Some(record)) => record,
             Ok(None) => return Err(AuthError::Invalid),

@@ -55,7 +55,9 @@ pub struct ParsedKey<'a> {
 
 impl std::fmt::Debug for ParsedKey<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParsedKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("ParsedKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -133,7 +135,11 @@ impl KeyFormat {
             return Err(FormatError::WrongShape);
         }
         let (body, sum) = raw.split_at(raw.len() - CHECKSUM_LEN);
-        if checksum(body.as_bytes()).as_bytes().ct_eq(sum.as_bytes()).into() {
+        if checksum(body.as_bytes())
+            .as_bytes()
+            .ct_eq(sum.as_bytes())
+            .into()
+        {
             Ok(ParsedKey {
                 id: &rest[..ID_LEN],
                 whole: raw,
@@ -147,7 +153,8 @@ impl KeyFormat {
     pub fn hash(&self, key: ParsedKey<'_>) -> String {
         let digest: [u8; 32] = match &self.pepper {
             Some(pepper) => {
-                let mut mac = Hmac::<Sha256>::new_from_slice(pepper).expect("HMAC takes any key length");
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(pepper).expect("HMAC takes any key length");
                 mac.update(key.whole.as_bytes());
                 mac.finalize().into_bytes().into()
             }
@@ -158,7 +165,10 @@ impl KeyFormat {
 
     /// Compares a presented key with a stored digest in constant time.
     pub fn verify(&self, key: ParsedKey<'_>, stored_hash: &str) -> bool {
-        self.hash(key).as_bytes().ct_eq(stored_hash.as_bytes()).into()
+        self.hash(key)
+            .as_bytes()
+            .ct_eq(stored_hash.as_bytes())
+            .into()
     }
 }
 
@@ -220,11 +230,24 @@ mod tests {
         let f = format();
         let key = f.generate().key;
         assert_eq!(f.parse("").unwrap_err(), FormatError::WrongPrefix);
-        assert_eq!(f.parse(&key.replacen("sk_", "pk_", 1)).unwrap_err(), FormatError::WrongPrefix);
-        assert_eq!(f.parse(&key[..key.len() - 1]).unwrap_err(), FormatError::WrongShape);
+        assert_eq!(
+            f.parse(&key.replacen("sk_", "pk_", 1)).unwrap_err(),
+            FormatError::WrongPrefix
+        );
+        assert_eq!(
+            f.parse(&key[..key.len() - 1]).unwrap_err(),
+            FormatError::WrongShape
+        );
         let last = if key.ends_with('0') { '1' } else { '0' };
-        assert_eq!(f.parse(&format!("{}{last}", &key[..key.len() - 1])).unwrap_err(), FormatError::BadChecksum);
-        assert_eq!(f.parse(&format!("{}!", &key[..key.len() - 1])).unwrap_err(), FormatError::WrongShape);
+        assert_eq!(
+            f.parse(&format!("{}{last}", &key[..key.len() - 1]))
+                .unwrap_err(),
+            FormatError::BadChecksum
+        );
+        assert_eq!(
+            f.parse(&format!("{}!", &key[..key.len() - 1])).unwrap_err(),
+            FormatError::WrongShape
+        );
         let mut typo = key.to_string();
         let i = f.prefix().len() + ID_LEN + 5;
         let swapped = if &typo[i..=i] == "a" { "b" } else { "a" };
@@ -252,6 +275,9 @@ mod tests {
 
     #[test]
     fn scanner_regex_names_the_shape() {
-        assert_eq!(format().scanner_regex(), "sk_[0-9A-Za-z]{12}_[0-9A-Za-z]{49}");
+        assert_eq!(
+            format().scanner_regex(),
+            "sk_[0-9A-Za-z]{12}_[0-9A-Za-z]{49}"
+        );
     }
 }

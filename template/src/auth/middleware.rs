@@ -20,7 +20,11 @@ pub async fn authenticate(
     if let Err(err) = &outcome
         && *err != AuthError::Missing
     {
-        tracing::debug!(outcome = err.code(), path = req.path(), "authentication failed");
+        tracing::debug!(
+            outcome = err.code(),
+            path = req.path(),
+            "authentication failed"
+        );
     }
     req.extensions_mut().insert(Authentication(outcome));
     next.call(req).await

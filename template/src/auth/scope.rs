@@ -45,7 +45,9 @@ pub fn grants(held: &str, required: &str) -> bool {
         return true;
     }
     match held.strip_suffix('*') {
-        Some(stem) if stem.ends_with(':') => required.starts_with(stem) && required.len() > stem.len(),
+        Some(stem) if stem.ends_with(':') => {
+            required.starts_with(stem) && required.len() > stem.len()
+        }
         _ => false,
     }
 }
@@ -65,11 +67,28 @@ mod tests {
 
     #[test]
     fn grammar() {
-        for ok in ["read", "users:read", "billing:invoices:write", "api_keys:admin", "a-b:c_d:9"] {
+        for ok in [
+            "read",
+            "users:read",
+            "billing:invoices:write",
+            "api_keys:admin",
+            "a-b:c_d:9",
+        ] {
             assert!(is_valid(ok), "{ok}");
             assert!(is_valid_grant(ok), "{ok}");
         }
-        for bad in ["", ":", "users:", ":read", "Users:read", "users read", "users:*", "*", "ü", "a::b"] {
+        for bad in [
+            "",
+            ":",
+            "users:",
+            ":read",
+            "Users:read",
+            "users read",
+            "users:*",
+            "*",
+            "ü",
+            "a::b",
+        ] {
             assert!(!is_valid(bad), "{bad:?}");
         }
         assert!(!is_valid(&"a".repeat(MAX_SCOPE_LEN + 1)));
@@ -97,9 +116,21 @@ mod tests {
     #[test]
     fn all_and_any() {
         let held = ["users:read", "billing:*"];
-        assert!(satisfies(&held, &["users:read", "billing:write"], Match::All));
-        assert!(!satisfies(&held, &["users:read", "users:write"], Match::All));
-        assert!(satisfies(&held, &["users:write", "billing:read"], Match::Any));
+        assert!(satisfies(
+            &held,
+            &["users:read", "billing:write"],
+            Match::All
+        ));
+        assert!(!satisfies(
+            &held,
+            &["users:read", "users:write"],
+            Match::All
+        ));
+        assert!(satisfies(
+            &held,
+            &["users:write", "billing:read"],
+            Match::Any
+        ));
         assert!(!satisfies(&held, &["users:write", "admin"], Match::Any));
         let none: [&str; 0] = [];
         assert!(!satisfies(&none, &["users:read"], Match::Any));

@@ -1,6 +1,6 @@
 //! Defaults chosen when this project was generated; each can be overridden from the environment.
 
-pub const DATABASE_URL: &str = {% if database == "postgres" %}"postgres://postgres@localhost/{{crate_name}}"{% else %}"sqlite://data/{{crate_name}}.db"{% endif %};
+pub const DATABASE_URL: &str = "{{database_url}}";
 pub const API_KEY_PREFIX: &str = "{{key_prefix}}";
 pub const API_KEYS_ROUTE_PREFIX: &str = "{{route_prefix}}";
 pub const DOCS_PATH: &str = "{{docs_path}}";

@@ -100,7 +100,9 @@ impl Config {
     }
 
     /// Reads settings from the given variables only (for tests and tools).
-    pub fn from_vars<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ConfigError> {
+    pub fn from_vars<'a>(
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
         let map = vars
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -134,7 +136,11 @@ impl Config {
         }
         let prefix = &self.api_key_prefix;
         let body = prefix.strip_suffix('_').unwrap_or_default();
-        if !(1..=15).contains(&body.len()) || !body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        if !(1..=15).contains(&body.len())
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             return Err(ConfigError::new(
                 "API_KEY_PREFIX",
                 format!("must be 2-16 lowercase letters or digits ending in '_', got {prefix:?}"),
@@ -147,25 +153,37 @@ impl Config {
             ));
         }
         if self.api_key_pepper.as_ref().is_some_and(|p| p.0.len() < 32) {
-            return Err(ConfigError::new("API_KEY_PEPPER", "must be at least 32 characters long"));
+            return Err(ConfigError::new(
+                "API_KEY_PEPPER",
+                "must be at least 32 characters long",
+            ));
         }
         check_path("API_KEYS_ROUTE_PREFIX", &self.api_keys_route_prefix)?;
         check_path("DOCS_PATH", &self.docs_path)?;
         if !scope::is_valid(&self.api_keys_admin_scope) {
             return Err(ConfigError::new(
                 "API_KEYS_ADMIN_SCOPE",
-                format!("{:?} is not a valid scope (segments of a-z, 0-9, _ and - joined by ':')", self.api_keys_admin_scope),
+                format!(
+                    "{:?} is not a valid scope (segments of a-z, 0-9, _ and - joined by ':')",
+                    self.api_keys_admin_scope
+                ),
             ));
         }
         if !(1..=3600).contains(&self.usage_flush_seconds) {
-            return Err(ConfigError::new("USAGE_FLUSH_SECONDS", "must be between 1 and 3600"));
+            return Err(ConfigError::new(
+                "USAGE_FLUSH_SECONDS",
+                "must be between 1 and 3600",
+            ));
         }
         Ok(())
     }
 
     /// The key format these settings describe.
     pub fn key_format(&self) -> KeyFormat {
-        KeyFormat::new(self.api_key_prefix.clone(), self.api_key_pepper.as_ref().map(Secret::expose))
+        KeyFormat::new(
+            self.api_key_prefix.clone(),
+            self.api_key_pepper.as_ref().map(Secret::expose),
+        )
     }
 
     pub fn usage_flush_interval(&self) -> Duration {
@@ -198,7 +216,10 @@ fn describe(err: config::ConfigError) -> ConfigError {
             unexpected,
             expected,
             ..
-        } => ConfigError::new(&key.to_uppercase(), format!("expected {expected}, got {unexpected}")),
+        } => ConfigError::new(
+            &key.to_uppercase(),
+            format!("expected {expected}, got {unexpected}"),
+        ),
         other => ConfigError::new("environment", other.to_string()),
     }
 }
@@ -225,7 +246,12 @@ mod tests {
 
     #[test]
     fn variables_override_defaults() {
-        let config = Config::from_vars([("PORT", "9000"), ("API_KEY_PREFIX", "acme_"), ("API_KEYS_ROUTES", "false")]).unwrap();
+        let config = Config::from_vars([
+            ("PORT", "9000"),
+            ("API_KEY_PREFIX", "acme_"),
+            ("API_KEYS_ROUTES", "false"),
+        ])
+        .unwrap();
         assert_eq!(config.port, 9000);
         assert_eq!(config.api_key_prefix, "acme_");
         assert!(!config.api_keys_routes);
@@ -249,7 +275,10 @@ mod tests {
             ("API_KEYS_ROUTES", "maybe"),
         ] {
             let message = error(&[(var, value)]);
-            assert!(message.starts_with(&format!("{var}: ")), "{var}={value} gave {message:?}");
+            assert!(
+                message.starts_with(&format!("{var}: ")),
+                "{var}={value} gave {message:?}"
+            );
             assert!(!message.contains('\n'), "{message:?}");
         }
     }

@@ -23,7 +23,10 @@ pub const MAX_LIFETIME_SECONDS: i64 = 10 * 366 * 24 * 3600;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("no API key with this id")]
     NotFound,
     #[error(transparent)]
@@ -62,7 +65,11 @@ pub struct ApiKeyService {
 
 impl ApiKeyService {
     pub fn new(store: Arc<dyn Backend>, format: KeyFormat, usage: Arc<UsageTracker>) -> Self {
-        Self { store, format, usage }
+        Self {
+            store,
+            format,
+            usage,
+        }
     }
 
     pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey, ServiceError> {
@@ -87,7 +94,10 @@ impl ApiKeyService {
             match self.store.insert(&record).await {
                 Ok(()) => {
                     tracing::info!(key_id = %record.id, owner_id = ?record.owner_id, "API key created");
-                    return Ok(CreatedKey { key: minted.key, record });
+                    return Ok(CreatedKey {
+                        key: minted.key,
+                        record,
+                    });
                 }
                 // 71 random bits make a clash all but impossible; if one happens, mint another key.
                 Err(StoreError::Duplicate) => continue,
@@ -108,7 +118,10 @@ impl ApiKeyService {
 
     pub async fn list_keys(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, ServiceError> {
         if !(1..=MAX_PAGE_SIZE).contains(&query.limit) {
-            return Err(invalid("limit", format!("must be between 1 and {MAX_PAGE_SIZE}")));
+            return Err(invalid(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE_SIZE}"),
+            ));
         }
         Ok(self.store.list(query).await?)
     }
@@ -138,13 +151,18 @@ fn normalized(mut scopes: Vec<String>) -> Vec<String> {
 fn validate(new: &NewKey, now: DateTime<Utc>) -> Result<(), ServiceError> {
     let name_len = new.name.chars().count();
     if new.name.trim().is_empty() || name_len > MAX_NAME_LEN {
-        return Err(invalid("name", format!("must be 1 to {MAX_NAME_LEN} characters, not blank")));
+        return Err(invalid(
+            "name",
+            format!("must be 1 to {MAX_NAME_LEN} characters, not blank"),
+        ));
     }
     if new.name.chars().any(char::is_control) {
         return Err(invalid("name", "must not contain control characters"));
     }
     if let Some(owner) = &new.owner_id
-        && (owner.is_empty() || owner.len() > MAX_OWNER_LEN || owner.chars().any(|c| c.is_control() || c.is_whitespace()))
+        && (owner.is_empty()
+            || owner.len() > MAX_OWNER_LEN
+            || owner.chars().any(|c| c.is_control() || c.is_whitespace()))
     {
         return Err(invalid(
             "owner_id",
@@ -157,11 +175,16 @@ fn validate(new: &NewKey, now: DateTime<Utc>) -> Result<(), ServiceError> {
     if let Some(bad) = new.scopes.iter().find(|s| !scope::is_valid_grant(s)) {
         return Err(invalid(
             "scopes",
-            format!("{bad:?} is not a scope: use segments of a-z, 0-9, _ and - joined by ':', or a trailing ':*', or '*'"),
+            format!(
+                "{bad:?} is not a scope: use segments of a-z, 0-9, _ and - joined by ':', or a trailing ':*', or '*'"
+            ),
         ));
     }
     if Value::Object(new.metadata.clone()).to_string().len() > MAX_METADATA_BYTES {
-        return Err(invalid("metadata", format!("must serialize to at most {MAX_METADATA_BYTES} bytes")));
+        return Err(invalid(
+            "metadata",
+            format!("must serialize to at most {MAX_METADATA_BYTES} bytes"),
+        ));
     }
     if let Some(expires_at) = new.expires_at {
         if expires_at <= now {

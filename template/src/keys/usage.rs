@@ -24,7 +24,9 @@ struct Pending {
 impl UsageTracker {
     fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
         // Counters stay consistent even if a holder panicked, so a poisoned lock is still usable.
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts one use of a key, now.
@@ -85,7 +87,11 @@ impl UsageTracker {
     }
 
     /// Flushes every `interval` until the returned task is aborted.
-    pub fn spawn_flusher(self: Arc<Self>, store: Arc<dyn Backend>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_flusher(
+        self: Arc<Self>,
+        store: Arc<dyn Backend>,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

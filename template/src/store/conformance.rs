@@ -37,7 +37,10 @@ pub fn sample(owner: &str, created_at: DateTime<Utc>) -> ApiKeyRecord {
         name: "conformance".into(),
         owner_id: Some(owner.into()),
         scopes: vec!["users:read".into(), "billing:*".into()],
-        metadata: json!({"team": "core", "limits": {"rps": 5}}).as_object().cloned().unwrap_or_default(),
+        metadata: json!({"team": "core", "limits": {"rps": 5}})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
         created_at: created_at.trunc_subsecs(6),
         expires_at: Some((created_at + Duration::days(30)).trunc_subsecs(6)),
         revoked_at: None,
@@ -53,8 +56,16 @@ fn fresh_owner() -> String {
 pub async fn stores_and_returns_keys(backend: &dyn Backend) {
     let key = sample(&fresh_owner(), Utc::now());
     backend.insert(&key).await.expect("insert");
-    assert_eq!(backend.get(&key.id).await.expect("get"), Some(key.clone()), "a stored key reads back unchanged");
-    assert_eq!(backend.get("no-such-id").await.expect("get"), None, "an unknown id is None");
+    assert_eq!(
+        backend.get(&key.id).await.expect("get"),
+        Some(key.clone()),
+        "a stored key reads back unchanged"
+    );
+    assert_eq!(
+        backend.get("no-such-id").await.expect("get"),
+        None,
+        "an unknown id is None"
+    );
 }
 
 pub async fn rejects_duplicate_ids(backend: &dyn Backend) {
@@ -66,7 +77,11 @@ pub async fn rejects_duplicate_ids(backend: &dyn Backend) {
         matches!(backend.insert(&again).await, Err(StoreError::Duplicate)),
         "a second key with the same id is refused"
     );
-    assert_eq!(backend.get(&key.id).await.expect("get").map(|k| k.name), Some(key.name), "the first key is intact");
+    assert_eq!(
+        backend.get(&key.id).await.expect("get").map(|k| k.name),
+        Some(key.name),
+        "the first key is intact"
+    );
 }
 
 pub async fn lists_newest_first_with_the_real_total(backend: &dyn Backend) {
@@ -78,7 +93,10 @@ pub async fn lists_newest_first_with_the_real_total(backend: &dyn Backend) {
         backend.insert(&key).await.expect("insert");
         keys.push(key);
     }
-    backend.insert(&sample(&fresh_owner(), start)).await.expect("insert");
+    backend
+        .insert(&sample(&fresh_owner(), start))
+        .await
+        .expect("insert");
     keys.reverse();
 
     let query = |limit, offset| ListQuery {
@@ -115,10 +133,26 @@ pub async fn revokes_idempotently(backend: &dyn Backend) {
     backend.insert(&key).await.expect("insert");
     let first = Utc::now().trunc_subsecs(6);
     assert!(backend.revoke(&key.id, first).await.expect("revoke"));
-    assert!(backend.revoke(&key.id, first + Duration::minutes(1)).await.expect("revoke again"));
-    let stored = backend.get(&key.id).await.expect("get").expect("still stored");
-    assert_eq!(stored.revoked_at, Some(first), "the first revocation time is kept");
-    assert!(!backend.revoke("no-such-id", first).await.expect("revoke"), "an unknown id reports false");
+    assert!(
+        backend
+            .revoke(&key.id, first + Duration::minutes(1))
+            .await
+            .expect("revoke again")
+    );
+    let stored = backend
+        .get(&key.id)
+        .await
+        .expect("get")
+        .expect("still stored");
+    assert_eq!(
+        stored.revoked_at,
+        Some(first),
+        "the first revocation time is kept"
+    );
+    assert!(
+        !backend.revoke("no-such-id", first).await.expect("revoke"),
+        "an unknown id reports false"
+    );
 }
 
 pub async fn adds_usage_and_moves_last_use_forward(backend: &dyn Backend) {
@@ -133,16 +167,29 @@ pub async fn adds_usage_and_moves_last_use_forward(backend: &dyn Backend) {
             last_used_at,
         }]
     };
-    backend.record_usage(&usage(3, later)).await.expect("record");
-    backend.record_usage(&usage(4, earlier)).await.expect("record");
+    backend
+        .record_usage(&usage(3, later))
+        .await
+        .expect("record");
+    backend
+        .record_usage(&usage(4, earlier))
+        .await
+        .expect("record");
     let stored = backend.get(&key.id).await.expect("get").expect("stored");
     assert_eq!(stored.request_count, 7, "counts add up");
-    assert_eq!(stored.last_used_at, Some(later), "last use never moves back");
+    assert_eq!(
+        stored.last_used_at,
+        Some(later),
+        "last use never moves back"
+    );
 
     let unknown = vec![Usage {
         id: "no-such-id".into(),
         requests: 1,
         last_used_at: later,
     }];
-    backend.record_usage(&unknown).await.expect("usage of a deleted key is ignored");
+    backend
+        .record_usage(&unknown)
+        .await
+        .expect("usage of a deleted key is ignored");
 }

@@ -16,11 +16,15 @@ pub struct MemoryBackend {
 impl MemoryBackend {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, ApiKeyRecord>> {
         // A panic while holding the lock cannot leave a record half-written, so a poisoned lock is still usable.
-        self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, ApiKeyRecord>> {
-        self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

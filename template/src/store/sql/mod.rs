@@ -25,7 +25,8 @@ use super::{ApiKeyRecord, Backend, ListQuery, Page, StoreError, Usage};
 compile_error!("enable the `sqlite` or the `postgres` feature (or both)");
 
 #[cfg(feature = "sqlite")]
-type SqliteConnection = diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>;
+type SqliteConnection =
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>;
 #[cfg(feature = "postgres")]
 type PgConnection = diesel_async::AsyncPgConnection;
 
@@ -51,7 +52,9 @@ enum Database<'a> {
 
 impl<'a> Database<'a> {
     fn parse(url: &'a str) -> Result<Self, StoreError> {
-        let sqlite_path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+        let sqlite_path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"));
         let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
         #[cfg(feature = "sqlite")]
         if let Some(path) = sqlite_path {
@@ -127,7 +130,9 @@ impl SqlBackend {
                 Connections::Sqlite(build_pool(manager)?)
             }
             #[cfg(feature = "postgres")]
-            Database::Postgres { url } => Connections::Postgres(build_pool(AsyncDieselConnectionManager::new(url))?),
+            Database::Postgres { url } => {
+                Connections::Postgres(build_pool(AsyncDieselConnectionManager::new(url))?)
+            }
         };
         Ok(Self { connections })
     }
@@ -141,19 +146,31 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
         let (applied, _) = match Database::parse(&url)? {
             #[cfg(feature = "sqlite")]
             Database::Sqlite { path } => {
-                if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+                if let Some(dir) = std::path::Path::new(path)
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                    })?;
                 }
                 let mut conn = diesel::SqliteConnection::establish(path).map_err(unavailable)?;
-                let applied = conn.run_pending_migrations(SQLITE_MIGRATIONS).map_err(unavailable)?.len();
+                let applied = conn
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map_err(unavailable)?
+                    .len();
                 (applied, ())
             }
             #[cfg(feature = "postgres")]
             Database::Postgres { url } => {
                 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-                let mut conn = <AsyncConnectionWrapper<PgConnection> as diesel::Connection>::establish(url).map_err(unavailable)?;
-                let applied = conn.run_pending_migrations(POSTGRES_MIGRATIONS).map_err(unavailable)?.len();
+                let mut conn =
+                    <AsyncConnectionWrapper<PgConnection> as diesel::Connection>::establish(url)
+                        .map_err(unavailable)?;
+                let applied = conn
+                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map_err(unavailable)?
+                    .len();
                 (applied, ())
             }
         };
@@ -234,7 +251,10 @@ impl Backend for SqlBackend {
             (rows, total)
         });
         Ok(Page {
-            items: rows.into_iter().map(ApiKeyRecord::try_from).collect::<Result<_, _>>()?,
+            items: rows
+                .into_iter()
+                .map(ApiKeyRecord::try_from)
+                .collect::<Result<_, _>>()?,
             total: u64::try_from(total).unwrap_or(0),
         })
     }
@@ -242,11 +262,15 @@ impl Backend for SqlBackend {
     async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
         let at = at.naive_utc();
         with_conn!(self, |conn| {
-            let updated = diesel::update(api_keys::table.find(id).filter(api_keys::revoked_at.is_null()))
-                .set(api_keys::revoked_at.eq(at))
-                .execute(&mut conn)
-                .await
-                .map_err(query_failed)?;
+            let updated = diesel::update(
+                api_keys::table
+                    .find(id)
+                    .filter(api_keys::revoked_at.is_null()),
+            )
+            .set(api_keys::revoked_at.eq(at))
+            .execute(&mut conn)
+            .await
+            .map_err(query_failed)?;
             if updated > 0 {
                 return Ok(true);
             }
@@ -267,12 +291,17 @@ impl Backend for SqlBackend {
                 for usage in batch {
                     let at = usage.last_used_at.naive_utc();
                     let requests = i64::try_from(usage.requests).unwrap_or(i64::MAX);
-                    let newer = api_keys::last_used_at.is_null().or(api_keys::last_used_at.lt(at));
+                    let newer = api_keys::last_used_at
+                        .is_null()
+                        .or(api_keys::last_used_at.lt(at));
                     diesel::update(api_keys::table.find(&usage.id))
                         .set((
                             api_keys::request_count.eq(api_keys::request_count + requests),
-                            api_keys::last_used_at.eq(case_when::<_, _, Nullable<Timestamp>>(newer, Some(at))
-                                .otherwise(api_keys::last_used_at)),
+                            api_keys::last_used_at.eq(case_when::<_, _, Nullable<Timestamp>>(
+                                newer,
+                                Some(at),
+                            )
+                            .otherwise(api_keys::last_used_at)),
                         ))
                         .execute(conn)
                         .await?;

@@ -49,7 +49,12 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
     fn try_from(row: ApiKeyRow) -> Result<Self, StoreError> {
         let metadata = match serde_json::from_str(&row.metadata) {
             Ok(serde_json::Value::Object(map)) => map,
-            _ => return Err(StoreError::Corrupt(format!("metadata of key {} is not a JSON object", row.id))),
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "metadata of key {} is not a JSON object",
+                    row.id
+                )));
+            }
         };
         Ok(Self {
             scopes: row.scopes.split_whitespace().map(str::to_owned).collect(),

@@ -1,0 +1,524 @@
+//! The HTTP API end to end, on the memory backend and on a SQLite file.
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::{StatusCode, header};
+use actix_web::test::{self, TestRequest};
+use chrono::{Duration, Utc};
+use serde_json::{Value, json};
+
+use {{crate_name}}::app::{AppState, app};
+use {{crate_name}}::config::Config;
+use {{crate_name}}::keys::NewKey;
+use {{crate_name}}::store::{self, Backend, MemoryBackend, SqlBackend};
+
+const KEYS: &str = "/api/v1/api-keys";
+
+/// A running app with an admin key, over the given store.
+struct Harness<S> {
+    app: S,
+    state: AppState,
+    admin: String,
+}
+
+async fn harness_with(
+    store: Arc<dyn Backend>,
+    vars: &[(&str, &str)],
+) -> Harness<
+    impl Service<
+        actix_http::Request,
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+    >,
+> {
+    let mut vars = vars.to_vec();
+    vars.push(("API_KEYS_ROUTE_PREFIX", KEYS));
+    let config = Config::from_vars(vars).unwrap();
+    let state = AppState::new(config.clone(), store);
+    let admin = state
+        .service
+        .create_key(NewKey {
+            name: "admin".into(),
+            scopes: vec![config.api_keys_admin_scope.clone()],
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    Harness {
+        app: test::init_service(app(state.clone())).await,
+        state,
+        admin: admin.key.to_string(),
+    }
+}
+
+async fn memory_harness() -> Harness<
+    impl Service<
+        actix_http::Request,
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+    >,
+> {
+    harness_with(Arc::new(MemoryBackend::default()), &[]).await
+}
+
+async fn call<S, B>(app: &S, req: TestRequest) -> (StatusCode, header::HeaderMap, Value)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let response = test::call_service(app, req.to_request()).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = test::read_body(response).await;
+    let json = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
+    (status, headers, json)
+}
+
+fn with_key(req: TestRequest, key: &str) -> TestRequest {
+    req.insert_header(("X-API-Key", key))
+}
+
+async fn create<S, B>(app: &S, admin: &str, body: Value) -> (StatusCode, Value)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let (status, _, json) = call(
+        app,
+        with_key(TestRequest::post().uri(KEYS), admin).set_json(body),
+    )
+    .await;
+    (status, json)
+}
+
+/// The flow litestar-api-auth documents: create, use, scope denial, list, get, revoke, rejected.
+async fn seed_flow(store: Arc<dyn Backend>) {
+    let h = harness_with(store, &[("API_KEY_PREFIX", "acme_")]).await;
+
+    let (status, created) = create(
+        &h.app,
+        &h.admin,
+        json!({"name": "reader", "scopes": ["users:read"], "owner_id": "user-123", "expires_in": 3600, "metadata": {"team": "core"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(
+        key.starts_with("acme_"),
+        "the configured prefix is used: {key}"
+    );
+    assert!(key.contains(&id), "the key carries its public id");
+
+    let (status, _, body) =
+        call(&h.app, with_key(TestRequest::get().uri("/protected"), &key)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("authenticated"))
+    );
+    let bearer = TestRequest::get()
+        .uri("/api/data")
+        .insert_header(("Authorization", format!("Bearer {key}")));
+    let (status, _, body) = call(&h.app, bearer).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["owner_id"], "user-123");
+
+    let (status, _, problem) = call(
+        &h.app,
+        with_key(TestRequest::delete().uri("/api/admin/users/42"), &key),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(problem["code"], "insufficient_scope");
+    assert_eq!(problem["required_scopes"], json!(["admin:delete"]));
+    assert!(
+        !problem.to_string().contains("users:read"),
+        "a 403 never lists the key's own scopes"
+    );
+
+    let (status, _, list) = call(
+        &h.app,
+        with_key(
+            TestRequest::get().uri(&format!("{KEYS}?owner_id=user-123")),
+            &h.admin,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["items"][0]["id"], id.as_str());
+
+    let (status, _, details) = call(
+        &h.app,
+        with_key(TestRequest::get().uri(&format!("{KEYS}/{id}")), &h.admin),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(details["status"], "active");
+    assert_eq!(
+        details["request_count"], 3,
+        "uses are counted, including the 403"
+    );
+    assert!(details["last_used_at"].is_string());
+    assert_eq!(details["metadata"], json!({"team": "core"}));
+    assert!(details.get("key").is_none() && details.get("key_hash").is_none());
+
+    let revoke = || with_key(TestRequest::delete().uri(&format!("{KEYS}/{id}")), &h.admin);
+    assert_eq!(call(&h.app, revoke()).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        call(&h.app, revoke()).await.0,
+        StatusCode::NO_CONTENT,
+        "revoking twice is fine"
+    );
+
+    let (status, headers, problem) =
+        call(&h.app, with_key(TestRequest::get().uri("/protected"), &key)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(problem["code"], "revoked_api_key");
+    assert!(headers.get(header::WWW_AUTHENTICATE).is_some());
+    assert_eq!(
+        headers.get(header::CONTENT_TYPE).unwrap(),
+        "application/problem+json"
+    );
+
+    // Usage counted in memory reaches the store with one flush, exactly.
+    h.state.usage.flush(h.state.store.as_ref()).await.unwrap();
+    let stored = h.state.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.request_count, 3);
+}
+
+#[actix_web::test]
+async fn seed_flow_on_memory() {
+    seed_flow(Arc::new(MemoryBackend::default())).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[actix_web::test]
+async fn seed_flow_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    store::migrate(&url).await.unwrap();
+    seed_flow(Arc::new(SqlBackend::connect(&url).await.unwrap())).await;
+}
+
+#[actix_web::test]
+async fn key_routes_need_the_admin_scope() {
+    let h = memory_harness().await;
+    let (_, plain) = create(
+        &h.app,
+        &h.admin,
+        json!({"name": "plain", "scopes": ["*:read"]}),
+    )
+    .await;
+    assert_eq!(
+        plain["code"], "validation_failed",
+        "'*:read' is not a scope"
+    );
+    let (_, plain) = create(
+        &h.app,
+        &h.admin,
+        json!({"name": "plain", "scopes": ["users:*"]}),
+    )
+    .await;
+    let plain = plain["key"].as_str().unwrap().to_owned();
+
+    let routes = [
+        TestRequest::post().uri(KEYS).set_json(json!({"name": "x"})),
+        TestRequest::get().uri(KEYS),
+        TestRequest::get().uri(&format!("{KEYS}/abc")),
+        TestRequest::delete().uri(&format!("{KEYS}/abc")),
+    ];
+    for route in routes {
+        let req = route.to_request();
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let anonymous = TestRequest::default()
+            .method(method.clone())
+            .uri(&uri.to_string());
+        let (status, _, problem) = call(&h.app, anonymous.set_json(json!({"name": "x"}))).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {uri} without a key"
+        );
+        assert_eq!(problem["code"], "missing_api_key");
+        let plain_key = with_key(
+            TestRequest::default()
+                .method(method.clone())
+                .uri(&uri.to_string()),
+            &plain,
+        );
+        let (status, _, problem) = call(&h.app, plain_key.set_json(json!({"name": "x"}))).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{method} {uri} with a non-admin key"
+        );
+        assert_eq!(problem["required_scopes"], json!(["api_keys:admin"]));
+    }
+}
+
+#[actix_web::test]
+async fn bad_keys_are_rejected_with_their_own_codes() {
+    let h = memory_harness().await;
+    let expired = h
+        .state
+        .service
+        .create_key(NewKey {
+            name: "short-lived".into(),
+            expires_at: Some(Utc::now() + Duration::milliseconds(50)),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+
+    let mut forged = h.admin.clone();
+    forged.replace_range(10..11, if &forged[10..11] == "a" { "b" } else { "a" });
+    let cases = [
+        ("", "missing_api_key"),
+        ("garbage", "invalid_api_key"),
+        (forged.as_str(), "invalid_api_key"),
+        (&h.admin.replacen("sk_", "pk_", 1), "invalid_api_key"),
+        (expired.key.as_str(), "expired_api_key"),
+    ];
+    for (key, code) in cases {
+        let req = if key.is_empty() {
+            TestRequest::get().uri("/protected")
+        } else {
+            with_key(TestRequest::get().uri("/protected"), key)
+        };
+        let (status, headers, problem) = call(&h.app, req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{code}");
+        assert_eq!(problem["code"], code);
+        assert!(
+            headers
+                .get(header::WWW_AUTHENTICATE)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        assert!(
+            !problem.to_string().contains(&h.admin[4..]),
+            "no key material in errors"
+        );
+    }
+
+    let twice = TestRequest::get()
+        .uri("/protected")
+        .append_header(("X-API-Key", h.admin.as_str()))
+        .append_header(("X-API-Key", h.admin.as_str()));
+    assert_eq!(
+        call(&h.app, twice).await.2["code"],
+        "invalid_api_key",
+        "a repeated key header is ambiguous"
+    );
+    let basic = TestRequest::get()
+        .uri("/protected")
+        .insert_header(("Authorization", "Basic dXNlcjpwYXNz"));
+    assert_eq!(call(&h.app, basic).await.2["code"], "invalid_api_key");
+    let non_ascii = TestRequest::get().uri("/protected").insert_header((
+        "X-API-Key",
+        header::HeaderValue::from_bytes(b"sk_\xff\xfe").unwrap(),
+    ));
+    assert_eq!(call(&h.app, non_ascii).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[actix_web::test]
+async fn bad_input_gets_a_problem_and_stores_nothing() {
+    let h = memory_harness().await;
+    let long_name = "x".repeat(101);
+    let cases = [
+        (json!({"scopes": []}), StatusCode::BAD_REQUEST),
+        (
+            json!({"name": "x", "surprise": true}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"name": ""}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": "   "}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": long_name}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": "x\u{7}"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"name": "x", "scopes": ["Users:Read"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "scopes": vec!["a"; 33]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "expires_in": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "expires_in": 10, "expires_at": "2999-01-01T00:00:00Z"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "expires_at": "2999-01-01T00:00:00"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "metadata": {"blob": "y".repeat(5000)}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "metadata": ["not", "an", "object"]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"name": "x", "owner_id": "has space"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, problem) = create(&h.app, &h.admin, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {problem}");
+        assert!(
+            problem["code"].is_string() && problem["detail"].is_string(),
+            "{problem}"
+        );
+    }
+    let malformed = with_key(TestRequest::post().uri(KEYS), &h.admin)
+        .insert_header(("Content-Type", "application/json"))
+        .set_payload("{\"name\": ");
+    assert_eq!(call(&h.app, malformed).await.0, StatusCode::BAD_REQUEST);
+    let oversize = with_key(TestRequest::post().uri(KEYS), &h.admin)
+        .set_json(json!({"name": "x".repeat(20_000)}));
+    let (status, _, problem) = call(&h.app, oversize).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+
+    for query in [
+        "limit=0",
+        "limit=101",
+        "limit=abc",
+        "offset=-1",
+        "colour=red",
+    ] {
+        let (status, _, problem) = call(
+            &h.app,
+            with_key(TestRequest::get().uri(&format!("{KEYS}?{query}")), &h.admin),
+        )
+        .await;
+        assert!(status.is_client_error(), "{query}: {status}");
+        assert!(problem["code"].is_string());
+    }
+    let (_, _, list) = call(&h.app, with_key(TestRequest::get().uri(KEYS), &h.admin)).await;
+    assert_eq!(
+        list["total"], 1,
+        "only the admin key exists: nothing was half-stored"
+    );
+
+    let (status, _, problem) = call(
+        &h.app,
+        with_key(TestRequest::get().uri(&format!("{KEYS}/nope")), &h.admin),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("api_key_not_found"))
+    );
+    let (status, _, problem) = call(&h.app, TestRequest::get().uri("/no/such/route")).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[actix_web::test]
+async fn list_total_is_the_real_count() {
+    let h = memory_harness().await;
+    for i in 0..5 {
+        create(
+            &h.app,
+            &h.admin,
+            json!({"name": format!("k{i}"), "owner_id": "team"}),
+        )
+        .await;
+    }
+    let (_, _, page) = call(
+        &h.app,
+        with_key(
+            TestRequest::get().uri(&format!("{KEYS}?owner_id=team&limit=2&offset=1")),
+            &h.admin,
+        ),
+    )
+    .await;
+    assert_eq!(page["total"], 5);
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["items"][0]["name"], "k3", "newest first");
+    assert_eq!(
+        (page["limit"].as_u64(), page["offset"].as_u64()),
+        (Some(2), Some(1))
+    );
+}
+
+#[actix_web::test]
+async fn wildcards_and_the_docs() {
+    let h = memory_harness().await;
+    let (_, admin_star) = create(
+        &h.app,
+        &h.admin,
+        json!({"name": "ops", "scopes": ["admin:*"]}),
+    )
+    .await;
+    let key = admin_star["key"].as_str().unwrap();
+    let (status, _, _) = call(
+        &h.app,
+        with_key(TestRequest::delete().uri("/api/admin/users/1"), key),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "admin:* grants admin:delete"
+    );
+
+    let (status, headers, _) = call(&h.app, TestRequest::get().uri("/docs")).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers.get(header::LOCATION).unwrap(), "docs/");
+    let response = test::call_service(&h.app, TestRequest::get().uri("/docs/").to_request()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(String::from_utf8_lossy(&test::read_body(response).await).contains("swagger-ui"));
+    let (status, _, doc) = call(&h.app, TestRequest::get().uri("/docs/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["api_key"]["name"],
+        "X-API-Key"
+    );
+    assert_eq!(
+        doc["paths"]["/api/admin/users/{user_id}"]["delete"]["security"][0]["api_key"],
+        json!(["admin:delete"])
+    );
+    assert!(doc["paths"][KEYS]["post"]["responses"]["401"].is_object());
+}
+
+#[actix_web::test]
+async fn key_routes_can_be_switched_off() {
+    let h = harness_with(
+        Arc::new(MemoryBackend::default()),
+        &[("API_KEYS_ROUTES", "false")],
+    )
+    .await;
+    let (status, _, _) = call(&h.app, with_key(TestRequest::get().uri(KEYS), &h.admin)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        &h.app,
+        with_key(TestRequest::get().uri("/protected"), &h.admin),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "guards still work");
+}

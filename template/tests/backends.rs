@@ -1,0 +1,26 @@
+//! The backend conformance suite against every backend that runs without a server.
+
+use {{crate_name}}::store::{self, MemoryBackend, SqlBackend, conformance};
+
+#[tokio::test]
+async fn memory_backend_conforms() {
+    conformance::run(&MemoryBackend::default()).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_backend_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    assert_eq!(
+        store::migrate(&url).await.unwrap(),
+        1,
+        "a new database gets every migration"
+    );
+    assert_eq!(
+        store::migrate(&url).await.unwrap(),
+        0,
+        "migrating twice is a no-op"
+    );
+    conformance::run(&SqlBackend::connect(&url).await.unwrap()).await;
+}
