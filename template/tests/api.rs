@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use {{crate_name}}::app::{AppState, app};
 use {{crate_name}}::config::Config;
 use {{crate_name}}::keys::NewKey;
-use {{crate_name}}::store::{self, Backend, MemoryBackend, SqlBackend};
+use {{crate_name}}::store::{Backend, MemoryBackend};
 
 const KEYS: &str = "/api/v1/api-keys";
 
@@ -203,8 +203,11 @@ async fn seed_flow_on_memory() {
 async fn seed_flow_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    store::migrate(&url).await.unwrap();
-    seed_flow(Arc::new(SqlBackend::connect(&url).await.unwrap())).await;
+    {{crate_name}}::store::migrate(&url).await.unwrap();
+    seed_flow(Arc::new(
+        {{crate_name}}::store::SqlBackend::connect(&url).await.unwrap(),
+    ))
+    .await;
 }
 
 #[actix_web::test]

@@ -1,6 +1,6 @@
 //! The backend conformance suite against every backend that runs without a server.
 
-use {{crate_name}}::store::{self, MemoryBackend, SqlBackend, conformance};
+use {{crate_name}}::store::{MemoryBackend, conformance};
 
 #[tokio::test]
 async fn memory_backend_conforms() {
