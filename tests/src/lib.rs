@@ -1,1 +1,200 @@
+//! Shared helpers of the template's tests: generate a project with the pinned `cargo generate`, run
+//! cargo in it on one shared target directory, and run the generated service.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The repository root: the template to generate from.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Where generated projects and their shared target directory live.
+pub fn work_dir() -> PathBuf {
+    let dir = std::env::var_os("TEMPLATE_TESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("template-tests")
+        });
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One target directory for every generated project, so dependencies are built once.
+pub fn shared_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| !dir.starts_with(Path::new(env!("CARGO_MANIFEST_DIR"))))
+        .unwrap_or_else(|| work_dir().join("target"))
+}
+
+/// Heavy cargo builds run one at a time: the machine has two cores.
+pub fn build_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs the pinned `cargo-generate` binary; returns its output, successful or not.
+pub fn cargo_generate(args: &[&str]) -> Output {
+    // Integration tests run from target/<profile>/deps; cargo builds the binary beside that folder.
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("cargo-generate");
+    Command::new(binary)
+        .arg("generate")
+        .args(args)
+        .env(
+            "USER",
+            std::env::var("USER").unwrap_or_else(|_| "template-tests".into()),
+        )
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("cargo-generate runs")
+}
+
+/// Generates `name` from the template with `defines` (`key=value`) into a fresh folder; returns its path.
+pub fn generate(name: &str, defines: &[&str]) -> PathBuf {
+    let destination = work_dir().join("generated");
+    std::fs::create_dir_all(&destination).unwrap();
+    let project = destination.join(name);
+    if project.exists() {
+        std::fs::remove_dir_all(&project).unwrap();
+    }
+    let root = repo_root();
+    let mut args = vec![
+        "--path",
+        root.to_str().unwrap(),
+        "--name",
+        name,
+        "--destination",
+        destination.to_str().unwrap(),
+        "--vcs",
+        "none",
+        "--silent",
+    ];
+    for define in defines {
+        args.extend(["-d", define]);
+    }
+    let output = cargo_generate(&args);
+    assert!(
+        output.status.success(),
+        "cargo generate {name} {defines:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    project
+}
+
+/// Runs `cargo <args>` in `project` on the shared target directory and asserts it succeeds.
+pub fn cargo(project: &Path, args: &[&str]) -> String {
+    let _lock = build_lock();
+    let output = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(project)
+        .env("CARGO_TARGET_DIR", shared_target_dir())
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "cargo {args:?} failed in {}:\n{text}",
+        project.display()
+    );
+    text
+}
+
+/// The debug binary of a generated project, built on the shared target directory.
+pub fn binary(project: &Path, name: &str) -> PathBuf {
+    cargo(project, &["build", "--locked", "--bin", name]);
+    shared_target_dir().join("debug").join(name)
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A generated service running in the background; stopped with SIGTERM when dropped.
+pub struct Service {
+    child: Child,
+    pub base_url: String,
+}
+
+impl Service {
+    pub fn start(binary: &Path, env: &[(&str, &str)], port: u16) -> Self {
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .envs(env.iter().copied())
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the service starts");
+        let base_url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the service exited early: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, base_url }
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The generated service as a user meets it: mint an admin key from the shell, start the server, and
+//! walk litestar-api-auth's flow over real HTTP on a SQLite file.
+
+use std::process::Command;
+
+use actix_api_auth_tests::{binary, free_port, generate, work_dir, Service};
+use serde_json::{json, Value};
+
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Client {
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        let response = match body {
+            Some(body) => self.agent.run(
+                request
+                    .header("Content-Type", "application/json")
+                    .body(body.to_string())
+                    .unwrap(),
+            ),
+            None => self.agent.run(request.body(()).unwrap()),
+        };
+        let mut response = response.expect("the service answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+#[test]
+fn seed_flow_over_http() {
+    let project = generate("e2e-svc", &["key_prefix=e2e_"]);
+    let bin = binary(&project, "e2e-svc");
+    let db = work_dir().join("e2e.db");
+    let _ = std::fs::remove_file(&db);
+    let database_url = format!("sqlite://{}", db.display());
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("RUST_LOG", "warn"),
+    ];
+
+    let minted = Command::new(&bin)
+        .args(["keys", "create", "--name", "bootstrap", "--admin"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let admin = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    assert!(
+        admin.starts_with("e2e_"),
+        "stdout is the key alone: {admin:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&minted.stderr).contains(&admin),
+        "the key is printed once, on stdout"
+    );
+
+    let service = Service::start(&bin, &env, free_port());
+    let client = Client {
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into(),
+        base: service.base_url.clone(),
+    };
+
+    let (status, created) = client.send(
+        "POST",
+        "/api/v1/api-keys",
+        Some(&admin),
+        Some(json!({"name": "reader", "scopes": ["reports:read"], "owner_id": "user-123", "expires_in": 86400})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("e2e_"));
+
+    for _ in 0..3 {
+        assert_eq!(client.send("GET", "/protected", Some(&key), None).0, 200);
+    }
+    let (status, problem) = client.send("DELETE", "/api/admin/users/1", Some(&key), None);
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("insufficient_scope"))
+    );
+
+    let (status, list) = client.send(
+        "GET",
+        "/api/v1/api-keys?owner_id=user-123",
+        Some(&admin),
+        None,
+    );
+    assert_eq!((status, list["total"].as_u64()), (200, Some(1)));
+    let (status, details) =
+        client.send("GET", &format!("/api/v1/api-keys/{id}"), Some(&admin), None);
+    assert_eq!(status, 200);
+    assert_eq!(details["request_count"], 4);
+
+    assert_eq!(
+        client
+            .send(
+                "DELETE",
+                &format!("/api/v1/api-keys/{id}"),
+                Some(&admin),
+                None
+            )
+            .0,
+        204
+    );
+    let (status, problem) = client.send("GET", "/protected", Some(&key), None);
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("revoked_api_key"))
+    );
+
+    let (status, _) = client.send("GET", "/docs/openapi.json", None, None);
+    assert_eq!(status, 200);
+
+    // A graceful stop writes the counts still in memory.
+    assert!(service.stop().success());
+    let listed = Command::new(&bin)
+        .args(["keys", "list", "--owner", "user-123"])
+        .envs(env)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} in {listed}"));
+    assert!(
+        row.contains("revoked") && row.split_whitespace().any(|w| w == "4"),
+        "{row}"
+    );
+}

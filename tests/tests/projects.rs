@@ -1,0 +1,46 @@
+//! Generated projects build with zero warnings, are rustfmt- and clippy-clean, and pass their own tests.
+//!
+//! Two representative projects: the defaults (SQLite), and every string placeholder changed on
+//! PostgreSQL. They share one target directory, so dependencies are compiled once per feature set.
+
+use actix_api_auth_tests::{cargo, generate};
+
+fn check(name: &str, defines: &[&str]) {
+    let project = generate(name, defines);
+    cargo(&project, &["fmt", "--all", "--check"]);
+    cargo(
+        &project,
+        &[
+            "clippy",
+            "--locked",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
+    let output = cargo(&project, &["test", "--locked"]);
+    assert!(output.contains("test result: ok"), "{output}");
+    assert!(
+        !output.contains("warning:"),
+        "the build has warnings:\n{output}"
+    );
+}
+
+#[test]
+fn default_project_is_clean_and_passes_its_tests() {
+    check("demo-svc", &[]);
+}
+
+#[test]
+fn customised_postgres_project_is_clean_and_passes_its_tests() {
+    check(
+        "acme-keys",
+        &[
+            "database=postgres",
+            "key_prefix=acme_",
+            "route_prefix=/admin/keys",
+            "docs_path=/api/docs",
+        ],
+    );
+}

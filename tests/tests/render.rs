@@ -1,0 +1,265 @@
+//! Every placeholder combination renders into a complete project with no Liquid left, and the hooks
+//! reject bad combinations with a clear message. Cheap: nothing is compiled here.
+
+use std::path::Path;
+use std::process::Command;
+
+use actix_api_auth_tests::{cargo_generate, generate, repo_root, work_dir};
+
+const PLACEHOLDERS: &[&str] = &[
+    "project-name",
+    "crate_name",
+    "key_prefix",
+    "route_prefix",
+    "docs_path",
+    "database",
+    "redis_cache",
+    "database_url",
+];
+
+fn read(project: &Path, file: &str) -> String {
+    std::fs::read_to_string(project.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn assert_no_liquid(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            assert_no_liquid(&path);
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        assert!(
+            !text.contains("{%"),
+            "Liquid tag left in {}",
+            path.display()
+        );
+        for name in PLACEHOLDERS {
+            for open in ["{{", "{{ "] {
+                assert!(
+                    !text.contains(&format!("{open}{name}")),
+                    "{{{{{name}}}}} left in {}",
+                    path.display()
+                );
+            }
+        }
+        assert!(
+            !path.to_string_lossy().ends_with(".liquid"),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+fn file_list(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(
+                    path.strip_prefix(dir)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn every_combination_renders() {
+    let mut lists = Vec::new();
+    for database in ["sqlite", "postgres"] {
+        for redis_cache in ["false", "true"] {
+            for custom in [false, true] {
+                let name = format!("render-{database}-{redis_cache}-{custom}");
+                let mut defines = vec![
+                    format!("database={database}"),
+                    format!("redis_cache={redis_cache}"),
+                ];
+                if custom {
+                    defines.extend([
+                        "key_prefix=acme2_".into(),
+                        "route_prefix=/admin/keys".into(),
+                        "docs_path=/api/docs".into(),
+                    ]);
+                }
+                let defines: Vec<&str> = defines.iter().map(String::as_str).collect();
+                let project = generate(&name, &defines);
+                assert_no_liquid(&project);
+
+                let manifest = read(&project, "Cargo.toml");
+                assert!(
+                    manifest.contains(&format!("name = \"{name}\"")),
+                    "{manifest}"
+                );
+                assert!(
+                    manifest.contains(&format!("default = [\"{database}\"]")),
+                    "{manifest}"
+                );
+                let defaults = read(&project, "src/config/defaults.rs");
+                let crate_name = name.replace('-', "_");
+                let (prefix, routes, docs) = if custom {
+                    ("acme2_", "/admin/keys", "/api/docs")
+                } else {
+                    ("sk_", "/api/v1/api-keys", "/docs")
+                };
+                for expected in [prefix, routes, docs] {
+                    assert!(
+                        defaults.contains(&format!("\"{expected}\"")),
+                        "{expected} in {defaults}"
+                    );
+                }
+                let url = if database == "sqlite" {
+                    format!("sqlite://data/{crate_name}.db")
+                } else {
+                    format!("postgres://postgres@localhost/{crate_name}")
+                };
+                assert!(defaults.contains(&url), "{url} in {defaults}");
+                assert!(
+                    read(&project, ".env.example").contains(&format!("API_KEY_PREFIX={prefix}"))
+                );
+                assert!(read(&project, "diesel.toml").contains(&format!("migrations/{database}")));
+                assert!(read(&project, "README.md").contains(&format!("# {name}")));
+
+                // The committed lockfile matches the rendered manifest: builds are reproducible.
+                let metadata = Command::new(env!("CARGO"))
+                    .args(["metadata", "--locked", "--no-deps", "--format-version", "1"])
+                    .current_dir(&project)
+                    .output()
+                    .unwrap();
+                assert!(
+                    metadata.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&metadata.stderr)
+                );
+
+                lists.push(file_list(&project));
+            }
+        }
+    }
+    for list in &lists {
+        assert_eq!(list, &lists[0], "every combination produces the same files");
+    }
+    for expected in [
+        "Cargo.lock",
+        ".gitignore",
+        "macros/Cargo.toml",
+        "migrations/sqlite",
+        "migrations/postgres",
+    ] {
+        assert!(
+            lists[0].iter().any(|f| f.starts_with(expected)),
+            "{expected} is generated"
+        );
+    }
+    assert!(
+        !lists[0]
+            .iter()
+            .any(|f| f.contains("hooks") || f.ends_with(".rhai")),
+        "hooks stay out of the project"
+    );
+}
+
+fn generate_failure(name: &str, defines: &[&str]) -> String {
+    let root = repo_root();
+    let destination = work_dir().join("rejected");
+    let _ = std::fs::remove_dir_all(&destination);
+    std::fs::create_dir_all(&destination).unwrap();
+    let mut args = vec![
+        "--path",
+        root.to_str().unwrap(),
+        "--name",
+        name,
+        "--destination",
+        destination.to_str().unwrap(),
+        "--vcs",
+        "none",
+        "--silent",
+    ];
+    for define in defines {
+        args.extend(["-d", define]);
+    }
+    let output = cargo_generate(&args);
+    assert!(!output.status.success(), "{defines:?} should be rejected");
+    // cargo-generate may leave the empty destination folder behind, but nothing in it.
+    assert!(
+        !destination.join(name).join("Cargo.toml").exists(),
+        "nothing is generated for {defines:?}"
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn bad_values_are_rejected_with_a_clear_message() {
+    for (defines, expected) in [
+        (&["key_prefix=Acme_"][..], "key_prefix"),
+        (&["key_prefix=acme"][..], "key_prefix"),
+        (&["route_prefix=keys"][..], "route_prefix"),
+        (&["docs_path=/docs/"][..], "docs_path"),
+        (&["database=mysql"][..], "database"),
+        (&["route_prefix=/docs", "docs_path=/docs"][..], "overlap"),
+        (
+            &["route_prefix=/api", "docs_path=/docs"][..],
+            "clashes with the example route /api/data",
+        ),
+        (
+            &["docs_path=/health"][..],
+            "clashes with the example route /health",
+        ),
+    ] {
+        let output = generate_failure("rejected-svc", defines);
+        assert!(
+            output.contains(expected),
+            "{defines:?}: expected {expected:?} in:\n{output}"
+        );
+    }
+}
+
+#[test]
+fn the_post_hook_prints_next_steps() {
+    let root = repo_root();
+    let destination = work_dir().join("post-hook");
+    let _ = std::fs::remove_dir_all(&destination);
+    std::fs::create_dir_all(&destination).unwrap();
+    let output = cargo_generate(&[
+        "--path",
+        root.to_str().unwrap(),
+        "--name",
+        "next-steps",
+        "--destination",
+        destination.to_str().unwrap(),
+        "--vcs",
+        "none",
+        "--silent",
+        "-d",
+        "docs_path=/swagger",
+    ]);
+    // cargo-generate prints hook output on stderr.
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{printed}");
+    for line in [
+        "cd next-steps",
+        "cargo run -- keys create --name admin --admin",
+        "http://127.0.0.1:8080/swagger/",
+    ] {
+        assert!(printed.contains(line), "{line:?} in:\n{printed}");
+    }
+}
