@@ -33,9 +33,15 @@ async fn harness_with(
         Error = actix_web::Error,
     >,
 > {
-    let mut vars = vars.to_vec();
-    vars.push(("API_KEYS_ROUTE_PREFIX", KEYS));
-    let config = Config::from_vars(vars).unwrap();
+    // Pin what the assertions below rely on, whatever defaults this project was generated with;
+    // later entries win, so a test can still override them.
+    let mut all = vec![
+        ("API_KEYS_ROUTE_PREFIX", KEYS),
+        ("API_KEY_PREFIX", "sk_"),
+        ("DOCS_PATH", "/docs"),
+    ];
+    all.extend_from_slice(vars);
+    let config = Config::from_vars(all).unwrap();
     let state = AppState::new(config.clone(), store);
     let admin = state
         .service

@@ -10,15 +10,17 @@ async fn memory_backend_conforms() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_backend_conforms() {
+    use {{crate_name}}::store::{SqlBackend, migrate};
+
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("keys.db").display());
     assert_eq!(
-        store::migrate(&url).await.unwrap(),
+        migrate(&url).await.unwrap(),
         1,
         "a new database gets every migration"
     );
     assert_eq!(
-        store::migrate(&url).await.unwrap(),
+        migrate(&url).await.unwrap(),
         0,
         "migrating twice is a no-op"
     );
