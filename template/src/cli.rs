@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::keys::{ApiKeyService, NewKey};
+use crate::keys::{ApiKeyService, KeyStatus, NewKey};
 use crate::store::ListQuery;
 
 #[derive(Debug, Parser)]
@@ -119,17 +119,10 @@ impl KeysCommand {
                     "ID", "STATUS", "NAME", "REQUESTS"
                 );
                 for key in &page.items {
-                    let status = if key.revoked_at.is_some() {
-                        "revoked"
-                    } else if key.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
-                        "expired"
-                    } else {
-                        "active"
-                    };
                     println!(
                         "{:<12}  {:<8}  {:<24}  {:>8}  {}",
                         key.id,
-                        status,
+                        KeyStatus::of(key).as_str(),
                         key.name,
                         key.request_count,
                         key.scopes.join(",")

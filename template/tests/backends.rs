@@ -26,3 +26,23 @@ async fn sqlite_backend_conforms() {
     );
     conformance::run(&SqlBackend::connect(&url).await.unwrap()).await;
 }
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_backend_conforms() {
+    use {{crate_name}}::store::{SqlBackend, migrate};
+
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        eprintln!(
+            "SKIPPED postgres_backend_conforms: set TEST_POSTGRES_URL=postgres://... to run it"
+        );
+        return;
+    };
+    migrate(&url).await.unwrap();
+    assert_eq!(
+        migrate(&url).await.unwrap(),
+        0,
+        "migrating twice is a no-op"
+    );
+    conformance::run(&SqlBackend::connect(&url).await.unwrap()).await;
+}

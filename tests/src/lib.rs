@@ -1,6 +1,8 @@
 //! Shared helpers of the template's tests: generate a project with the pinned `cargo generate`, run
 //! cargo in it on one shared target directory, and run the generated service.
 
+pub mod servers;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -99,9 +101,15 @@ pub fn generate(name: &str, defines: &[&str]) -> PathBuf {
 
 /// Runs `cargo <args>` in `project` on the shared target directory and asserts it succeeds.
 pub fn cargo(project: &Path, args: &[&str]) -> String {
+    cargo_with_env(project, args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub fn cargo_with_env(project: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let _lock = build_lock();
     let output = Command::new(env!("CARGO"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(project)
         .env("CARGO_TARGET_DIR", shared_target_dir())
         .env_remove("RUSTFLAGS")

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::service::{self, ApiKeyService, MAX_LIFETIME_SECONDS};
+use super::service::{self, ApiKeyService, KeyStatus, MAX_LIFETIME_SECONDS};
 use crate::auth::AdminKey;
 use crate::error::{ApiError, Problem};
 use crate::store::{ApiKeyRecord, ListQuery};
@@ -50,15 +50,6 @@ pub struct CreateKeyRequest {
     pub metadata: Option<Map<String, Value>>,
 }
 
-/// Where a key stands.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyStatus {
-    Active,
-    Expired,
-    Revoked,
-}
-
 /// A key just created. `key` is shown here once and cannot be retrieved again.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyCreated {
@@ -94,20 +85,13 @@ pub struct KeyDetails {
 
 impl From<ApiKeyRecord> for KeyDetails {
     fn from(record: ApiKeyRecord) -> Self {
-        let status = if record.revoked_at.is_some() {
-            KeyStatus::Revoked
-        } else if record.expires_at.is_some_and(|at| at <= Utc::now()) {
-            KeyStatus::Expired
-        } else {
-            KeyStatus::Active
-        };
         Self {
+            status: KeyStatus::of(&record),
             id: record.id,
             name: record.name,
             scopes: record.scopes,
             owner_id: record.owner_id,
             metadata: record.metadata,
-            status,
             created_at: record.created_at,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,

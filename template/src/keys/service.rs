@@ -108,12 +108,8 @@ impl ApiKeyService {
 
     /// A key's details, including uses counted since the last flush.
     pub async fn get_key(&self, id: &str) -> Result<ApiKeyRecord, ServiceError> {
-        let mut record = self.store.get(id).await?.ok_or(ServiceError::NotFound)?;
-        if let Some((requests, last_used_at)) = self.usage.unflushed(id) {
-            record.request_count += requests;
-            record.last_used_at = record.last_used_at.max(Some(last_used_at.trunc_subsecs(6)));
-        }
-        Ok(record)
+        let record = self.store.get(id).await?.ok_or(ServiceError::NotFound)?;
+        Ok(self.with_unflushed_usage(record))
     }
 
     pub async fn list_keys(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, ServiceError> {
@@ -123,7 +119,13 @@ impl ApiKeyService {
                 format!("must be between 1 and {MAX_PAGE_SIZE}"),
             ));
         }
-        Ok(self.store.list(query).await?)
+        let mut page = self.store.list(query).await?;
+        page.items = page
+            .items
+            .into_iter()
+            .map(|record| self.with_unflushed_usage(record))
+            .collect();
+        Ok(page)
     }
 
     /// Revokes a key. Revoking a revoked key succeeds and keeps the first revocation time.
@@ -133,6 +135,45 @@ impl ApiKeyService {
             Ok(())
         } else {
             Err(ServiceError::NotFound)
+        }
+    }
+}
+
+impl ApiKeyService {
+    fn with_unflushed_usage(&self, mut record: ApiKeyRecord) -> ApiKeyRecord {
+        if let Some((requests, last_used_at)) = self.usage.unflushed(&record.id) {
+            record.request_count += requests;
+            record.last_used_at = record.last_used_at.max(Some(last_used_at.trunc_subsecs(6)));
+        }
+        record
+    }
+}
+
+/// Where a key stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn of(record: &ApiKeyRecord) -> Self {
+        if record.revoked_at.is_some() {
+            Self::Revoked
+        } else if record.expires_at.is_some_and(|at| at <= Utc::now()) {
+            Self::Expired
+        } else {
+            Self::Active
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
         }
     }
 }

@@ -44,9 +44,14 @@ fn main() -> ExitCode {
     }
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("\nBuilding {} and minting an admin key...", project.display());
+    println!(
+        "\nBuilding {} and minting an admin key...",
+        project.display()
+    );
     let minted = Command::new(&cargo)
-        .args(["run", "--quiet", "--", "keys", "create", "--name", "admin", "--admin"])
+        .args([
+            "run", "--quiet", "--", "keys", "create", "--name", "admin", "--admin",
+        ])
         .current_dir(&project)
         .env("RUST_LOG", "warn")
         .output()

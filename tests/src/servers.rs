@@ -1,0 +1,137 @@
+//! A throwaway PostgreSQL server on loopback, in a temporary folder, stopped when dropped.
+//!
+//! PostgreSQL refuses to run as root, so when the tests run as root the cluster is created and
+//! started as the `postgres` user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::free_port;
+
+fn run(description: &str, command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{description}: {e}"));
+    assert!(
+        output.status.success(),
+        "{description} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A folder the `postgres` user can traverse, removed on drop.
+fn scratch_dir(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
+    run("chmod", Command::new("chmod").arg("755").arg(dir.path()));
+    dir
+}
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    /// Creates and starts a PostgreSQL cluster with trust authentication on 127.0.0.1.
+    pub fn start() -> Self {
+        let bin = pg_bindir();
+        let dir = scratch_dir("pg-");
+        let data = dir.path().join("data");
+        let socket = dir.path().join("socket");
+        let port = free_port();
+        if is_root() {
+            for (path, mode) in [(&data, "700"), (&socket, "755")] {
+                run(
+                    "install",
+                    Command::new("install")
+                        .args(["-d", "-o", "postgres", "-g", "postgres", "-m", mode])
+                        .arg(path),
+                );
+            }
+        } else {
+            std::fs::create_dir_all(&socket).unwrap();
+        }
+        let initdb = format!(
+            "{} -D {} -U postgres --auth=trust -E UTF8 --no-locale",
+            bin.join("initdb").display(),
+            data.display()
+        );
+        run("initdb", &mut as_postgres(&initdb));
+        let start = format!(
+            "{} -D {} -l {} -o '-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off' -w start",
+            bin.join("pg_ctl").display(),
+            data.display(),
+            socket.join("server.log").display(),
+            socket.display()
+        );
+        run("pg_ctl start", &mut as_postgres(&start));
+        Self { dir, bin, port }
+    }
+
+    /// Creates a database and returns its URL.
+    pub fn database(&self, name: &str) -> String {
+        run(
+            "createdb",
+            Command::new(self.bin.join("createdb")).args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                name,
+            ]),
+        );
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let stop = format!(
+            "{} -D {} -m fast -w stop",
+            self.bin.join("pg_ctl").display(),
+            self.dir.path().join("data").display()
+        );
+        let _ = as_postgres(&stop).stdout(Stdio::null()).status();
+    }
+}
+
+fn as_postgres(command: &str) -> Command {
+    if is_root() {
+        let mut su = Command::new("su");
+        su.args(["postgres", "-c", command]);
+        su
+    } else {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", command]);
+        sh
+    }
+}
+
+fn pg_bindir() -> PathBuf {
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    if let Some(dir) = from_pg_config.filter(|dir| dir.join("initdb").exists()) {
+        return dir;
+    }
+    let fallback = Path::new("/usr/lib/postgresql/15/bin");
+    assert!(
+        fallback.join("initdb").exists(),
+        "PostgreSQL 15 server binaries are not installed"
+    );
+    fallback.to_path_buf()
+}
