@@ -94,7 +94,7 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if applied > 0 {
         tracing::info!(applied, "database migrated");
     }
-    let store = store::open(&config.database_url).await?;
+    let store = store::open(&config).await?;
     let state = AppState::new(config, store);
     let flusher = state
         .usage

@@ -46,7 +46,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         }
         Command::Keys(command) => {
             store::migrate(&config.database_url).await?;
-            let store = store::open(&config.database_url).await?;
+            let store = store::open(&config).await?;
             let service = ApiKeyService::new(
                 store,
                 config.key_format(),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use {{crate_name}}::app::{AppState, app};
 use {{crate_name}}::config::Config;
 use {{crate_name}}::keys::NewKey;
-use {{crate_name}}::store::{Backend, MemoryBackend};
+use {{crate_name}}::store::{Backend, CachedBackend, MemoryBackend};
 
 const KEYS: &str = "/api/v1/api-keys";
 
@@ -42,7 +42,8 @@ async fn harness_with(
     ];
     all.extend_from_slice(vars);
     let config = Config::from_vars(all).unwrap();
-    let state = AppState::new(config.clone(), store);
+    // The same stack as `store::open` builds: the in-process cache in front of the backend.
+    let state = AppState::new(config.clone(), Arc::new(CachedBackend::new(store)));
     let admin = state
         .service
         .create_key(NewKey {

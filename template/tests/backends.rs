@@ -1,15 +1,28 @@
-//! The backend conformance suite against every backend that runs without a server.
+//! The backend conformance suite against every backend, and the caches' revocation bound.
+//!
+//! PostgreSQL and Redis cases run when `TEST_POSTGRES_URL` / `TEST_REDIS_URL` name a server, and
+//! print a `SKIPPED` line otherwise.
 
-use {{crate_name}}::store::{MemoryBackend, conformance};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use {{crate_name}}::store::cache::LOCAL_TTL;
+use {{crate_name}}::store::{Backend, CachedBackend, MemoryBackend, conformance};
 
 #[tokio::test]
 async fn memory_backend_conforms() {
     conformance::run(&MemoryBackend::default()).await;
 }
 
-#[cfg(feature = "sqlite")]
 #[tokio::test]
-async fn sqlite_backend_conforms() {
+async fn cached_memory_backend_conforms() {
+    conformance::run(&CachedBackend::new(Arc::new(MemoryBackend::default()))).await;
+}
+
+#[cfg(feature = "sqlite")]
+async fn sqlite() -> (tempfile::TempDir, Arc<dyn Backend>) {
     use {{crate_name}}::store::{SqlBackend, migrate};
 
     let dir = tempfile::tempdir().unwrap();
@@ -24,7 +37,15 @@ async fn sqlite_backend_conforms() {
         0,
         "migrating twice is a no-op"
     );
-    conformance::run(&SqlBackend::connect(&url).await.unwrap()).await;
+    (dir, Arc::new(SqlBackend::connect(&url).await.unwrap()))
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_backend_conforms() {
+    let (_dir, sql) = sqlite().await;
+    conformance::run(sql.as_ref()).await;
+    conformance::run(&CachedBackend::new(sql)).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -44,5 +65,155 @@ async fn postgres_backend_conforms() {
         0,
         "migrating twice is a no-op"
     );
-    conformance::run(&SqlBackend::connect(&url).await.unwrap()).await;
+    let sql = Arc::new(SqlBackend::connect(&url).await.unwrap());
+    conformance::run(sql.as_ref()).await;
+    conformance::run(&CachedBackend::new(sql.clone())).await;
+    #[cfg(feature = "redis-cache")]
+    if let Ok(redis) = std::env::var("TEST_REDIS_URL") {
+        use {{crate_name}}::store::cache::redis_cache::RedisCache;
+
+        let ttl = Duration::from_secs(60);
+        conformance::run(
+            &CachedBackend::new(sql).with_redis(RedisCache::connect(&redis, ttl).unwrap()),
+        )
+        .await;
+    }
+}
+
+/// Two instances sharing one database (and, when given, one Redis): a key revoked through the first
+/// is refused by the second within the documented bound.
+async fn revocation_reaches_other_instances(
+    first: CachedBackend,
+    second: CachedBackend,
+) -> Duration {
+    let key = conformance::sample("bound", Utc::now());
+    first.insert(&key).await.unwrap();
+    assert!(
+        second
+            .lookup(&key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none(),
+        "cached as valid"
+    );
+
+    first.revoke(&key.id, Utc::now()).await.unwrap();
+    let revoked_at = Instant::now();
+    assert!(
+        first
+            .lookup(&key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some(),
+        "at once where it was revoked"
+    );
+    loop {
+        if second
+            .lookup(&key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+        {
+            let took = revoked_at.elapsed();
+            assert!(
+                took <= LOCAL_TTL + Duration::from_millis(250),
+                "took {took:?}"
+            );
+            return took;
+        }
+        assert!(
+            revoked_at.elapsed() < LOCAL_TTL * 3,
+            "the revocation never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn revocation_reaches_other_instances_within_the_local_ttl() {
+    let primary: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+    revocation_reaches_other_instances(
+        CachedBackend::new(primary.clone()),
+        CachedBackend::new(primary),
+    )
+    .await;
+}
+
+#[cfg(feature = "redis-cache")]
+mod redis {
+    use super::*;
+    use {{crate_name}}::store::cache::redis_cache::RedisCache;
+
+    fn redis_url() -> Option<String> {
+        let url = std::env::var("TEST_REDIS_URL").ok();
+        if url.is_none() {
+            eprintln!("SKIPPED Redis cache tests: set TEST_REDIS_URL=redis://... to run them");
+        }
+        url
+    }
+
+    fn cached(primary: Arc<dyn Backend>, url: &str) -> CachedBackend {
+        CachedBackend::new(primary)
+            .with_redis(RedisCache::connect(url, Duration::from_secs(60)).unwrap())
+    }
+
+    // The primary here is the memory backend; `tests/api.rs` and the harness cover SQL primaries.
+    fn primary() -> Arc<dyn Backend> {
+        Arc::new(MemoryBackend::default())
+    }
+
+    #[tokio::test]
+    async fn redis_cache_conforms() {
+        let Some(url) = redis_url() else { return };
+        conformance::run(&cached(primary(), &url)).await;
+    }
+
+    #[tokio::test]
+    async fn revocation_reaches_other_instances_through_redis() {
+        let Some(url) = redis_url() else { return };
+        let shared = primary();
+        let took =
+            revocation_reaches_other_instances(cached(shared.clone(), &url), cached(shared, &url))
+                .await;
+        eprintln!("revocation reached the second instance in {took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_only_slows_lookups_down() {
+        let sql = primary();
+        // Nothing listens on port 1: every Redis call fails, and the primary answers instead.
+        let backend = cached(sql.clone(), "redis://127.0.0.1:1/");
+        conformance::stores_and_returns_keys(&backend).await;
+        conformance::lists_newest_first_with_the_real_total(&backend).await;
+        conformance::adds_usage_and_moves_last_use_forward(&backend).await;
+
+        let key = conformance::sample("outage", Utc::now());
+        backend.insert(&key).await.unwrap();
+        assert!(backend.lookup(&key.id).await.unwrap().is_some());
+        // A revocation is saved, reported as not fully propagated, and enforced here at once.
+        assert!(backend.revoke(&key.id, Utc::now()).await.is_err());
+        assert!(
+            sql.get(&key.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
+        assert!(
+            backend
+                .lookup(&key.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! A throwaway PostgreSQL server on loopback, in a temporary folder, stopped when dropped.
+//! Throwaway PostgreSQL and Redis servers on loopback, in temporary folders, stopped when dropped.
 //!
 //! PostgreSQL refuses to run as root, so when the tests run as root the cluster is created and
 //! started as the `postgres` user.
@@ -27,7 +27,7 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// A folder the `postgres` user can traverse, removed on drop.
+/// A folder every user (`postgres` included) can traverse, removed on drop.
 fn scratch_dir(name: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
     run("chmod", Command::new("chmod").arg("755").arg(dir.path()));
@@ -134,4 +134,62 @@ fn pg_bindir() -> PathBuf {
         "PostgreSQL 15 server binaries are not installed"
     );
     fallback.to_path_buf()
+}
+
+pub struct Redis {
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts a Redis server on 127.0.0.1 with persistence off.
+    pub fn start() -> Self {
+        let dir = scratch_dir("redis-");
+        let port = free_port();
+        run(
+            "redis-server",
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--daemonize",
+                    "yes",
+                ])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .arg("--logfile")
+                .arg(dir.path().join("redis.log")),
+        );
+        let redis = Self { _dir: dir, port };
+        for _ in 0..100 {
+            if redis.cli(&["ping"]).starts_with("PONG") {
+                return redis;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("redis-server did not answer on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Runs a `redis-cli` command against this server and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.cli(&["shutdown", "nosave"]);
+    }
 }

@@ -1,10 +1,10 @@
 //! Generated projects build with zero warnings, are rustfmt- and clippy-clean, and pass their own tests.
 //!
-//! Two representative projects: the defaults (SQLite), and every string placeholder changed on
-//! PostgreSQL, whose tests run against a throwaway PostgreSQL server. They share one target
-//! directory, so dependencies are compiled once per feature set.
+//! Two representative projects: the defaults (SQLite), and every placeholder changed (PostgreSQL with
+//! the Redis cache), whose tests run against throwaway PostgreSQL and Redis servers. They share one
+//! target directory, so dependencies are compiled once per feature set.
 
-use actix_api_auth_tests::servers::Postgres;
+use actix_api_auth_tests::servers::{Postgres, Redis};
 use actix_api_auth_tests::{cargo, cargo_with_env, generate};
 
 fn check(name: &str, defines: &[&str], env: &[(&str, &str)]) -> String {
@@ -36,21 +36,35 @@ fn default_project_is_clean_and_passes_its_tests() {
 }
 
 #[test]
-fn customised_postgres_project_is_clean_and_passes_its_tests() {
+fn customised_postgres_redis_project_is_clean_and_passes_its_tests() {
     let postgres = Postgres::start();
-    let url = postgres.database("acme_keys_test");
+    let redis = Redis::start();
+    let database = postgres.database("acme_keys_test");
     let output = check(
         "acme-keys",
         &[
             "database=postgres",
+            "redis_cache=true",
             "key_prefix=acme_",
             "route_prefix=/admin/keys",
             "docs_path=/api/docs",
         ],
-        &[("TEST_POSTGRES_URL", &url)],
+        &[
+            ("TEST_POSTGRES_URL", &database),
+            ("TEST_REDIS_URL", &redis.url()),
+        ],
     );
     assert!(
         !output.contains("SKIPPED"),
-        "the PostgreSQL tests ran:\n{output}"
+        "the PostgreSQL and Redis tests ran:\n{output}"
+    );
+    assert_ne!(
+        redis.cli(&["dbsize"]).trim(),
+        "0",
+        "the Redis cache was used"
+    );
+    assert!(
+        output.contains("revocation reached the second instance in"),
+        "{output}"
     );
 }

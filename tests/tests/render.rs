@@ -102,10 +102,12 @@ fn every_combination_renders() {
                     manifest.contains(&format!("name = \"{name}\"")),
                     "{manifest}"
                 );
-                assert!(
-                    manifest.contains(&format!("default = [\"{database}\"]")),
-                    "{manifest}"
-                );
+                let features = if redis_cache == "true" {
+                    format!("default = [\"{database}\", \"redis-cache\"]")
+                } else {
+                    format!("default = [\"{database}\"]")
+                };
+                assert!(manifest.contains(&features), "{features} in {manifest}");
                 let defaults = read(&project, "src/config/defaults.rs");
                 let crate_name = name.replace('-', "_");
                 let (prefix, routes, docs) = if custom {

@@ -90,7 +90,7 @@ impl Authenticator {
             .format
             .parse(presented)
             .map_err(|_| AuthError::Invalid)?;
-        let record = match self.store.get(parsed.id()).await {
+        let record = match self.store.lookup(parsed.id()).await {
             Ok(Some(record)) => record,
             Ok(None) => return Err(AuthError::Invalid),
             Err(StoreError::Unavailable(reason)) => {

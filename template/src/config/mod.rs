@@ -18,6 +18,10 @@ use crate::auth::scope;
 #[serde(default)]
 pub struct Config {
     pub database_url: String,
+    /// Optional Redis, shared by every instance, caching keys in front of the database.
+    pub redis_url: Option<String>,
+    /// How long a key stays in the Redis cache, in seconds.
+    pub redis_cache_ttl_seconds: u64,
     pub host: String,
     pub port: u16,
     /// Prefix of every issued key, e.g. `acme_`.
@@ -40,6 +44,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             database_url: defaults::DATABASE_URL.into(),
+            redis_url: None,
+            redis_cache_ttl_seconds: 300,
             host: "127.0.0.1".into(),
             port: 8080,
             api_key_prefix: defaults::API_KEY_PREFIX.into(),
@@ -131,6 +137,26 @@ impl Config {
                 "must start with sqlite://, postgres://, postgresql:// or memory://",
             ));
         }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+            if cfg!(not(feature = "redis-cache")) {
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    "this build has no Redis support: rebuild with `--features redis-cache`, or unset it",
+                ));
+            }
+        }
+        if !(1..=86_400).contains(&self.redis_cache_ttl_seconds) {
+            return Err(ConfigError::new(
+                "REDIS_CACHE_TTL_SECONDS",
+                "must be between 1 and 86400",
+            ));
+        }
         if self.host.is_empty() {
             return Err(ConfigError::new("HOST", "must not be empty"));
         }
@@ -184,6 +210,10 @@ impl Config {
             self.api_key_prefix.clone(),
             self.api_key_pepper.as_ref().map(Secret::expose),
         )
+    }
+
+    pub fn redis_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.redis_cache_ttl_seconds)
     }
 
     pub fn usage_flush_interval(&self) -> Duration {
@@ -271,6 +301,8 @@ mod tests {
             ("API_KEYS_ADMIN_SCOPE", "Admin"),
             ("DOCS_PATH", "/docs?x"),
             ("DATABASE_URL", "mysql://db"),
+            ("REDIS_URL", "http://cache"),
+            ("REDIS_CACHE_TTL_SECONDS", "0"),
             ("USAGE_FLUSH_SECONDS", "0"),
             ("API_KEYS_ROUTES", "maybe"),
         ] {

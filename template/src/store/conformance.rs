@@ -24,6 +24,7 @@ pub async fn run(backend: &dyn Backend) {
     rejects_duplicate_ids(backend).await;
     lists_newest_first_with_the_real_total(backend).await;
     revokes_idempotently(backend).await;
+    lookups_see_revocation_at_once(backend).await;
     adds_usage_and_moves_last_use_forward(backend).await;
 }
 
@@ -153,6 +154,34 @@ pub async fn revokes_idempotently(backend: &dyn Backend) {
         !backend.revoke("no-such-id", first).await.expect("revoke"),
         "an unknown id reports false"
     );
+}
+
+pub async fn lookups_see_revocation_at_once(backend: &dyn Backend) {
+    let key = sample(&fresh_owner(), Utc::now());
+    backend.insert(&key).await.expect("insert");
+    assert_eq!(
+        backend.lookup(&key.id).await.expect("lookup"),
+        Some(key.clone()),
+        "a lookup finds the key"
+    );
+    assert_eq!(
+        backend.lookup(&key.id).await.expect("lookup again"),
+        Some(key.clone()),
+        "and again"
+    );
+    let at = Utc::now().trunc_subsecs(6);
+    backend.revoke(&key.id, at).await.expect("revoke");
+    let seen = backend
+        .lookup(&key.id)
+        .await
+        .expect("lookup")
+        .expect("still there");
+    assert_eq!(
+        seen.revoked_at,
+        Some(at),
+        "the next lookup on this instance sees the revocation"
+    );
+    assert_eq!(backend.lookup("no-such-id").await.expect("lookup"), None);
 }
 
 pub async fn adds_usage_and_moves_last_use_forward(backend: &dyn Backend) {

@@ -3,6 +3,7 @@
 //! Implement [`Backend`] to keep keys somewhere else; [`conformance`] checks an implementation
 //! against the behaviour the rest of the service relies on.
 
+pub mod cache;
 pub mod conformance;
 pub mod memory;
 pub mod sql;
@@ -13,11 +14,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::config::Config;
+
+pub use cache::CachedBackend;
 pub use memory::MemoryBackend;
 pub use sql::SqlBackend;
 
 /// A stored key. It holds the digest of the key, never the key itself.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub key_hash: String,
@@ -73,8 +77,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Stores a new key; [`StoreError::Duplicate`] if its id is taken.
     async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
 
-    /// The key with this id, revoked and expired ones included.
+    /// The key with this id, revoked and expired ones included, as currently stored.
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// The key with this id, for authenticating a request. A caching backend answers from its cache,
+    /// within its documented staleness bound; usage counts in the answer may lag.
+    async fn lookup(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.get(id).await
+    }
 
     /// Keys newest first (by `created_at`, then `id`), with the total matching `query`.
     async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError>;
@@ -88,12 +98,24 @@ pub trait Backend: Send + Sync + 'static {
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError>;
 }
 
-/// Opens the backend named by a `DATABASE_URL`: `sqlite://…`, `postgres://…` or `memory://`.
-pub async fn open(database_url: &str) -> Result<Arc<dyn Backend>, StoreError> {
-    if database_url.starts_with("memory:") {
-        return Ok(Arc::new(MemoryBackend::default()));
+/// Opens the configured storage: the backend named by `DATABASE_URL` (`sqlite://…`, `postgres://…`
+/// or `memory://`) behind an in-process cache, and the Redis cache too when `REDIS_URL` is set.
+pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
+    let primary: Arc<dyn Backend> = if config.database_url.starts_with("memory:") {
+        Arc::new(MemoryBackend::default())
+    } else {
+        Arc::new(SqlBackend::connect(&config.database_url).await?)
+    };
+    #[allow(unused_mut)]
+    let mut cached = CachedBackend::new(primary);
+    #[cfg(feature = "redis-cache")]
+    if let Some(url) = &config.redis_url {
+        cached = cached.with_redis(cache::redis_cache::RedisCache::connect(
+            url,
+            config.redis_cache_ttl(),
+        )?);
     }
-    Ok(Arc::new(SqlBackend::connect(database_url).await?))
+    Ok(Arc::new(cached))
 }
 
 /// Brings the database named by `DATABASE_URL` up to date. Returns how many migrations ran.
