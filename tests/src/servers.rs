@@ -66,15 +66,37 @@ impl Postgres {
             data.display()
         );
         run("initdb", &mut as_postgres(&initdb));
-        let start = format!(
-            "{} -D {} -l {} -o '-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off' -w start",
-            bin.join("pg_ctl").display(),
-            data.display(),
+        let postgres = Self { dir, bin, port };
+        postgres.restart();
+        postgres
+    }
+
+    /// Stops the server, keeping its data, as an outage would.
+    pub fn stop(&self) {
+        run(
+            "pg_ctl stop",
+            &mut as_postgres(&self.pg_ctl("-m fast -w stop")),
+        );
+    }
+
+    /// Starts the server (again, after [`Postgres::stop`]) on its port.
+    pub fn restart(&self) {
+        let socket = self.dir.path().join("socket");
+        let options = format!(
+            "-l {} -o '-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off' -w start",
             socket.join("server.log").display(),
+            self.port,
             socket.display()
         );
-        run("pg_ctl start", &mut as_postgres(&start));
-        Self { dir, bin, port }
+        run("pg_ctl start", &mut as_postgres(&self.pg_ctl(&options)));
+    }
+
+    fn pg_ctl(&self, args: &str) -> String {
+        format!(
+            "{} -D {} {args}",
+            self.bin.join("pg_ctl").display(),
+            self.dir.path().join("data").display()
+        )
     }
 
     /// Creates a database and returns its URL.
@@ -97,12 +119,10 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let stop = format!(
-            "{} -D {} -m fast -w stop",
-            self.bin.join("pg_ctl").display(),
-            self.dir.path().join("data").display()
-        );
-        let _ = as_postgres(&stop).stdout(Stdio::null()).status();
+        let _ = as_postgres(&self.pg_ctl("-m fast -w stop"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -137,15 +157,29 @@ fn pg_bindir() -> PathBuf {
 }
 
 pub struct Redis {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     port: u16,
 }
 
 impl Redis {
     /// Starts a Redis server on 127.0.0.1 with persistence off.
     pub fn start() -> Self {
-        let dir = scratch_dir("redis-");
-        let port = free_port();
+        let redis = Self {
+            dir: scratch_dir("redis-"),
+            port: free_port(),
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Stops the server, as an outage would.
+    pub fn stop(&self) {
+        self.cli(&["shutdown", "nosave"]);
+    }
+
+    /// Starts the server (again) on its port, empty.
+    pub fn restart(&self) {
+        let (dir, port) = (self.dir.path(), self.port);
         run(
             "redis-server",
             Command::new("redis-server")
@@ -159,14 +193,13 @@ impl Redis {
                 ])
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
-                .arg(dir.path())
+                .arg(dir)
                 .arg("--logfile")
-                .arg(dir.path().join("redis.log")),
+                .arg(dir.join("redis.log")),
         );
-        let redis = Self { _dir: dir, port };
         for _ in 0..100 {
-            if redis.cli(&["ping"]).starts_with("PONG") {
-                return redis;
+            if self.cli(&["ping"]).starts_with("PONG") {
+                return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -190,6 +223,6 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        self.cli(&["shutdown", "nosave"]);
+        self.stop();
     }
 }

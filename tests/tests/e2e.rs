@@ -3,42 +3,8 @@
 
 use std::process::Command;
 
-use actix_api_auth_tests::{binary, free_port, generate, work_dir, Service};
-use serde_json::{json, Value};
-
-struct Client {
-    agent: ureq::Agent,
-    base: String,
-}
-
-impl Client {
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let url = format!("{}{path}", self.base);
-        let mut request = ureq::http::Request::builder().method(method).uri(&url);
-        if let Some(key) = key {
-            request = request.header("X-API-Key", key);
-        }
-        let response = match body {
-            Some(body) => self.agent.run(
-                request
-                    .header("Content-Type", "application/json")
-                    .body(body.to_string())
-                    .unwrap(),
-            ),
-            None => self.agent.run(request.body(()).unwrap()),
-        };
-        let mut response = response.expect("the service answers");
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-}
+use actix_api_auth_tests::{binary, free_port, generate, work_dir, Client, Service};
+use serde_json::json;
 
 #[test]
 fn seed_flow_over_http() {
@@ -73,13 +39,7 @@ fn seed_flow_over_http() {
     );
 
     let service = Service::start(&bin, &env, free_port());
-    let client = Client {
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into(),
-        base: service.base_url.clone(),
-    };
+    let client = Client::new(&service.base_url);
 
     let (status, created) = client.send(
         "POST",

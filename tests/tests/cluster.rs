@@ -1,0 +1,145 @@
+//! Two instances of a generated service on one PostgreSQL and one Redis, as behind a load balancer:
+//! a revocation reaches the other instance within the documented bound, usage counts add up exactly,
+//! and outages of Redis or PostgreSQL degrade the service the documented way, then heal by themselves.
+
+use std::time::{Duration, Instant};
+
+use actix_api_auth_tests::servers::{Postgres, Redis};
+use actix_api_auth_tests::{binary, free_port, generate, mint_admin_key, Client, Service};
+use serde_json::json;
+
+const KEYS: &str = "/api/v1/api-keys";
+/// The in-process cache lifetime documented by the generated service.
+const BOUND: Duration = Duration::from_millis(500);
+
+fn create_key(client: &Client, admin: &str, name: &str) -> (String, String) {
+    let (status, created) = client.send("POST", KEYS, Some(admin), Some(json!({ "name": name })));
+    assert_eq!(status, 201, "{created}");
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn two_instances_on_postgres_and_redis() {
+    let postgres = Postgres::start();
+    let redis = Redis::start();
+    let database = postgres.database("cluster");
+    let redis_url = redis.url();
+    let project = generate("cluster-svc", &["database=postgres", "redis_cache=true"]);
+    let bin = binary(&project, "cluster-svc");
+    let env = [
+        ("DATABASE_URL", database.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("USAGE_FLUSH_SECONDS", "1"),
+        ("RUST_LOG", "error"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let a = Service::start(&bin, &env, free_port());
+    let b = Service::start(&bin, &env, free_port());
+    let (ca, cb) = (Client::new(&a.base_url), Client::new(&b.base_url));
+
+    // Usage spread over both instances adds up exactly once both have flushed.
+    let (id, key) = create_key(&ca, &admin, "shared");
+    let mut accepted = 0;
+    for i in 0..40 {
+        let client = if i % 2 == 0 { &ca } else { &cb };
+        assert_eq!(client.send("GET", "/protected", Some(&key), None).0, 200);
+        accepted += 1;
+    }
+
+    // Revoked through A, refused by A at once and by B within the bound.
+    assert_eq!(
+        ca.send("DELETE", &format!("{KEYS}/{id}"), Some(&admin), None)
+            .0,
+        204
+    );
+    let (status, problem) = ca.send("GET", "/protected", Some(&key), None);
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("revoked_api_key"))
+    );
+    let took = wait_until("revocation reaches B", Duration::from_secs(3), || match cb
+        .send("GET", "/protected", Some(&key), None)
+        .0
+    {
+        401 => true,
+        200 => {
+            accepted += 1;
+            false
+        }
+        other => panic!("B answered {other}"),
+    });
+    println!("revocation reached instance B in {took:?}");
+    assert!(took <= BOUND + Duration::from_millis(300), "took {took:?}");
+
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, details) = ca.send("GET", &format!("{KEYS}/{id}"), Some(&admin), None);
+    assert_eq!(
+        details["request_count"], accepted,
+        "every accepted request counted once"
+    );
+
+    // Redis down: valid keys still work from the database, revoked ones stay refused, no 5xx.
+    let (_, fresh) = create_key(&ca, &admin, "during-outage");
+    redis.stop();
+    for _ in 0..30 {
+        for client in [&ca, &cb] {
+            assert_eq!(client.send("GET", "/protected", Some(&fresh), None).0, 200);
+            assert_eq!(client.send("GET", "/protected", Some(&key), None).0, 401);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Redis back: the cache fills again without a restart.
+    redis.restart();
+    wait_until(
+        "the Redis cache is used again",
+        Duration::from_secs(10),
+        || {
+            assert_eq!(cb.send("GET", "/protected", Some(&fresh), None).0, 200);
+            redis.cli(&["dbsize"]).trim() != "0"
+        },
+    );
+
+    // PostgreSQL down: what needs it answers 503 with a problem body; cached keys keep working.
+    let (_, cold) = create_key(&ca, &admin, "never-used");
+    postgres.stop();
+    let (status, problem) = ca.send("GET", KEYS, Some(&admin), None);
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (503, Some("storage_unavailable")),
+        "{problem}"
+    );
+    let (status, problem) = cb.send("GET", "/protected", Some(&cold), None);
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (503, Some("storage_unavailable")),
+        "{problem}"
+    );
+    assert_eq!(
+        cb.send("GET", "/protected", Some(&fresh), None).0,
+        200,
+        "served from the caches"
+    );
+    // PostgreSQL back: the pools reconnect by themselves.
+    postgres.restart();
+    wait_until(
+        "the database is used again",
+        Duration::from_secs(15),
+        || ca.send("GET", KEYS, Some(&admin), None).0 == 200,
+    );
+    assert_eq!(cb.send("GET", "/protected", Some(&cold), None).0, 200);
+
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+}
