@@ -233,6 +233,19 @@ async fn seed_flow_on_postgres() {
     .await;
 }
 
+#[cfg(feature = "redis")]
+#[actix_web::test]
+async fn seed_flow_on_redis() {
+    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
+        eprintln!("SKIPPED seed_flow_on_redis: set TEST_REDIS_URL=redis://... to run it");
+        return;
+    };
+    seed_flow(Arc::new(
+        {{crate_name}}::store::redis::RedisBackend::connect(&url).unwrap(),
+    ))
+    .await;
+}
+
 #[actix_web::test]
 async fn key_routes_need_the_admin_scope() {
     let h = memory_harness().await;

@@ -68,9 +68,9 @@ async fn postgres_backend_conforms() {
     let sql = Arc::new(SqlBackend::connect(&url).await.unwrap());
     conformance::run(sql.as_ref()).await;
     conformance::run(&CachedBackend::new(sql.clone())).await;
-    #[cfg(feature = "redis-cache")]
+    #[cfg(feature = "redis")]
     if let Ok(redis) = std::env::var("TEST_REDIS_URL") {
-        use {{crate_name}}::store::cache::redis_cache::RedisCache;
+        use {{crate_name}}::store::redis::RedisCache;
 
         let ttl = Duration::from_secs(60);
         conformance::run(
@@ -145,10 +145,10 @@ async fn revocation_reaches_other_instances_within_the_local_ttl() {
     .await;
 }
 
-#[cfg(feature = "redis-cache")]
+#[cfg(feature = "redis")]
 mod redis {
     use super::*;
-    use {{crate_name}}::store::cache::redis_cache::RedisCache;
+    use {{crate_name}}::store::redis::RedisCache;
 
     fn redis_url() -> Option<String> {
         let url = std::env::var("TEST_REDIS_URL").ok();
@@ -166,6 +166,16 @@ mod redis {
     // The primary here is the memory backend; `tests/api.rs` and the harness cover SQL primaries.
     fn primary() -> Arc<dyn Backend> {
         Arc::new(MemoryBackend::default())
+    }
+
+    #[tokio::test]
+    async fn redis_backend_conforms() {
+        use {{crate_name}}::store::redis::RedisBackend;
+
+        let Some(url) = redis_url() else { return };
+        let redis = Arc::new(RedisBackend::connect(&url).unwrap());
+        conformance::run(redis.as_ref()).await;
+        conformance::run(&CachedBackend::new(redis)).await;
     }
 
     #[tokio::test]

@@ -103,7 +103,7 @@ fn every_combination_renders() {
                     "{manifest}"
                 );
                 let features = if redis_cache == "true" {
-                    format!("default = [\"{database}\", \"redis-cache\"]")
+                    format!("default = [\"{database}\", \"redis\"]")
                 } else {
                     format!("default = [\"{database}\"]")
                 };

@@ -128,13 +128,20 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.database_url;
-        if !["sqlite:", "postgres://", "postgresql://", "memory:"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme))
+        if ![
+            "sqlite:",
+            "postgres://",
+            "postgresql://",
+            "redis://",
+            "rediss://",
+            "memory:",
+        ]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
         {
             return Err(ConfigError::new(
                 "DATABASE_URL",
-                "must start with sqlite://, postgres://, postgresql:// or memory://",
+                "must start with sqlite://, postgres://, postgresql://, redis:// or memory://",
             ));
         }
         if let Some(url) = &self.redis_url {
@@ -144,10 +151,10 @@ impl Config {
                     "must start with redis:// or rediss://",
                 ));
             }
-            if cfg!(not(feature = "redis-cache")) {
+            if cfg!(not(feature = "redis")) {
                 return Err(ConfigError::new(
                     "REDIS_URL",
-                    "this build has no Redis support: rebuild with `--features redis-cache`, or unset it",
+                    "this build has no Redis support: rebuild with `--features redis`, or unset it",
                 ));
             }
         }

@@ -26,8 +26,8 @@ const LOCAL_CAPACITY: u64 = 100_000;
 pub struct CachedBackend {
     primary: Arc<dyn Backend>,
     local: moka::sync::Cache<String, Arc<ApiKeyRecord>>,
-    #[cfg(feature = "redis-cache")]
-    shared: Option<redis_cache::RedisCache>,
+    #[cfg(feature = "redis")]
+    shared: Option<super::redis::RedisCache>,
 }
 
 impl CachedBackend {
@@ -39,14 +39,14 @@ impl CachedBackend {
                 .max_capacity(LOCAL_CAPACITY)
                 .time_to_live(LOCAL_TTL)
                 .build(),
-            #[cfg(feature = "redis-cache")]
+            #[cfg(feature = "redis")]
             shared: None,
         }
     }
 
     /// Adds a Redis cache shared between instances, between the in-process cache and `primary`.
-    #[cfg(feature = "redis-cache")]
-    pub fn with_redis(mut self, redis: redis_cache::RedisCache) -> Self {
+    #[cfg(feature = "redis")]
+    pub fn with_redis(mut self, redis: super::redis::RedisCache) -> Self {
         self.shared = Some(redis);
         self
     }
@@ -54,7 +54,7 @@ impl CachedBackend {
     /// Brings the shared cache in line with the primary after a mutation of `id`.
     async fn refresh(&self, id: &str) -> Result<(), StoreError> {
         self.local.invalidate(id);
-        #[cfg(feature = "redis-cache")]
+        #[cfg(feature = "redis")]
         if let Some(shared) = &self.shared {
             let current = self.primary.get(id).await?;
             shared.overwrite(id, current.as_ref()).await.map_err(|err| {
@@ -82,7 +82,7 @@ impl Backend for CachedBackend {
         if let Some(record) = self.local.get(id) {
             return Ok(Some(ApiKeyRecord::clone(&record)));
         }
-        #[cfg(feature = "redis-cache")]
+        #[cfg(feature = "redis")]
         if let Some(shared) = &self.shared {
             match shared.get(id).await {
                 Ok(Some(record)) => {
@@ -100,7 +100,7 @@ impl Backend for CachedBackend {
             // insert would otherwise be hidden.
             return Ok(None);
         };
-        #[cfg(feature = "redis-cache")]
+        #[cfg(feature = "redis")]
         if let Some(shared) = &self.shared
             && let Err(err) = shared.fill(&record).await
         {
@@ -125,90 +125,5 @@ impl Backend for CachedBackend {
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
         // Usage does not change whether a key authenticates, so cached entries stay valid.
         self.primary.record_usage(batch).await
-    }
-}
-
-#[cfg(feature = "redis-cache")]
-pub mod redis_cache {
-    //! The Redis side of the cache: one JSON entry per key, `apikey:v1:{id}`, with a TTL.
-
-    use std::time::Duration;
-
-    use redis::AsyncCommands;
-    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-    use crate::store::{ApiKeyRecord, StoreError};
-
-    #[derive(Clone)]
-    pub struct RedisCache {
-        connection: ConnectionManager,
-        ttl: Duration,
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    pub enum CacheError {
-        #[error(transparent)]
-        Redis(#[from] redis::RedisError),
-        #[error("a cached entry is not valid JSON: {0}")]
-        Json(#[from] serde_json::Error),
-    }
-
-    impl RedisCache {
-        /// Connects lazily, so the service starts (and serves from the database) while Redis is down.
-        pub fn connect(url: &str, ttl: Duration) -> Result<Self, StoreError> {
-            let client = redis::Client::open(url)
-                .map_err(|e| StoreError::Unavailable(format!("REDIS_URL: {e}")))?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_millis(500)))
-                .set_response_timeout(Some(Duration::from_millis(250)))
-                .set_number_of_retries(1);
-            let connection = client
-                .get_connection_manager_lazy(config)
-                .map_err(|e| StoreError::Unavailable(format!("REDIS_URL: {e}")))?;
-            Ok(Self { connection, ttl })
-        }
-
-        fn key(id: &str) -> String {
-            format!("apikey:v1:{id}")
-        }
-
-        pub async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, CacheError> {
-            let json: Option<String> = self.connection.clone().get(Self::key(id)).await?;
-            Ok(json.map(|json| serde_json::from_str(&json)).transpose()?)
-        }
-
-        /// Caches `record` unless an entry exists: a fill never overwrites a mutation's entry.
-        pub async fn fill(&self, record: &ApiKeyRecord) -> Result<(), CacheError> {
-            redis::cmd("SET")
-                .arg(Self::key(&record.id))
-                .arg(serde_json::to_string(record)?)
-                .arg("NX")
-                .arg("EX")
-                .arg(self.ttl.as_secs().max(1))
-                .exec_async(&mut self.connection.clone())
-                .await?;
-            Ok(())
-        }
-
-        /// Replaces the entry for `id` with the current record, or removes it when there is none.
-        pub async fn overwrite(
-            &self,
-            id: &str,
-            record: Option<&ApiKeyRecord>,
-        ) -> Result<(), CacheError> {
-            let mut connection = self.connection.clone();
-            match record {
-                Some(record) => {
-                    let json = serde_json::to_string(record)?;
-                    let () = connection
-                        .set_ex(Self::key(id), json, self.ttl.as_secs().max(1))
-                        .await?;
-                }
-                None => {
-                    let () = connection.del(Self::key(id)).await?;
-                }
-            }
-            Ok(())
-        }
     }
 }

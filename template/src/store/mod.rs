@@ -6,6 +6,8 @@
 pub mod cache;
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod sql;
 
 use std::sync::Arc;
@@ -98,20 +100,24 @@ pub trait Backend: Send + Sync + 'static {
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError>;
 }
 
-/// Opens the configured storage: the backend named by `DATABASE_URL` (`sqlite://…`, `postgres://…`
-/// or `memory://`) behind an in-process cache, and the Redis cache too when `REDIS_URL` is set.
+/// Opens the configured storage: the backend named by `DATABASE_URL` (`sqlite://…`, `postgres://…`,
+/// `redis://…` or `memory://`) behind an in-process cache, and the Redis cache too when `REDIS_URL`
+/// is set.
 pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
-    let primary: Arc<dyn Backend> = if config.database_url.starts_with("memory:") {
+    let url = config.database_url.as_str();
+    let primary: Arc<dyn Backend> = if url.starts_with("memory:") {
         Arc::new(MemoryBackend::default())
+    } else if is_redis(url) {
+        redis_backend(url)?
     } else {
-        Arc::new(SqlBackend::connect(&config.database_url).await?)
+        Arc::new(SqlBackend::connect(url).await?)
     };
     #[allow(unused_mut)]
     let mut cached = CachedBackend::new(primary);
-    #[cfg(feature = "redis-cache")]
-    if let Some(url) = &config.redis_url {
-        cached = cached.with_redis(cache::redis_cache::RedisCache::connect(
-            url,
+    #[cfg(feature = "redis")]
+    if let Some(redis_url) = &config.redis_url {
+        cached = cached.with_redis(redis::RedisCache::connect(
+            redis_url,
             config.redis_cache_ttl(),
         )?);
     }
@@ -120,8 +126,24 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
 
 /// Brings the database named by `DATABASE_URL` up to date. Returns how many migrations ran.
 pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
-    if database_url.starts_with("memory:") {
+    if database_url.starts_with("memory:") || is_redis(database_url) {
         return Ok(0);
     }
     sql::migrate(database_url).await
+}
+
+fn is_redis(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
+#[cfg(feature = "redis")]
+fn redis_backend(url: &str) -> Result<Arc<dyn Backend>, StoreError> {
+    Ok(Arc::new(redis::RedisBackend::connect(url)?))
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_backend(_: &str) -> Result<Arc<dyn Backend>, StoreError> {
+    Err(StoreError::Unavailable(
+        "DATABASE_URL names Redis, which this build does not include: rebuild with `--features redis`".into(),
+    ))
 }
