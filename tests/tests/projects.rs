@@ -1,8 +1,9 @@
 //! Generated projects build with zero warnings, are rustfmt- and clippy-clean, and pass their own tests.
 //!
-//! Two representative projects: the defaults (SQLite), and every placeholder changed (PostgreSQL with
-//! the Redis cache), whose tests run against throwaway PostgreSQL and Redis servers. They share one
-//! target directory, so dependencies are compiled once per feature set.
+//! Three representative projects: the defaults (SQLite); PostgreSQL without Redis; and every
+//! placeholder changed (PostgreSQL with the Redis cache). The last two run their tests against
+//! throwaway PostgreSQL and Redis servers. All share one target directory, so dependencies are
+//! compiled once per feature set.
 
 use actix_api_auth_tests::servers::{Postgres, Redis};
 use actix_api_auth_tests::{cargo, cargo_with_env, generate};
@@ -33,6 +34,25 @@ fn check(name: &str, defines: &[&str], env: &[(&str, &str)]) -> String {
 #[test]
 fn default_project_is_clean_and_passes_its_tests() {
     check("demo-svc", &[], &[]);
+}
+
+#[test]
+fn postgres_project_passes_its_tests_on_a_real_server() {
+    let postgres = Postgres::start();
+    let database = postgres.database("pg_keys_test");
+    let output = check(
+        "pg-keys",
+        &["database=postgres"],
+        &[("TEST_POSTGRES_URL", &database)],
+    );
+    assert!(
+        !output.contains("SKIPPED"),
+        "the PostgreSQL tests ran:\n{output}"
+    );
+    assert!(
+        output.contains("postgres_backend_conforms ... ok"),
+        "{output}"
+    );
 }
 
 #[test]
