@@ -1,9 +1,9 @@
 //! Generated projects build with zero warnings, are rustfmt- and clippy-clean, and pass their own tests.
 //!
-//! Three representative projects: the defaults (SQLite); PostgreSQL without Redis; and every
-//! placeholder changed (PostgreSQL with the Redis cache). The last two run their tests against
-//! throwaway PostgreSQL and Redis servers. All share one target directory, so dependencies are
-//! compiled once per feature set.
+//! Four representative projects: the defaults (SQLite); PostgreSQL without Redis; Redis alone; and
+//! every placeholder changed (PostgreSQL with the Redis cache). All but the first run their tests
+//! against throwaway PostgreSQL and Redis servers. All share one target directory, so dependencies
+//! are compiled once per feature set.
 
 use actix_api_auth_tests::servers::{Postgres, Redis};
 use actix_api_auth_tests::{cargo, cargo_with_env, generate};
@@ -53,6 +53,14 @@ fn postgres_project_passes_its_tests_on_a_real_server() {
         output.contains("postgres_backend_conforms ... ok"),
         "{output}"
     );
+}
+
+#[test]
+fn redis_project_passes_its_tests_on_a_real_server() {
+    let redis = Redis::start();
+    let output = check("redis-keys", &["database=redis"], &[("TEST_REDIS_URL", &redis.url())]);
+    assert!(!output.contains("SKIPPED"), "the Redis tests ran:\n{output}");
+    assert!(output.contains("redis_backend_conforms ... ok"), "{output}");
 }
 
 #[test]

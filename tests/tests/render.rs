@@ -78,8 +78,11 @@ fn file_list(dir: &Path) -> Vec<String> {
 #[test]
 fn every_combination_renders() {
     let mut lists = Vec::new();
-    for database in ["sqlite", "postgres"] {
+    for database in ["sqlite", "postgres", "redis"] {
         for redis_cache in ["false", "true"] {
+            if database == "redis" && redis_cache == "true" {
+                continue; // rejected by the pre hook: see bad_values_are_rejected_with_a_clear_message
+            }
             for custom in [false, true] {
                 let name = format!("render-{database}-{redis_cache}-{custom}");
                 let mut defines = vec![
@@ -121,16 +124,17 @@ fn every_combination_renders() {
                         "{expected} in {defaults}"
                     );
                 }
-                let url = if database == "sqlite" {
-                    format!("sqlite://data/{crate_name}.db")
-                } else {
-                    format!("postgres://postgres@localhost/{crate_name}")
+                let url = match database {
+                    "sqlite" => format!("sqlite://data/{crate_name}.db"),
+                    "postgres" => format!("postgres://postgres@localhost/{crate_name}"),
+                    _ => "redis://127.0.0.1:6379/".to_owned(),
                 };
                 assert!(defaults.contains(&url), "{url} in {defaults}");
                 assert!(
                     read(&project, ".env.example").contains(&format!("API_KEY_PREFIX={prefix}"))
                 );
-                assert!(read(&project, "diesel.toml").contains(&format!("migrations/{database}")));
+                let migrations = if database == "postgres" { "postgres" } else { "sqlite" };
+                assert!(read(&project, "diesel.toml").contains(&format!("migrations/{migrations}")));
                 assert!(read(&project, "README.md").contains(&format!("# {name}")));
 
                 // The committed lockfile matches the rendered manifest: builds are reproducible.
@@ -213,6 +217,7 @@ fn bad_values_are_rejected_with_a_clear_message() {
         (&["route_prefix=keys"][..], "route_prefix"),
         (&["docs_path=/docs/"][..], "docs_path"),
         (&["database=mysql"][..], "database"),
+        (&["database=redis", "redis_cache=true"][..], "keys are in Redis already"),
         (&["route_prefix=/docs", "docs_path=/docs"][..], "overlap"),
         (
             &["route_prefix=/api", "docs_path=/docs"][..],

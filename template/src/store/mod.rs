@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
 
 use std::sync::Arc;
@@ -20,7 +21,11 @@ use crate::config::Config;
 
 pub use cache::CachedBackend;
 pub use memory::MemoryBackend;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::SqlBackend;
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "redis")))]
+compile_error!("enable at least one of the `sqlite`, `postgres` and `redis` features");
 
 /// A stored key. It holds the digest of the key, never the key itself.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -110,7 +115,7 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
     } else if is_redis(url) {
         redis_backend(url)?
     } else {
-        Arc::new(SqlBackend::connect(url).await?)
+        sql_backend(url).await?
     };
     #[allow(unused_mut)]
     let mut cached = CachedBackend::new(primary);
@@ -129,7 +134,36 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
     if database_url.starts_with("memory:") || is_redis(database_url) {
         return Ok(0);
     }
-    sql::migrate(database_url).await
+    sql_migrate(database_url).await
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn sql_backend(url: &str) -> Result<Arc<dyn Backend>, StoreError> {
+    Ok(Arc::new(SqlBackend::connect(url).await?))
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn sql_migrate(url: &str) -> Result<usize, StoreError> {
+    sql::migrate(url).await
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+async fn sql_backend(_: &str) -> Result<Arc<dyn Backend>, StoreError> {
+    Err(no_sql())
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+async fn sql_migrate(_: &str) -> Result<usize, StoreError> {
+    Err(no_sql())
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+fn no_sql() -> StoreError {
+    StoreError::Unavailable(
+        "DATABASE_URL names a SQL database, which this build does not include: rebuild with \
+         `--features sqlite` or `--features postgres`"
+            .into(),
+    )
 }
 
 fn is_redis(url: &str) -> bool {

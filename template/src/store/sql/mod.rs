@@ -21,9 +21,6 @@ use self::models::ApiKeyRow;
 use self::schema::api_keys;
 use super::{ApiKeyRecord, Backend, ListQuery, Page, StoreError, Usage};
 
-#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-compile_error!("enable the `sqlite` or the `postgres` feature (or both)");
-
 #[cfg(feature = "sqlite")]
 type SqliteConnection =
     diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>;
