@@ -66,14 +66,9 @@ pub fn cargo_generate(args: &[&str]) -> Output {
         .expect("cargo-generate runs")
 }
 
-/// Generates `name` from the template with `defines` (`key=value`) into a fresh folder; returns its path.
-pub fn generate(name: &str, defines: &[&str]) -> PathBuf {
-    let destination = work_dir().join("generated");
-    std::fs::create_dir_all(&destination).unwrap();
-    let project = destination.join(name);
-    if project.exists() {
-        std::fs::remove_dir_all(&project).unwrap();
-    }
+/// Runs `cargo generate --silent` for `name` with `defines` (`key=value`) into `destination`.
+pub fn generate_into(destination: &Path, name: &str, defines: &[&str]) -> Output {
+    std::fs::create_dir_all(destination).unwrap();
     let root = repo_root();
     let mut args = vec![
         "--path",
@@ -89,7 +84,17 @@ pub fn generate(name: &str, defines: &[&str]) -> PathBuf {
     for define in defines {
         args.extend(["-d", define]);
     }
-    let output = cargo_generate(&args);
+    cargo_generate(&args)
+}
+
+/// Generates `name` from the template with `defines` (`key=value`) into a fresh folder; returns its path.
+pub fn generate(name: &str, defines: &[&str]) -> PathBuf {
+    let destination = work_dir().join("generated");
+    let project = destination.join(name);
+    if project.exists() {
+        std::fs::remove_dir_all(&project).unwrap();
+    }
+    let output = generate_into(&destination, name, defines);
     assert!(
         output.status.success(),
         "cargo generate {name} {defines:?} failed:\n{}{}",

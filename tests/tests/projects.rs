@@ -58,8 +58,15 @@ fn postgres_project_passes_its_tests_on_a_real_server() {
 #[test]
 fn redis_project_passes_its_tests_on_a_real_server() {
     let redis = Redis::start();
-    let output = check("redis-keys", &["database=redis"], &[("TEST_REDIS_URL", &redis.url())]);
-    assert!(!output.contains("SKIPPED"), "the Redis tests ran:\n{output}");
+    let output = check(
+        "redis-keys",
+        &["database=redis"],
+        &[("TEST_REDIS_URL", &redis.url())],
+    );
+    assert!(
+        !output.contains("SKIPPED"),
+        "the Redis tests ran:\n{output}"
+    );
     assert!(output.contains("redis_backend_conforms ... ok"), "{output}");
 }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use actix_api_auth_tests::{cargo_generate, generate, repo_root, work_dir};
+use actix_api_auth_tests::{generate, generate_into, work_dir};
 
 const PLACEHOLDERS: &[&str] = &[
     "project-name",
@@ -133,7 +133,11 @@ fn every_combination_renders() {
                 assert!(
                     read(&project, ".env.example").contains(&format!("API_KEY_PREFIX={prefix}"))
                 );
-                let migrations = if database == "postgres" { "postgres" } else { "sqlite" };
+                let migrations = if database == "postgres" {
+                    "postgres"
+                } else {
+                    "sqlite"
+                };
                 assert!(read(&project, "diesel.toml").contains(&format!("migrations/{migrations}")));
                 assert!(read(&project, "README.md").contains(&format!("# {name}")));
 
@@ -177,25 +181,9 @@ fn every_combination_renders() {
 }
 
 fn generate_failure(name: &str, defines: &[&str]) -> String {
-    let root = repo_root();
     let destination = work_dir().join("rejected");
     let _ = std::fs::remove_dir_all(&destination);
-    std::fs::create_dir_all(&destination).unwrap();
-    let mut args = vec![
-        "--path",
-        root.to_str().unwrap(),
-        "--name",
-        name,
-        "--destination",
-        destination.to_str().unwrap(),
-        "--vcs",
-        "none",
-        "--silent",
-    ];
-    for define in defines {
-        args.extend(["-d", define]);
-    }
-    let output = cargo_generate(&args);
+    let output = generate_into(&destination, name, defines);
     assert!(!output.status.success(), "{defines:?} should be rejected");
     // cargo-generate may leave the empty destination folder behind, but nothing in it.
     assert!(
@@ -217,7 +205,10 @@ fn bad_values_are_rejected_with_a_clear_message() {
         (&["route_prefix=keys"][..], "route_prefix"),
         (&["docs_path=/docs/"][..], "docs_path"),
         (&["database=mysql"][..], "database"),
-        (&["database=redis", "redis_cache=true"][..], "keys are in Redis already"),
+        (
+            &["database=redis", "redis_cache=true"][..],
+            "keys are in Redis already",
+        ),
         (&["route_prefix=/docs", "docs_path=/docs"][..], "overlap"),
         (
             &["route_prefix=/api", "docs_path=/docs"][..],
@@ -238,23 +229,9 @@ fn bad_values_are_rejected_with_a_clear_message() {
 
 #[test]
 fn the_post_hook_prints_next_steps() {
-    let root = repo_root();
     let destination = work_dir().join("post-hook");
     let _ = std::fs::remove_dir_all(&destination);
-    std::fs::create_dir_all(&destination).unwrap();
-    let output = cargo_generate(&[
-        "--path",
-        root.to_str().unwrap(),
-        "--name",
-        "next-steps",
-        "--destination",
-        destination.to_str().unwrap(),
-        "--vcs",
-        "none",
-        "--silent",
-        "-d",
-        "docs_path=/swagger",
-    ]);
+    let output = generate_into(&destination, "next-steps", &["docs_path=/swagger"]);
     // cargo-generate prints hook output on stderr.
     let printed = format!(
         "{}{}",

@@ -143,6 +143,8 @@ impl Parse for Requirement {
     }
 }
 
+/// The grammar of `crate::auth::scope::is_valid`, repeated because a proc-macro crate cannot depend on
+/// the crate it expands into; keep the two in step.
 fn is_scope(scope: &str) -> bool {
     scope.len() <= MAX_SCOPE_LEN
         && scope.split(':').all(|segment| {
