@@ -117,15 +117,15 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
     } else {
         sql_backend(url).await?
     };
-    #[allow(unused_mut)]
-    let mut cached = CachedBackend::new(primary);
+    let cached = CachedBackend::new(primary);
     #[cfg(feature = "redis")]
-    if let Some(redis_url) = &config.redis_url {
-        cached = cached.with_redis(redis::RedisCache::connect(
+    let cached = match &config.redis_url {
+        Some(redis_url) => cached.with_redis(redis::RedisCache::connect(
             redis_url,
             config.redis_cache_ttl(),
-        )?);
-    }
+        )?),
+        None => cached,
+    };
     Ok(Arc::new(cached))
 }
 
