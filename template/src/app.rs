@@ -1,5 +1,9 @@
 //! Assembles the service: shared state, the actix `App` (middleware, routes, docs) and the server loop.
 
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use actix_web::body::MessageBody;
@@ -11,9 +15,9 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use crate::auth::{Authenticator, middleware};
 use crate::config::Config;
 use crate::error::{ApiError, extractors};
-use crate::keys::{ApiKeyService, UsageTracker, handlers};
+use crate::keys::{ApiKeyService, NewKey, UsageTracker, handlers};
 use crate::store::{self, Backend};
-use crate::{openapi, routes};
+use crate::{metrics, openapi, routes};
 
 /// Everything the workers share, built once at start-up.
 #[derive(Clone)]
@@ -77,6 +81,7 @@ pub fn app(
         .app_data(extractors::path_config())
         .wrap(from_fn(middleware::authenticate))
         .configure(routes::routes)
+        .configure(metrics::routes)
         .configure(|cfg| {
             if let Some(scope) = key_routes {
                 cfg.service(scope);
@@ -88,14 +93,21 @@ pub fn app(
         }))
 }
 
-/// Migrates, then serves until SIGINT/SIGTERM, then writes the usage counted so far.
-pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+/// Migrates, then serves until SIGINT/SIGTERM, then writes the usage counted so far. With
+/// `admin_key_file`, first mints an admin key into that file.
+pub async fn serve(
+    config: Config,
+    admin_key_file: Option<&Path>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let applied = store::migrate(&config.database_url).await?;
     if applied > 0 {
         tracing::info!(applied, "database migrated");
     }
     let store = store::open(&config).await?;
     let state = AppState::new(config, store);
+    if let Some(path) = admin_key_file {
+        write_admin_key(&state, path).await?;
+    }
     let flusher = state
         .usage
         .clone()
@@ -115,5 +127,27 @@ pub async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Ok(keys) => tracing::info!(keys, "usage flushed at shutdown"),
         Err(err) => tracing::error!(error = %err, "usage counted since the last flush was lost"),
     }
+    Ok(())
+}
+
+/// Mints a key with the admin scope and writes it, with a newline, to `path`: a new file that only
+/// this user can read. The key appears nowhere else.
+async fn write_admin_key(state: &AppState, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| format!("--admin-key-file {}: {err}", path.display()))?;
+    let created = state
+        .service
+        .create_key(NewKey {
+            name: "admin (start-up)".into(),
+            scopes: vec![state.config.api_keys_admin_scope.clone()],
+            ..NewKey::default()
+        })
+        .await?;
+    writeln!(file, "{}", created.key.as_str())?;
+    tracing::info!(key_id = %created.record.id, path = %path.display(), "admin key written");
     Ok(())
 }

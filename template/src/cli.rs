@@ -1,5 +1,6 @@
 //! The command line: `serve` (the default), `migrate`, and `keys create|list|revoke`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +18,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Migrate the database, then serve HTTP (the default)
-    Serve,
+    Serve {
+        /// Mint an admin key at start-up and write it to this new file (readable by you only):
+        /// the way in for stores the `keys` command cannot reach, such as memory://
+        #[arg(long, value_name = "PATH")]
+        admin_key_file: Option<PathBuf>,
+    },
     /// Apply pending database migrations and exit
     Migrate,
     /// Manage API keys directly in the database

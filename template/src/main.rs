@@ -27,7 +27,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    match run(cli.command.unwrap_or(Command::Serve), config).await {
+    let command = cli.command.unwrap_or(Command::Serve {
+        admin_key_file: None,
+    });
+    match run(command, config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
@@ -38,7 +41,7 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
     match command {
-        Command::Serve => app::serve(config).await,
+        Command::Serve { admin_key_file } => app::serve(config, admin_key_file.as_deref()).await,
         Command::Migrate => {
             let applied = store::migrate(&config.database_url).await?;
             eprintln!("{applied} migration(s) applied.");

@@ -18,6 +18,7 @@ use crate::auth::guard::guarded_routes;
 use crate::config::Config;
 use crate::error::Problem;
 use crate::keys::handlers::KeysApi;
+use crate::metrics::MetricsApi;
 use crate::routes::ExampleApi;
 
 #[derive(OpenApi)]
@@ -36,6 +37,7 @@ pub fn document(config: &Config) -> Document {
     // utoipa copies the license from Cargo.toml; this service has not chosen one.
     doc.info.license = None;
     doc.merge(ExampleApi::openapi());
+    doc.merge(MetricsApi::openapi());
     if config.api_keys_routes {
         let mut keys = KeysApi::openapi();
         for operation in operations(&mut keys) {
@@ -204,7 +206,11 @@ mod tests {
             .filter(|op| op.security.is_none())
             .filter_map(|op| op.operation_id.clone())
             .collect();
-        assert_eq!(unguarded, ["health"], "only the health check is open");
+        assert_eq!(
+            unguarded,
+            ["health", "metrics"],
+            "only the health check and the metrics are open"
+        );
     }
 
     #[test]

@@ -52,8 +52,8 @@ pub async fn protected() -> web::Json<Status> {
 pub async fn api_data(key: ApiKey) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "data": "sensitive",
-        "key_id": key.id,
-        "owner_id": key.owner_id,
+        "key_id": key.id(),
+        "owner_id": key.owner_id(),
     }))
 }
 

@@ -561,3 +561,56 @@ async fn key_routes_can_be_switched_off() {
     .await;
     assert_eq!(status, StatusCode::OK, "guards still work");
 }
+
+/// The value of one series in the `/metrics` text, 0 when it has not appeared yet.
+fn series(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn metrics_text<S, B>(app: &S) -> String
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let response = test::call_service(app, TestRequest::get().uri("/metrics").to_request()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = test::read_body(response).await;
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[actix_web::test]
+async fn metrics_count_outcomes_and_store_round_trips() {
+    let h = memory_harness().await;
+    let authenticated = r#"auth_attempts_total{outcome="authenticated"}"#;
+    let invalid = r#"auth_attempts_total{outcome="invalid_api_key"}"#;
+    let lookups = r#"storage_operations_total{operation="lookup"}"#;
+    // Other tests in this process count into the same registry, so compare with at-least.
+    let before = metrics_text(&h.app).await;
+
+    for _ in 0..3 {
+        let (status, _, _) = call(
+            &h.app,
+            with_key(TestRequest::get().uri("/protected"), &h.admin),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let garbage = format!("{}x", &h.admin[..h.admin.len() - 1]);
+    call(
+        &h.app,
+        with_key(TestRequest::get().uri("/protected"), &garbage),
+    )
+    .await;
+
+    let after = metrics_text(&h.app).await;
+    assert!(series(&after, authenticated) >= series(&before, authenticated) + 3);
+    assert!(series(&after, invalid) > series(&before, invalid));
+    assert!(
+        series(&after, lookups) > series(&before, lookups),
+        "the first use of a key reads the store:\n{after}"
+    );
+    assert!(after.ends_with("# EOF\n"), "OpenMetrics text");
+    assert!(!after.contains(&h.admin[..20]), "no key material");
+}

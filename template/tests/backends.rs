@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use {{crate_name}}::store::cache::LOCAL_TTL;
+use {{crate_name}}::store::cache::DEFAULT_LOCAL_TTL;
 use {{crate_name}}::store::{Backend, CachedBackend, MemoryBackend, conformance};
 
 #[tokio::test]
@@ -98,14 +98,14 @@ async fn revocation_reaches_other_instances(
     );
     while !is_revoked(&second, &key.id).await {
         assert!(
-            revoked_at.elapsed() < LOCAL_TTL * 3,
+            revoked_at.elapsed() < DEFAULT_LOCAL_TTL * 3,
             "the revocation never arrived"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = revoked_at.elapsed();
     assert!(
-        took <= LOCAL_TTL + Duration::from_millis(250),
+        took <= DEFAULT_LOCAL_TTL + Duration::from_millis(250),
         "took {took:?}"
     );
     took

@@ -66,25 +66,31 @@ pub fn cargo_generate(args: &[&str]) -> Output {
         .expect("cargo-generate runs")
 }
 
+/// The arguments of `cargo generate` (after `generate`) that render this template silently as `name`
+/// into `destination`, with `defines` (`key=value`).
+pub fn generate_args(destination: &Path, name: &str, defines: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--path".into(),
+        repo_root().to_str().unwrap().into(),
+        "--name".into(),
+        name.into(),
+        "--destination".into(),
+        destination.to_str().unwrap().into(),
+        "--vcs".into(),
+        "none".into(),
+        "--silent".into(),
+    ];
+    for define in defines {
+        args.extend(["-d".into(), (*define).into()]);
+    }
+    args
+}
+
 /// Runs `cargo generate --silent` for `name` with `defines` (`key=value`) into `destination`.
 pub fn generate_into(destination: &Path, name: &str, defines: &[&str]) -> Output {
     std::fs::create_dir_all(destination).unwrap();
-    let root = repo_root();
-    let mut args = vec![
-        "--path",
-        root.to_str().unwrap(),
-        "--name",
-        name,
-        "--destination",
-        destination.to_str().unwrap(),
-        "--vcs",
-        "none",
-        "--silent",
-    ];
-    for define in defines {
-        args.extend(["-d", define]);
-    }
-    cargo_generate(&args)
+    let args = generate_args(destination, name, defines);
+    cargo_generate(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Generates `name` from the template with `defines` (`key=value`) into a fresh folder; returns its path.
@@ -156,8 +162,14 @@ pub struct Service {
 
 impl Service {
     pub fn start(binary: &Path, env: &[(&str, &str)], port: u16) -> Self {
+        Self::start_with(binary, &[], env, port)
+    }
+
+    /// Starts `binary serve <args>`.
+    pub fn start_with(binary: &Path, args: &[&str], env: &[(&str, &str)], port: u16) -> Self {
         let mut child = Command::new(binary)
             .arg("serve")
+            .args(args)
             .envs(env.iter().copied())
             .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")
@@ -178,6 +190,10 @@ impl Service {
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child, base_url }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM and waits for a graceful exit.
@@ -227,6 +243,17 @@ impl Client {
                 .into(),
             base: base_url.to_owned(),
         }
+    }
+
+    /// `GET path`, answered as text (for `/metrics`).
+    pub fn text(&self, path: &str) -> String {
+        self.agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .expect("the service answers")
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_default()
     }
 
     /// Sends a request with an optional `X-API-Key` and JSON body.

@@ -108,10 +108,11 @@ impl Authenticator {
         if record.revoked_at.is_some() {
             return Err(AuthError::Revoked);
         }
-        if record.expires_at.is_some_and(|at| at <= Utc::now()) {
+        let now = Utc::now();
+        if record.expires_at.is_some_and(|at| at <= now) {
             return Err(AuthError::Expired);
         }
-        self.usage.record(&record.id);
+        self.usage.record(&record.id, now);
         Ok(ApiKey::from(record))
     }
 

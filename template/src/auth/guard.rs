@@ -7,42 +7,69 @@
 
 use std::future::{Ready, ready};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
 
 use super::authenticator::{AuthError, Authenticator};
 use super::scope::{self, Match};
 use crate::error::ApiError;
 use crate::store::ApiKeyRecord;
 
-/// The key that authenticated the request.
-#[derive(Debug, Clone)]
-pub struct ApiKey {
-    pub id: String,
-    pub name: String,
-    pub owner_id: Option<String>,
-    pub scopes: Vec<String>,
-    pub expires_at: Option<DateTime<Utc>>,
-}
+/// The key that authenticated the request. Cloning it copies a pointer, not the key's fields.
+#[derive(Clone)]
+pub struct ApiKey(Arc<ApiKeyRecord>);
 
 impl ApiKey {
+    /// The key's public id.
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn owner_id(&self) -> Option<&str> {
+        self.0.owner_id.as_deref()
+    }
+
+    pub fn scopes(&self) -> &[String] {
+        &self.0.scopes
+    }
+
+    /// The free-form metadata stored with the key.
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.0.metadata
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.0.expires_at
+    }
+
     /// Whether this key holds `scope`, directly or through a wildcard.
     pub fn has_scope(&self, scope: &str) -> bool {
-        scope::satisfies(&self.scopes, &[scope], Match::All)
+        scope::satisfies(&self.0.scopes, &[scope], Match::All)
     }
 }
 
-impl From<ApiKeyRecord> for ApiKey {
-    fn from(record: ApiKeyRecord) -> Self {
-        Self {
-            id: record.id,
-            name: record.name,
-            owner_id: record.owner_id,
-            scopes: record.scopes,
-            expires_at: record.expires_at,
-        }
+impl From<Arc<ApiKeyRecord>> for ApiKey {
+    fn from(record: Arc<ApiKeyRecord>) -> Self {
+        Self(record)
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("owner_id", &self.owner_id())
+            .field("scopes", &self.scopes())
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,7 +94,7 @@ fn authenticated(req: &HttpRequest) -> Result<ApiKey, ApiError> {
     };
     let key = outcome.clone()?;
     // The key was valid when the request arrived; re-check in case it expired since.
-    if key.expires_at.is_some_and(|at| at <= Utc::now()) {
+    if key.expires_at().is_some_and(|at| at <= Utc::now()) {
         return Err(AuthError::Expired.into());
     }
     Ok(key)
@@ -92,7 +119,7 @@ impl<S: ScopeRequirement> FromRequest for RequireScopes<S> {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(authenticated(req).and_then(|key| {
-            if scope::satisfies(&key.scopes, S::SCOPES, S::MATCH) {
+            if scope::satisfies(key.scopes(), S::SCOPES, S::MATCH) {
                 Ok(Self {
                     key,
                     requirement: PhantomData,

@@ -12,7 +12,12 @@
 //! Only a digest of the whole key is stored: SHA-256, or HMAC-SHA256 when a server-side pepper is set.
 //! Nothing in this module does I/O.
 
+use std::fmt;
+use std::str::FromStr;
+
 use hmac::{Hmac, KeyInit, Mac};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -27,14 +32,63 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 #[derive(Clone)]
 pub struct KeyFormat {
     prefix: String,
-    pepper: Option<Zeroizing<Vec<u8>>>,
+    /// HMAC keyed with the pepper once, cloned per key: the key schedule is not redone per request.
+    /// Its state is wiped on drop (the `zeroize` feature of `hmac`).
+    peppered: Option<Hmac<Sha256>>,
 }
 
 /// A freshly minted key. `key` is the only copy of the secret: show it once, then drop it.
 pub struct MintedKey {
     pub id: String,
     pub key: Zeroizing<String>,
-    pub hash: String,
+    pub hash: KeyHash,
+}
+
+/// The stored digest of a key (SHA-256, or HMAC-SHA256 under the pepper), written as 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyHash([u8; 32]);
+
+impl From<[u8; 32]> for KeyHash {
+    fn from(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl FromStr for KeyHash {
+    type Err = hex::FromHexError;
+
+    fn from_str(hex: &str) -> Result<Self, Self::Err> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex, &mut bytes)?;
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut hex).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({self})")
+    }
+}
+
+impl Serialize for KeyHash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let hex = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        hex.parse().map_err(D::Error::custom)
+    }
 }
 
 impl std::fmt::Debug for MintedKey {
@@ -81,7 +135,8 @@ impl KeyFormat {
     pub fn new(prefix: impl Into<String>, pepper: Option<&[u8]>) -> Self {
         Self {
             prefix: prefix.into(),
-            pepper: pepper.map(|p| Zeroizing::new(p.to_vec())),
+            peppered: pepper
+                .map(|p| Hmac::<Sha256>::new_from_slice(p).expect("HMAC takes any key length")),
         }
     }
 
@@ -112,7 +167,7 @@ impl KeyFormat {
         key.push('_');
         key.push_str(&random[ID_LEN..]);
         let checksum = checksum(key.as_bytes());
-        key.push_str(&checksum);
+        key.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
         let parsed = self.parse(&key).expect("a generated key parses");
         MintedKey {
             id: parsed.id.to_owned(),
@@ -135,11 +190,7 @@ impl KeyFormat {
             return Err(FormatError::WrongShape);
         }
         let (body, sum) = raw.split_at(raw.len() - CHECKSUM_LEN);
-        if checksum(body.as_bytes())
-            .as_bytes()
-            .ct_eq(sum.as_bytes())
-            .into()
-        {
+        if checksum(body.as_bytes()).ct_eq(sum.as_bytes()).into() {
             Ok(ParsedKey {
                 id: &rest[..ID_LEN],
                 whole: raw,
@@ -149,26 +200,21 @@ impl KeyFormat {
         }
     }
 
-    /// The digest stored for a key: hex SHA-256, or hex HMAC-SHA256 under the pepper.
-    pub fn hash(&self, key: ParsedKey<'_>) -> String {
-        let digest: [u8; 32] = match &self.pepper {
-            Some(pepper) => {
-                let mut mac =
-                    Hmac::<Sha256>::new_from_slice(pepper).expect("HMAC takes any key length");
+    /// The digest stored for a key: SHA-256, or HMAC-SHA256 under the pepper.
+    pub fn hash(&self, key: ParsedKey<'_>) -> KeyHash {
+        KeyHash(match &self.peppered {
+            Some(mac) => {
+                let mut mac = mac.clone();
                 mac.update(key.whole.as_bytes());
                 mac.finalize().into_bytes().into()
             }
             None => Sha256::digest(key.whole.as_bytes()).into(),
-        };
-        hex::encode(digest)
+        })
     }
 
     /// Compares a presented key with a stored digest in constant time.
-    pub fn verify(&self, key: ParsedKey<'_>, stored_hash: &str) -> bool {
-        self.hash(key)
-            .as_bytes()
-            .ct_eq(stored_hash.as_bytes())
-            .into()
+    pub fn verify(&self, key: ParsedKey<'_>, stored: &KeyHash) -> bool {
+        self.hash(key).0[..].ct_eq(&stored.0[..]).into()
     }
 }
 
@@ -188,14 +234,15 @@ fn random_base62(len: usize) -> String {
     out
 }
 
-fn checksum(body: &[u8]) -> String {
+/// The CRC32 of `body` as base62 ASCII.
+fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32fast::hash(body);
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    String::from_utf8(out.to_vec()).expect("base62 is ASCII")
+    out
 }
 
 #[cfg(test)]
@@ -255,6 +302,18 @@ mod tests {
         assert_eq!(f.parse(&typo).unwrap_err(), FormatError::BadChecksum);
         let non_ascii = format!("{}é{}", &key[..10], &key[12..]);
         assert!(f.parse(&non_ascii).is_err());
+    }
+
+    #[test]
+    fn digests_read_back_from_hex_and_nothing_else() {
+        let hash = format().generate().hash;
+        assert_eq!(hash.to_string().parse::<KeyHash>().unwrap(), hash);
+        let json = serde_json::to_string(&hash).unwrap();
+        assert_eq!(json, format!("\"{hash}\""));
+        assert_eq!(serde_json::from_str::<KeyHash>(&json).unwrap(), hash);
+        for bad in ["", "abc", &"g".repeat(64), &"0".repeat(62)] {
+            assert!(bad.parse::<KeyHash>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

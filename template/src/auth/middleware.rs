@@ -8,6 +8,7 @@ use actix_web::{Error, HttpMessage, web};
 
 use super::authenticator::{AuthError, Authenticator};
 use super::guard::Authentication;
+use crate::metrics::metrics;
 
 pub async fn authenticate(
     req: ServiceRequest,
@@ -17,6 +18,7 @@ pub async fn authenticate(
         Some(authenticator) => authenticator.authenticate(req.headers()).await,
         None => Err(AuthError::NotInstalled),
     };
+    metrics().auth_attempt(&outcome);
     if let Err(err) = &outcome
         && *err != AuthError::Missing
     {

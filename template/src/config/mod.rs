@@ -22,6 +22,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// How long a key stays in the Redis cache, in seconds.
     pub redis_cache_ttl_seconds: u64,
+    /// How long each instance trusts its in-process copy of a key, in milliseconds; 0 turns the
+    /// in-process cache off. This is how late another instance may notice a revocation.
+    pub key_cache_ttl_ms: u64,
     pub host: String,
     pub port: u16,
     /// Prefix of every issued key, e.g. `acme_`.
@@ -46,6 +49,7 @@ impl Default for Config {
             database_url: defaults::DATABASE_URL.into(),
             redis_url: None,
             redis_cache_ttl_seconds: 300,
+            key_cache_ttl_ms: 500,
             host: "127.0.0.1".into(),
             port: 8080,
             api_key_prefix: defaults::API_KEY_PREFIX.into(),
@@ -164,6 +168,12 @@ impl Config {
                 "must be between 1 and 86400",
             ));
         }
+        if self.key_cache_ttl_ms > 60_000 {
+            return Err(ConfigError::new(
+                "KEY_CACHE_TTL_MS",
+                "must be between 0 (no in-process cache) and 60000",
+            ));
+        }
         if self.host.is_empty() {
             return Err(ConfigError::new("HOST", "must not be empty"));
         }
@@ -221,6 +231,10 @@ impl Config {
 
     pub fn redis_cache_ttl(&self) -> Duration {
         Duration::from_secs(self.redis_cache_ttl_seconds)
+    }
+
+    pub fn key_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.key_cache_ttl_ms)
     }
 
     pub fn usage_flush_interval(&self) -> Duration {
@@ -310,6 +324,8 @@ mod tests {
             ("DATABASE_URL", "mysql://db"),
             ("REDIS_URL", "http://cache"),
             ("REDIS_CACHE_TTL_SECONDS", "0"),
+            ("KEY_CACHE_TTL_MS", "60001"),
+            ("KEY_CACHE_TTL_MS", "-1"),
             ("USAGE_FLUSH_SECONDS", "0"),
             ("API_KEYS_ROUTES", "maybe"),
         ] {

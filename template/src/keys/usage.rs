@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::metrics::metrics;
 use crate::store::{Backend, StoreError, Usage};
 
 #[derive(Debug, Default)]
@@ -29,9 +30,8 @@ impl UsageTracker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts one use of a key, now.
-    pub fn record(&self, id: &str) {
-        let now = Utc::now();
+    /// Counts one use of a key at `now`.
+    pub fn record(&self, id: &str, now: DateTime<Utc>) {
         let mut pending = self.pending();
         match pending.get_mut(id) {
             Some(entry) => {
@@ -69,7 +69,9 @@ impl UsageTracker {
                 last_used_at: p.last_used_at,
             })
             .collect();
-        match store.record_usage(&batch).await {
+        let written = store.record_usage(&batch).await;
+        metrics().usage_flush(batch.len(), written.is_ok());
+        match written {
             Ok(()) => Ok(batch.len()),
             Err(err) => {
                 let mut pending = self.pending();
@@ -139,9 +141,9 @@ mod tests {
     async fn a_flush_clears_what_it_wrote() {
         let tracker = UsageTracker::default();
         for _ in 0..5 {
-            tracker.record("a");
+            tracker.record("a", Utc::now());
         }
-        tracker.record("b");
+        tracker.record("b", Utc::now());
         assert_eq!(tracker.unflushed("a").map(|(n, _)| n), Some(5));
         assert_eq!(tracker.flush(&MemoryBackend::default()).await.unwrap(), 2);
         assert_eq!(tracker.unflushed("a"), None);
@@ -152,10 +154,10 @@ mod tests {
     async fn a_failed_flush_keeps_every_count() {
         let tracker = UsageTracker::default();
         for _ in 0..3 {
-            tracker.record("a");
+            tracker.record("a", Utc::now());
         }
         assert!(tracker.flush(&Down).await.is_err());
-        tracker.record("a");
+        tracker.record("a", Utc::now());
         assert_eq!(tracker.unflushed("a").map(|(n, _)| n), Some(4));
     }
 }

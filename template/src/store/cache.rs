@@ -1,47 +1,87 @@
-//! Caching in front of the database for the authentication path: an in-process cache, and optionally
+//! Caching in front of the key store for the authentication path: an in-process cache, and optionally
 //! a Redis cache shared by every instance.
 //!
 //! Only [`Backend::lookup`] is served from the caches; every other call reads or writes the primary
 //! backend. How stale a lookup can be:
 //! - on the instance that revoked a key, not at all (its entry is dropped at once);
-//! - on other instances, at most [`LOCAL_TTL`]: the revocation rewrites the Redis entry before it
-//!   returns, and an in-process entry lives no longer than that.
+//! - on other instances, at most the in-process TTL (`KEY_CACHE_TTL_MS`, [`DEFAULT_LOCAL_TTL`] unless
+//!   configured): the revocation rewrites the Redis entry before it returns, and an in-process entry
+//!   lives no longer than that.
 //!
 //! A Redis error is a cache miss, never an answer: the primary decides, so an outage makes lookups
 //! slower, not wrong. Entries are filled with `SET NX`, and mutations overwrite them, so a fill that
 //! read the database just before a revocation cannot overwrite the revoked entry.
+//!
+//! Every call that reaches the primary is counted in the `storage_operations` metric, and every cache
+//! lookup in `key_cache_lookups`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{ApiKeyRecord, Backend, ListQuery, Page, StoreError, Usage};
+use crate::metrics::metrics;
 
-/// How long an instance trusts its in-process copy of a key: the revocation bound across instances.
-pub const LOCAL_TTL: Duration = Duration::from_millis(500);
-const LOCAL_CAPACITY: u64 = 100_000;
+/// How long an instance trusts its in-process copy of a key unless configured otherwise: the
+/// revocation bound across instances.
+pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_millis(500);
+const LOCAL_CAPACITY: usize = 100_000;
+
+/// The in-process cache: a record and when it stops being trusted. quick_cache evicts by capacity;
+/// the expiry is checked here, on read.
+struct LocalCache {
+    entries: quick_cache::sync::Cache<String, (Instant, Arc<ApiKeyRecord>)>,
+    ttl: Duration,
+}
+
+impl LocalCache {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            entries: quick_cache::sync::Cache::new(LOCAL_CAPACITY),
+            ttl,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
+        let (expires, record) = self.entries.get(id)?;
+        (Instant::now() < expires).then_some(record)
+    }
+
+    fn insert(&self, record: &Arc<ApiKeyRecord>) {
+        let expires = Instant::now() + self.ttl;
+        self.entries
+            .insert(record.id.clone(), (expires, record.clone()));
+    }
+
+    fn invalidate(&self, id: &str) {
+        self.entries.remove(id);
+    }
+}
 
 pub struct CachedBackend {
     primary: Arc<dyn Backend>,
-    local: moka::sync::Cache<String, Arc<ApiKeyRecord>>,
+    local: Option<LocalCache>,
     #[cfg(feature = "redis")]
     shared: Option<super::redis::RedisCache>,
 }
 
 impl CachedBackend {
-    /// An in-process cache in front of `primary`.
+    /// An in-process cache, with entries living [`DEFAULT_LOCAL_TTL`], in front of `primary`.
     pub fn new(primary: Arc<dyn Backend>) -> Self {
         Self {
             primary,
-            local: moka::sync::Cache::builder()
-                .max_capacity(LOCAL_CAPACITY)
-                .time_to_live(LOCAL_TTL)
-                .build(),
+            local: Some(LocalCache::new(DEFAULT_LOCAL_TTL)),
             #[cfg(feature = "redis")]
             shared: None,
         }
+    }
+
+    /// Sets how long in-process entries live; zero turns the in-process cache off.
+    pub fn with_local_ttl(mut self, ttl: Duration) -> Self {
+        self.local = (!ttl.is_zero()).then(|| LocalCache::new(ttl));
+        self
     }
 
     /// Adds a Redis cache shared between instances, between the in-process cache and `primary`.
@@ -51,11 +91,20 @@ impl CachedBackend {
         self
     }
 
-    /// Brings the shared cache in line with the primary after a mutation of `id`.
+    fn remember(&self, record: &Arc<ApiKeyRecord>) {
+        if let Some(local) = &self.local {
+            local.insert(record);
+        }
+    }
+
+    /// Brings the caches in line with the primary after a mutation of `id`.
     async fn refresh(&self, id: &str) -> Result<(), StoreError> {
-        self.local.invalidate(id);
+        if let Some(local) = &self.local {
+            local.invalidate(id);
+        }
         #[cfg(feature = "redis")]
         if let Some(shared) = &self.shared {
+            metrics().storage_operation("get");
             let current = self.primary.get(id).await?;
             shared.overwrite(id, current.as_ref()).await.map_err(|err| {
                 StoreError::Unavailable(format!(
@@ -71,30 +120,41 @@ impl CachedBackend {
 #[async_trait]
 impl Backend for CachedBackend {
     async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        metrics().storage_operation("insert");
         self.primary.insert(key).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        metrics().storage_operation("get");
         self.primary.get(id).await
     }
 
-    async fn lookup(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        if let Some(record) = self.local.get(id) {
-            return Ok(Some(ApiKeyRecord::clone(&record)));
+    async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
+        if let Some(local) = &self.local {
+            let cached = local.get(id);
+            metrics().key_cache("local", cached.is_some());
+            if cached.is_some() {
+                return Ok(cached);
+            }
         }
         #[cfg(feature = "redis")]
         if let Some(shared) = &self.shared {
             match shared.get(id).await {
-                Ok(Some(record)) => {
-                    self.local.insert(id.to_owned(), Arc::new(record.clone()));
-                    return Ok(Some(record));
+                Ok(found) => {
+                    metrics().key_cache("redis", found.is_some());
+                    if let Some(record) = found {
+                        let record = Arc::new(record);
+                        self.remember(&record);
+                        return Ok(Some(record));
+                    }
                 }
-                Ok(None) => {}
                 Err(err) => {
-                    tracing::warn!(error = %err, "Redis cache unavailable; reading the database")
+                    metrics().key_cache("redis", false);
+                    tracing::warn!(error = %err, "Redis cache unavailable; reading the database");
                 }
             }
         }
+        metrics().storage_operation("lookup");
         let Some(record) = self.primary.lookup(id).await? else {
             // Unknown ids are not cached: a key must pass its checksum to get here, and a later
             // insert would otherwise be hidden.
@@ -106,15 +166,17 @@ impl Backend for CachedBackend {
         {
             tracing::debug!(error = %err, "could not fill the Redis cache");
         }
-        self.local.insert(id.to_owned(), Arc::new(record.clone()));
+        self.remember(&record);
         Ok(Some(record))
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
+        metrics().storage_operation("list");
         self.primary.list(query).await
     }
 
     async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        metrics().storage_operation("revoke");
         let found = self.primary.revoke(id, at).await?;
         if found {
             self.refresh(id).await?;
@@ -124,6 +186,7 @@ impl Backend for CachedBackend {
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
         // Usage does not change whether a key authenticates, so cached entries stay valid.
+        metrics().storage_operation("record_usage");
         self.primary.record_usage(batch).await
     }
 }

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::auth::key::KeyHash;
 use crate::config::Config;
 
 pub use cache::CachedBackend;
@@ -31,7 +32,7 @@ compile_error!("enable at least one of the `sqlite`, `postgres` and `redis` feat
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
-    pub key_hash: String,
+    pub key_hash: KeyHash,
     pub name: String,
     pub owner_id: Option<String>,
     pub scopes: Vec<String>,
@@ -89,8 +90,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The key with this id, for authenticating a request. A caching backend answers from its cache,
     /// within its documented staleness bound; usage counts in the answer may lag.
-    async fn lookup(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.get(id).await
+    async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
+        Ok(self.get(id).await?.map(Arc::new))
     }
 
     /// Keys newest first (by `created_at`, then `id`), with the total matching `query`.
@@ -117,7 +118,7 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
     } else {
         sql_backend(url).await?
     };
-    let cached = CachedBackend::new(primary);
+    let cached = CachedBackend::new(primary).with_local_ttl(config.key_cache_ttl());
     #[cfg(feature = "redis")]
     let cached = match &config.redis_url {
         Some(redis_url) => cached.with_redis(redis::RedisCache::connect(

@@ -29,7 +29,7 @@ impl From<&ApiKeyRecord> for ApiKeyRow {
     fn from(key: &ApiKeyRecord) -> Self {
         Self {
             id: key.id.clone(),
-            key_hash: key.key_hash.clone(),
+            key_hash: key.key_hash.to_string(),
             name: key.name.clone(),
             owner_id: key.owner_id.clone(),
             scopes: key.scopes.join(" "),
@@ -56,7 +56,11 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
                 )));
             }
         };
+        let key_hash = row.key_hash.parse().map_err(|_| {
+            StoreError::Corrupt(format!("digest of key {} is not 64 hex digits", row.id))
+        })?;
         Ok(Self {
+            key_hash,
             scopes: row.scopes.split_whitespace().map(str::to_owned).collect(),
             metadata,
             created_at: row.created_at.and_utc(),
@@ -65,7 +69,6 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
             last_used_at: row.last_used_at.map(|t| t.and_utc()),
             request_count: u64::try_from(row.request_count).unwrap_or(0),
             id: row.id,
-            key_hash: row.key_hash,
             name: row.name,
             owner_id: row.owner_id,
         })

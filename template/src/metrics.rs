@@ -1,0 +1,158 @@
+//! Prometheus metrics of the authentication path and the key store, served at `GET /metrics` in the
+//! OpenMetrics text format.
+//!
+//! The registry is process-wide, like the process it describes. Counters on the request path are
+//! looked up once and kept, so counting a request is one atomic add.
+
+use std::sync::LazyLock;
+
+use actix_web::{HttpResponse, get, web};
+use prometheus_client::encoding::text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use utoipa::OpenApi;
+
+use crate::auth::AuthError;
+
+type Labels<const N: usize> = [(&'static str, &'static str); N];
+
+pub struct Metrics {
+    registry: Registry,
+    auth_attempts: Family<Labels<1>, Counter>,
+    authenticated: Counter,
+    key_cache: Family<Labels<2>, Counter>,
+    local_hits: Counter,
+    storage_operations: Family<Labels<1>, Counter>,
+    usage_flushes: Family<Labels<1>, Counter>,
+    usage_flushed_keys: Counter,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let auth_attempts = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "auth_attempts",
+            "Requests that presented an API key, by outcome (authenticated or the error code)",
+            auth_attempts.clone(),
+        );
+        let key_cache = Family::<Labels<2>, Counter>::default();
+        registry.register(
+            "key_cache_lookups",
+            "Key lookups answered by a cache (hit) or passed on (miss), by cache",
+            key_cache.clone(),
+        );
+        let storage_operations = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "storage_operations",
+            "Round trips to the key store (the database, or Redis when it is the store), by operation",
+            storage_operations.clone(),
+        );
+        let usage_flushes = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "usage_flushes",
+            "Batched writes of counted key usage, by result",
+            usage_flushes.clone(),
+        );
+        let usage_flushed_keys = Counter::default();
+        registry.register(
+            "usage_flushed_keys",
+            "Keys whose usage was written by a flush",
+            usage_flushed_keys.clone(),
+        );
+        Self {
+            authenticated: auth_attempts.get_or_create_owned(&[("outcome", "authenticated")]),
+            local_hits: key_cache.get_or_create_owned(&[("cache", "local"), ("result", "hit")]),
+            registry,
+            auth_attempts,
+            key_cache,
+            storage_operations,
+            usage_flushes,
+            usage_flushed_keys,
+        }
+    }
+
+    /// Counts the outcome of a request that presented a key. Requests without one are not attempts.
+    pub fn auth_attempt(&self, outcome: &Result<impl Sized, AuthError>) {
+        match outcome {
+            Ok(_) => {
+                self.authenticated.inc();
+            }
+            Err(AuthError::Missing) => {}
+            Err(err) => {
+                self.auth_attempts
+                    .get_or_create(&[("outcome", err.code())])
+                    .inc();
+            }
+        }
+    }
+
+    /// Counts a lookup in the cache called `cache` (`local` or `redis`).
+    pub fn key_cache(&self, cache: &'static str, hit: bool) {
+        if cache == "local" && hit {
+            self.local_hits.inc();
+            return;
+        }
+        let result = if hit { "hit" } else { "miss" };
+        self.key_cache
+            .get_or_create(&[("cache", cache), ("result", result)])
+            .inc();
+    }
+
+    /// Counts one round trip to the key store.
+    pub fn storage_operation(&self, operation: &'static str) {
+        self.storage_operations
+            .get_or_create(&[("operation", operation)])
+            .inc();
+    }
+
+    /// Counts a usage flush of `keys` keys.
+    pub fn usage_flush(&self, keys: usize, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.usage_flushes
+            .get_or_create(&[("result", result)])
+            .inc();
+        if ok {
+            self.usage_flushed_keys.inc_by(keys as u64);
+        }
+    }
+
+    /// Every metric, in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(serve_metrics))]
+pub struct MetricsApi;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(serve_metrics);
+}
+
+/// Prometheus metrics
+///
+/// Counters of authentication outcomes, cache hits and store round trips, for a Prometheus scraper.
+/// They carry no key ids or secrets; still, expose this route to your monitoring network only.
+#[utoipa::path(
+    tag = "operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"))
+)]
+#[get("/metrics")]
+pub async fn serve_metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(metrics().render())
+}
