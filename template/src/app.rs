@@ -122,11 +122,7 @@ pub async fn serve(
     }
     server.run().await?;
 
-    flusher.abort();
-    match state.usage.flush(state.store.as_ref()).await {
-        Ok(keys) => tracing::info!(keys, "usage flushed at shutdown"),
-        Err(err) => tracing::error!(error = %err, "usage counted since the last flush was lost"),
-    }
+    flusher.finish().await;
     Ok(())
 }
 

@@ -1,8 +1,11 @@
 //! The one place where failures become HTTP responses: `application/problem+json` bodies (RFC 9457)
 //! with a stable `code` that clients can match on.
 
+use std::sync::LazyLock;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::web::Bytes;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -125,8 +128,26 @@ impl ResponseError for ApiError {
         ) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
-        response.json(self.problem())
+        match self {
+            Self::Auth(err) => response.body(auth_problem(*err)),
+            _ => response.json(self.problem()),
+        }
     }
+}
+
+/// The body of an authentication failure. Bad keys are what a flood sends, so these bodies are
+/// rendered once and then shared, not serialised per request.
+fn auth_problem(err: AuthError) -> Bytes {
+    static BODIES: LazyLock<Vec<Bytes>> = LazyLock::new(|| {
+        AuthError::ALL
+            .iter()
+            .map(|&err| {
+                let body = serde_json::to_vec(&ApiError::Auth(err).problem());
+                Bytes::from(body.expect("a problem serialises"))
+            })
+            .collect()
+    });
+    BODIES[err as usize].clone()
 }
 
 impl From<StoreError> for ApiError {
@@ -201,5 +222,21 @@ pub mod extractors {
             };
             ApiError::BadRequest(format!("invalid path: {err}")).into()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_auth_bodies_are_the_problems_they_stand_for() {
+        for (i, &err) in AuthError::ALL.iter().enumerate() {
+            assert_eq!(err as usize, i, "AuthError::ALL is in declaration order");
+            let shared: serde_json::Value = serde_json::from_slice(&auth_problem(err)).unwrap();
+            let fresh = serde_json::to_value(ApiError::Auth(err).problem()).unwrap();
+            assert_eq!(shared, fresh);
+            assert_eq!(shared["code"], err.code());
+        }
     }
 }

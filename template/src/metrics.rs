@@ -19,8 +19,9 @@ type Labels<const N: usize> = [(&'static str, &'static str); N];
 
 pub struct Metrics {
     registry: Registry,
-    auth_attempts: Family<Labels<1>, Counter>,
     authenticated: Counter,
+    /// By `AuthError as usize`; none for a missing key, which is not an attempt.
+    auth_failures: [Option<Counter>; AuthError::ALL.len()],
     key_cache: Family<Labels<2>, Counter>,
     local_hits: Counter,
     storage_operations: Family<Labels<1>, Counter>,
@@ -70,9 +71,12 @@ impl Metrics {
         );
         Self {
             authenticated: auth_attempts.get_or_create_owned(&[("outcome", "authenticated")]),
+            auth_failures: AuthError::ALL.map(|err| {
+                (err != AuthError::Missing)
+                    .then(|| auth_attempts.get_or_create_owned(&[("outcome", err.code())]))
+            }),
             local_hits: key_cache.get_or_create_owned(&[("cache", "local"), ("result", "hit")]),
             registry,
-            auth_attempts,
             key_cache,
             storage_operations,
             usage_flushes,
@@ -82,16 +86,12 @@ impl Metrics {
 
     /// Counts the outcome of a request that presented a key. Requests without one are not attempts.
     pub fn auth_attempt(&self, outcome: &Result<impl Sized, AuthError>) {
-        match outcome {
-            Ok(_) => {
-                self.authenticated.inc();
-            }
-            Err(AuthError::Missing) => {}
-            Err(err) => {
-                self.auth_attempts
-                    .get_or_create(&[("outcome", err.code())])
-                    .inc();
-            }
+        let counter = match outcome {
+            Ok(_) => Some(&self.authenticated),
+            Err(err) => self.auth_failures[*err as usize].as_ref(),
+        };
+        if let Some(counter) = counter {
+            counter.inc();
         }
     }
 

@@ -162,14 +162,14 @@ pub struct Service {
 
 impl Service {
     pub fn start(binary: &Path, env: &[(&str, &str)], port: u16) -> Self {
-        Self::start_with(binary, &[], env, port)
+        let mut command = Command::new(binary);
+        command.arg("serve");
+        Self::spawn(command, env, port)
     }
 
-    /// Starts `binary serve <args>`.
-    pub fn start_with(binary: &Path, args: &[&str], env: &[(&str, &str)], port: u16) -> Self {
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .args(args)
+    /// Starts `command`, which runs the service, and waits until it listens on `port`.
+    pub fn spawn(mut command: Command, env: &[(&str, &str)], port: u16) -> Self {
+        let mut child = command
             .envs(env.iter().copied())
             .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")

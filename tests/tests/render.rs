@@ -212,11 +212,15 @@ fn bad_values_are_rejected_with_a_clear_message() {
         (&["route_prefix=/docs", "docs_path=/docs"][..], "overlap"),
         (
             &["route_prefix=/api", "docs_path=/docs"][..],
-            "clashes with the example route /api/data",
+            "clashes with the service's route /api/data",
         ),
         (
             &["docs_path=/health"][..],
-            "clashes with the example route /health",
+            "clashes with the service's route /health",
+        ),
+        (
+            &["route_prefix=/metrics"][..],
+            "clashes with the service's route /metrics",
         ),
     ] {
         let output = generate_failure("rejected-svc", defines);

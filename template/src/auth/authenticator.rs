@@ -14,7 +14,7 @@ use crate::keys::UsageTracker;
 use crate::store::{Backend, StoreError};
 
 /// Why a request is not authenticated. Clients see only [`AuthError::code`] and the status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("this route needs an API key")]
     Missing,
@@ -31,6 +31,16 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every variant, in declaration order, so that `err as usize` indexes per-variant tables.
+    pub const ALL: [Self; 6] = [
+        Self::Missing,
+        Self::Invalid,
+        Self::Expired,
+        Self::Revoked,
+        Self::Unavailable,
+        Self::NotInstalled,
+    ];
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::Missing => "missing_api_key",

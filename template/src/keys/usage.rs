@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::metrics::metrics;
 use crate::store::{Backend, StoreError, Usage};
@@ -88,22 +90,47 @@ impl UsageTracker {
         }
     }
 
-    /// Flushes every `interval` until the returned task is aborted.
-    pub fn spawn_flusher(
-        self: Arc<Self>,
-        store: Arc<dyn Backend>,
-        interval: Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
+    /// Flushes every `interval` until [`Flusher::finish`], which flushes once more.
+    pub fn spawn_flusher(self: Arc<Self>, store: Arc<dyn Backend>, interval: Duration) -> Flusher {
+        let stop = Arc::new(Notify::new());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticks.tick().await;
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stopped.notified() => break,
+                }
                 if let Err(err) = self.flush(store.as_ref()).await {
                     tracing::warn!(error = %err, "could not flush key usage; will retry");
                 }
             }
-        })
+            match self.flush(store.as_ref()).await {
+                Ok(keys) => tracing::info!(keys, "usage flushed at shutdown"),
+                Err(err) => {
+                    tracing::error!(error = %err, "usage counted since the last flush was lost")
+                }
+            }
+        });
+        Flusher { stop, task }
+    }
+}
+
+/// The background flush of a [`UsageTracker`].
+pub struct Flusher {
+    stop: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Flusher {
+    /// Lets a flush in progress complete, then writes what was counted since. Aborting the task
+    /// instead could cancel a flush between taking the counts and writing them, losing them.
+    pub async fn finish(self) {
+        self.stop.notify_one();
+        if let Err(err) = self.task.await {
+            tracing::error!(error = %err, "the usage flusher failed");
+        }
     }
 }
 
@@ -113,7 +140,7 @@ mod tests {
     use chrono::DateTime;
 
     use super::*;
-    use crate::store::{ApiKeyRecord, ListQuery, MemoryBackend, Page};
+    use crate::store::{ApiKeyRecord, ListQuery, MemoryBackend, Page, conformance};
 
     /// A store whose every call fails, as when the database is down.
     struct Down;
@@ -135,6 +162,49 @@ mod tests {
         async fn record_usage(&self, _: &[Usage]) -> Result<(), StoreError> {
             Err(StoreError::Unavailable("down".into()))
         }
+    }
+
+    /// A store whose usage writes take a while, as over a network.
+    struct Slow(MemoryBackend);
+
+    #[async_trait]
+    impl Backend for Slow {
+        async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+            self.0.insert(key).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+            self.0.get(id).await
+        }
+        async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
+            self.0.list(query).await
+        }
+        async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+            self.0.revoke(id, at).await
+        }
+        async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.0.record_usage(batch).await
+        }
+    }
+
+    #[tokio::test]
+    async fn finishing_the_flusher_during_a_flush_loses_no_counts() {
+        let store = Arc::new(Slow(MemoryBackend::default()));
+        let key = conformance::sample("owner", Utc::now());
+        store.insert(&key).await.unwrap();
+        let tracker = Arc::new(UsageTracker::default());
+        for _ in 0..3 {
+            tracker.record(&key.id, Utc::now());
+        }
+        // The first tick is immediate: that flush is still writing when we finish.
+        let flusher = tracker
+            .clone()
+            .spawn_flusher(store.clone(), Duration::from_secs(3600));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tracker.record(&key.id, Utc::now());
+        flusher.finish().await;
+        let stored = store.get(&key.id).await.unwrap().unwrap();
+        assert_eq!(stored.request_count, 4);
     }
 
     #[tokio::test]

@@ -25,6 +25,9 @@ type Result<T> = std::result::Result<T, Box<dyn Error>>;
 const NAME: &str = "bench-svc";
 const KEYS: &str = "/api/v1/api-keys";
 const WRK_SCRIPT: &str = include_str!("../../bench/wrk-rotate.lua");
+/// The service runs on one core and wrk on the other, so neither preempts the other.
+const SERVICE_CORE: &str = "0";
+const LOAD_CORE: &str = "1";
 /// Requests sent with one key to check that `request_count` is exact after the flush.
 const COUNTED: u64 = 500;
 
@@ -32,12 +35,13 @@ const COUNTED: u64 = 500;
 #[command(about = "Benchmarks the authentication path of a service generated from this template")]
 struct Args {
     /// Seconds per wrk run
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 1)]
     seconds: u32,
-    /// Rounds of every scenario; the table shows medians
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of every scenario, interleaved; the table shows medians. This machine's speed drifts
+    /// by ±20% from one second to the next, so many short rounds beat a few long ones.
+    #[arg(long, default_value_t = 10)]
     rounds: usize,
-    /// Open connections of wrk (with two threads, as litestar-api-auth was measured)
+    /// Open connections of wrk (32, as litestar-api-auth was measured)
     #[arg(long, default_value_t = 32)]
     connections: u32,
     /// Distinct keys in the many-keys scenario
@@ -54,7 +58,7 @@ struct Args {
         default_value = "memory,sqlite,postgres,postgres+redis"
     )]
     backends: Vec<Backend>,
-    /// A short run (1 s per scenario, one round, fewer keys): the smoke test CI runs
+    /// A short run (two rounds, fewer keys): the smoke test CI runs
     #[arg(long)]
     quick: bool,
     /// Also time a cold debug build of a generated project and its rebuild after editing a handler
@@ -190,7 +194,7 @@ fn main() -> ExitCode {
     let mut args = Args::parse();
     if args.quick {
         args.seconds = 1;
-        args.rounds = 1;
+        args.rounds = 2;
         args.keys = args.keys.min(100);
         args.cold = args.cold.min(20);
     }
@@ -308,15 +312,14 @@ fn start(
     let admin_file = dir.join(format!("admin-{}.key", free_port()));
     let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     all.extend_from_slice(extra);
-    let service = Service::start_with(
-        binary,
-        &[
-            "--admin-key-file",
-            admin_file.to_str().ok_or("non-UTF-8 path")?,
-        ],
-        &all,
-        free_port(),
-    );
+    // One core for the service (so one actix worker), the other for wrk.
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", SERVICE_CORE])
+        .arg(binary)
+        .args(["serve", "--admin-key-file"])
+        .arg(&admin_file);
+    let service = Service::spawn(command, &all, free_port());
     let deadline = Instant::now() + Duration::from_secs(10);
     let admin = loop {
         match std::fs::read_to_string(&admin_file) {
@@ -498,8 +501,9 @@ fn wrk(
     connections: u32,
 ) -> Result<Load> {
     let before = scrape(client);
-    let output = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s")])
+    let output = Command::new("taskset")
+        .args(["-c", LOAD_CORE, "wrk", "-t1"])
+        .args([format!("-c{connections}"), format!("-d{seconds}s")])
         .arg("-s")
         .arg(dir.join("wrk-rotate.lua"))
         .arg(&service.base_url)
@@ -755,8 +759,9 @@ fn render(args: &Args, reports: &[BackendReport], build_times: Option<&str>) -> 
     let _ = writeln!(out, "Machine: {}.", machine());
     let _ = writeln!(
         out,
-        "Release build; the service's 2 workers and wrk (`-t2 -c{}`, {} s per run) share the cores; \
-         medians of {} round(s); ratios are to the open route of the same round and process.\n",
+        "Release build. The service runs on core {SERVICE_CORE} (so one actix worker, as litestar-api-auth \
+         ran one uvicorn worker) and wrk (`-t1 -c{}`, {} s per run) on core {LOAD_CORE}. Medians of {} \
+         interleaved round(s); each ratio is to the open route of the same round and process.\n",
         args.connections, args.seconds, args.rounds
     );
     let _ = writeln!(out, "## Summary\n");
