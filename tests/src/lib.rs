@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 /// The repository root: the template to generate from.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,6 +86,24 @@ pub fn generate_args(destination: &Path, name: &str, defines: &[&str]) -> Vec<St
         args.extend(["-d".into(), (*define).into()]);
     }
     args
+}
+
+/// Renders the template as `name` into `destination` within this process: for the harness's own
+/// binaries, which have no `cargo-generate` binary beside them. Returns the project's path.
+pub fn generate_in_process(
+    destination: &Path,
+    name: &str,
+    defines: &[&str],
+) -> Result<PathBuf, String> {
+    if std::env::var_os("USER").is_none() {
+        // cargo-generate needs a user name for the `authors` placeholder.
+        std::env::set_var("USER", "template-tests");
+    }
+    std::fs::create_dir_all(destination).map_err(|err| err.to_string())?;
+    let mut argv = vec!["cargo-generate".to_owned(), "generate".to_owned()];
+    argv.extend(generate_args(destination, name, defines));
+    let cargo_generate::Cli::Generate(args) = cargo_generate::Cli::parse_from(argv);
+    cargo_generate::generate(args).map_err(|err| format!("cargo generate: {err}"))
 }
 
 /// Runs `cargo generate --silent` for `name` with `defines` (`key=value`) into `destination`.

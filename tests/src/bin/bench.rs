@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix_api_auth_tests::servers::{Postgres, Redis};
 use actix_api_auth_tests::{
-    cargo, free_port, generate_args, repo_root, shared_target_dir, work_dir, Client, Service,
+    cargo, free_port, generate_in_process, repo_root, shared_target_dir, work_dir, Client, Service,
 };
 use clap::{Parser, ValueEnum};
 use serde_json::json;
@@ -291,15 +291,7 @@ fn generate(dir: &Path, name: &str, defines: &[&str]) -> Result<PathBuf> {
     if project.exists() {
         std::fs::remove_dir_all(&project)?;
     }
-    if std::env::var_os("USER").is_none() {
-        // cargo-generate needs a user name for the `authors` placeholder.
-        std::env::set_var("USER", "bench");
-    }
-    let mut argv = vec!["cargo-generate".to_owned(), "generate".to_owned()];
-    argv.extend(generate_args(dir, name, defines));
-    let cargo_generate::Cli::Generate(generate_args) = cargo_generate::Cli::parse_from(argv);
-    cargo_generate::generate(generate_args).map_err(|err| format!("cargo generate: {err}"))?;
-    Ok(project)
+    Ok(generate_in_process(dir, name, defines)?)
 }
 
 /// Starts the service, mints its admin key and a warm key; returns them once the key has been used.

@@ -6,40 +6,19 @@
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-use cargo_generate::{generate, Cli};
-use clap::Parser;
+use actix_api_auth_tests::generate_in_process;
 
 const NAME: &str = "demo-svc";
 
 fn main() -> ExitCode {
     let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = tests_dir.parent().expect("tests/ sits in the repository");
     let destination = tests_dir.join("target").join("demo");
     let project = destination.join(NAME);
     if project.exists() {
         std::fs::remove_dir_all(&project).expect("the previous demo can be removed");
     }
-    std::fs::create_dir_all(&destination).expect("the demo folder can be created");
-    if std::env::var_os("USER").is_none() {
-        // cargo-generate needs a user name for the `authors` placeholder.
-        std::env::set_var("USER", "demo");
-    }
-
-    let args = [
-        "cargo-generate",
-        "generate",
-        "--path",
-        root.to_str().expect("a UTF-8 path"),
-        "--name",
-        NAME,
-        "--destination",
-        destination.to_str().expect("a UTF-8 path"),
-        "--vcs",
-        "none",
-        "--silent",
-    ];
-    let Cli::Generate(args) = Cli::parse_from(args);
-    if generate(args).is_err() {
+    if let Err(err) = generate_in_process(&destination, NAME, &[]) {
+        eprintln!("{err}");
         return ExitCode::FAILURE;
     }
 
