@@ -367,27 +367,18 @@ fn bench_backend(
     let flushes_before = scrape(&client);
     let phase = Instant::now();
     wrk(&service, &client, dir, Scenario::Warm, 1, args.connections)?;
-    let mut rounds = Vec::new();
-    for _ in 0..args.rounds {
-        let mut round = Vec::new();
-        for scenario in [
+    let rounds = run_rounds(
+        &service,
+        &client,
+        dir,
+        &[
             Scenario::Open,
             Scenario::Warm,
             Scenario::Many,
             Scenario::Garbage,
-        ] {
-            let load = wrk(
-                &service,
-                &client,
-                dir,
-                scenario,
-                args.seconds,
-                args.connections,
-            )?;
-            round.push((scenario, load));
-        }
-        rounds.push(round);
-    }
+        ],
+        args,
+    )?;
     let cold = cold_path(&client, &cold)?;
     for _ in 0..COUNTED {
         let (status, _) = client.send("GET", "/protected", Some(&counted_key), None);
@@ -417,22 +408,13 @@ fn bench_backend(
     };
     std::fs::write(dir.join("warm.txt"), format!("{warm}\n"))?;
     // Each cache-off run is paired with an open-route run on the same process.
-    let mut off_rounds = Vec::new();
-    for _ in 0..args.rounds {
-        let mut round = Vec::new();
-        for scenario in [Scenario::Open, Scenario::CacheOff] {
-            let load = wrk(
-                &service,
-                &client,
-                dir,
-                scenario,
-                args.seconds,
-                args.connections,
-            )?;
-            round.push((scenario, load));
-        }
-        off_rounds.push(round);
-    }
+    let off_rounds = run_rounds(
+        &service,
+        &client,
+        dir,
+        &[Scenario::Open, Scenario::CacheOff],
+        args,
+    )?;
     drop(service);
 
     let mut rows: Vec<Row> = [
@@ -460,6 +442,34 @@ fn bench_backend(
         rss_idle_kb,
         rss_peak_kb,
     })
+}
+
+/// `args.rounds` rounds of `scenarios`, run in turn within each round.
+fn run_rounds(
+    service: &Service,
+    client: &Client,
+    dir: &Path,
+    scenarios: &[Scenario],
+    args: &Args,
+) -> Result<Vec<Vec<(Scenario, Load)>>> {
+    (0..args.rounds)
+        .map(|_| {
+            scenarios
+                .iter()
+                .map(|&scenario| {
+                    let load = wrk(
+                        service,
+                        client,
+                        dir,
+                        scenario,
+                        args.seconds,
+                        args.connections,
+                    )?;
+                    Ok((scenario, load))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Keys that fail before any storage is touched: bad checksum, wrong prefix, wrong length, junk.
