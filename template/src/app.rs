@@ -12,10 +12,10 @@ use actix_web::http::header::HeaderName;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, HttpServer, web};
 
-use crate::auth::{Authenticator, middleware};
+use crate::auth::{Authenticator, ManagementScopes, middleware};
 use crate::config::Config;
 use crate::error::{ApiError, extractors};
-use crate::keys::{ApiKeyService, NewKey, UsageTracker, handlers};
+use crate::keys::{ApiKeyService, Manager, NewKey, UsageTracker, handlers};
 use crate::store::{self, Backend};
 use crate::{metrics, openapi, routes};
 
@@ -45,7 +45,10 @@ impl AppState {
             authenticator: web::Data::new(Authenticator::new(
                 format,
                 header,
-                config.api_keys_admin_scope.clone(),
+                ManagementScopes {
+                    admin: config.api_keys_admin_scope.clone(),
+                    manage: config.api_keys_manage_scope.clone(),
+                },
                 store.clone(),
                 usage.clone(),
             )),
@@ -137,11 +140,14 @@ async fn write_admin_key(state: &AppState, path: &Path) -> Result<(), Box<dyn st
         .map_err(|err| format!("--admin-key-file {}: {err}", path.display()))?;
     let created = state
         .service
-        .create_key(NewKey {
-            name: "admin (start-up)".into(),
-            scopes: vec![state.config.api_keys_admin_scope.clone()],
-            ..NewKey::default()
-        })
+        .create_key(
+            &Manager::Operator,
+            NewKey {
+                name: "admin (start-up)".into(),
+                scopes: vec![state.config.api_keys_admin_scope.clone()],
+                ..NewKey::default()
+            },
+        )
         .await?;
     writeln!(file, "{}", created.key.as_str())?;
     tracing::info!(key_id = %created.record.id, path = %path.display(), "admin key written");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::keys::{ApiKeyService, KeyStatus, NewKey};
+use crate::keys::{ApiKeyService, KeyStatus, Manager, NewKey};
 use crate::store::ListQuery;
 
 #[derive(Debug, Parser)]
@@ -86,13 +86,16 @@ impl KeysCommand {
                     .transpose()
                     .map_err(|_| "--expires-in is too long")?;
                 let created = service
-                    .create_key(NewKey {
-                        name,
-                        scopes,
-                        owner_id: owner,
-                        expires_at,
-                        ..NewKey::default()
-                    })
+                    .create_key(
+                        &Manager::Operator,
+                        NewKey {
+                            name,
+                            scopes,
+                            owner_id: owner,
+                            expires_at,
+                            ..NewKey::default()
+                        },
+                    )
                     .await?;
                 let record = &created.record;
                 eprintln!(
@@ -114,11 +117,14 @@ impl KeysCommand {
                 offset,
             } => {
                 let page = service
-                    .list_keys(&ListQuery {
-                        owner_id: owner,
-                        limit,
-                        offset,
-                    })
+                    .list_keys(
+                        &Manager::Operator,
+                        &ListQuery {
+                            owner_id: owner,
+                            limit,
+                            offset,
+                        },
+                    )
                     .await?;
                 println!(
                     "{:<12}  {:<8}  {:<24}  {:>8}  SCOPES",
@@ -137,7 +143,7 @@ impl KeysCommand {
                 eprintln!("{} of {} keys", page.items.len(), page.total);
             }
             Self::Revoke { id } => {
-                service.revoke_key(&id).await?;
+                service.revoke_key(&Manager::Operator, &id).await?;
                 eprintln!("Revoked key {id}.");
             }
         }

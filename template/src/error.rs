@@ -20,6 +20,9 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error("this API key lacks the required scope")]
     InsufficientScope { required: Vec<String> },
+    /// Refused for a reason of its own, with its own stable code (a manager asking beyond its reach).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     #[error("no API key with this id")]
     KeyNotFound,
     #[error("no such route")]
@@ -66,6 +69,7 @@ impl ApiError {
         match self {
             Self::Auth(err) => err.code(),
             Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::Forbidden { code, .. } => code,
             Self::KeyNotFound => "api_key_not_found",
             Self::RouteNotFound => "not_found",
             Self::Validation { .. } => "validation_failed",
@@ -101,7 +105,7 @@ impl ResponseError for ApiError {
             Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(AuthError::NotInstalled) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
-            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -170,6 +174,7 @@ impl From<ServiceError> for ApiError {
         match err {
             ServiceError::Invalid { field, message } => Self::Validation { field, message },
             ServiceError::NotFound => Self::KeyNotFound,
+            ServiceError::Forbidden { code, message } => Self::Forbidden { code, message },
             ServiceError::Store(err) => err.into(),
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! Security requirements are not written by hand: every handler guarded by `#[require_api_key]` or
 //! `#[require_scope]` registers what it enforces, and [`document`] copies that onto its operation,
-//! together with the 401/403 answers. The key-management routes get the configured admin scope.
+//! together with the 401/403 answers. The key-management routes get the configured admin and manage scopes.
 
 use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
@@ -43,8 +43,11 @@ pub fn document(config: &Config) -> Document {
         for operation in operations(&mut keys) {
             protect(
                 operation,
-                &[config.api_keys_admin_scope.as_str()],
-                Match::All,
+                &[
+                    config.api_keys_admin_scope.as_str(),
+                    config.api_keys_manage_scope.as_str(),
+                ],
+                Match::Any,
             );
         }
         doc = doc.nest(&config.api_keys_route_prefix, keys);
@@ -198,7 +201,10 @@ mod tests {
         for id in ["create_key", "list_keys", "get_key", "revoke_key"] {
             assert_eq!(
                 security_of(&mut doc, id),
-                Some(vec![config.api_keys_admin_scope.clone()]),
+                Some(vec![
+                    config.api_keys_admin_scope.clone(),
+                    config.api_keys_manage_scope.clone()
+                ]),
                 "{id}"
             );
         }

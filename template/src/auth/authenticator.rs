@@ -1,17 +1,18 @@
 //! Turns the key a request presents into an [`ApiKey`], or says why it cannot.
 //!
-//! Order of work, cheapest first: read the header, check the format and checksum (no I/O), then one
-//! lookup by the key's public id and a constant-time comparison of digests.
+//! Order of work, cheapest first: read the header and check the key's shape; take the key from the
+//! in-process cache, or else check the checksum (no I/O) and look the key up by its public id; then
+//! compare digests in constant time.
 
 use std::sync::Arc;
 
-use actix_web::http::header::{self, HeaderMap, HeaderName};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use chrono::Utc;
 
 use super::guard::ApiKey;
 use super::key::KeyFormat;
 use crate::keys::UsageTracker;
-use crate::store::{Backend, StoreError};
+use crate::store::{ApiKeyRecord, Backend, StoreError};
 
 /// Why a request is not authenticated. Clients see only [`AuthError::code`] and the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -64,10 +65,19 @@ impl AuthError {
     }
 }
 
+/// The scopes that open the key-management routes.
+#[derive(Debug, Clone)]
+pub struct ManagementScopes {
+    /// Every key, any scope (`API_KEYS_ADMIN_SCOPE`).
+    pub admin: String,
+    /// The keys of the caller's own owner (`API_KEYS_MANAGE_SCOPE`).
+    pub manage: String,
+}
+
 pub struct Authenticator {
     format: KeyFormat,
     header: HeaderName,
-    admin_scope: String,
+    scopes: ManagementScopes,
     store: Arc<dyn Backend>,
     usage: Arc<UsageTracker>,
 }
@@ -76,21 +86,21 @@ impl Authenticator {
     pub fn new(
         format: KeyFormat,
         header: HeaderName,
-        admin_scope: String,
+        scopes: ManagementScopes,
         store: Arc<dyn Backend>,
         usage: Arc<UsageTracker>,
     ) -> Self {
         Self {
             format,
             header,
-            admin_scope,
+            scopes,
             store,
             usage,
         }
     }
 
-    pub fn admin_scope(&self) -> &str {
-        &self.admin_scope
+    pub fn management_scopes(&self) -> &ManagementScopes {
+        &self.scopes
     }
 
     /// Authenticates the key in `headers`, counting a use of it on success.
@@ -98,18 +108,15 @@ impl Authenticator {
         let presented = self.presented_key(headers)?;
         let parsed = self
             .format
-            .parse(presented)
+            .parse_shape(presented)
             .map_err(|_| AuthError::Invalid)?;
-        let record = match self.store.lookup(parsed.id()).await {
-            Ok(Some(record)) => record,
-            Ok(None) => return Err(AuthError::Invalid),
-            Err(StoreError::Unavailable(reason)) => {
-                tracing::warn!(%reason, "cannot authenticate: storage is unavailable");
-                return Err(AuthError::Unavailable);
-            }
-            Err(err) => {
-                tracing::error!(error = %err, key_id = parsed.id(), "cannot authenticate: stored key is unreadable");
-                return Err(AuthError::Unavailable);
+        // A key held in memory skips the checksum: the digest comparison below is the stronger check,
+        // and the checksum is there to keep made-up keys away from the store and Redis.
+        let record = match self.store.cached(parsed.id()) {
+            Some(record) => record,
+            None => {
+                parsed.check_checksum().map_err(|_| AuthError::Invalid)?;
+                self.stored(parsed.id()).await?
             }
         };
         if !self.format.verify(parsed, &record.key_hash) {
@@ -126,26 +133,46 @@ impl Authenticator {
         Ok(ApiKey::from(record))
     }
 
-    /// The key from the configured header, else from `Authorization: Bearer`. A repeated header is an error.
-    fn presented_key<'h>(&self, headers: &'h HeaderMap) -> Result<&'h str, AuthError> {
-        let mut values = headers.get_all(&self.header);
-        if let Some(value) = values.next() {
-            if values.next().is_some() {
-                return Err(AuthError::Invalid);
+    /// The key from the store (through Redis when configured); a missing key is `Invalid`.
+    async fn stored(&self, id: &str) -> Result<Arc<ApiKeyRecord>, AuthError> {
+        match self.store.lookup(id).await {
+            Ok(Some(record)) => Ok(record),
+            Ok(None) => Err(AuthError::Invalid),
+            Err(StoreError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "cannot authenticate: storage is unavailable");
+                Err(AuthError::Unavailable)
             }
-            return value.to_str().map_err(|_| AuthError::Invalid);
+            Err(err) => {
+                tracing::error!(error = %err, key_id = id, "cannot authenticate: stored key is unreadable");
+                Err(AuthError::Unavailable)
+            }
         }
-        let mut values = headers.get_all(header::AUTHORIZATION);
-        let Some(value) = values.next() else {
-            return Err(AuthError::Missing);
-        };
-        if values.next().is_some() {
-            return Err(AuthError::Invalid);
+    }
+
+    /// The key from the configured header, else from `Authorization: Bearer`. A repeated header is an
+    /// error. The value stays bytes: the key parser checks every byte anyway.
+    fn presented_key<'h>(&self, headers: &'h HeaderMap) -> Result<&'h [u8], AuthError> {
+        if let Some(value) = single(headers, &self.header)? {
+            return Ok(value.as_bytes());
         }
-        let value = value.to_str().map_err(|_| AuthError::Invalid)?;
-        match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        let value = single(headers, &header::AUTHORIZATION)?.ok_or(AuthError::Missing)?;
+        match value.as_bytes().split_at_checked(BEARER.len()) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case(BEARER) => Ok(token.trim_ascii()),
             _ => Err(AuthError::Invalid),
         }
+    }
+}
+
+const BEARER: &[u8] = b"bearer ";
+
+/// The value of a header that must appear at most once.
+fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h HeaderValue>, AuthError> {
+    let mut values = headers.get_all(name);
+    match (values.next(), values.next()) {
+        (value, None) => Ok(value),
+        _ => Err(AuthError::Invalid),
     }
 }

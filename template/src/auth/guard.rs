@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use super::authenticator::{AuthError, Authenticator};
 use super::scope::{self, Match};
 use crate::error::ApiError;
+use crate::keys::Manager;
 use crate::store::ApiKeyRecord;
 
 /// The key that authenticated the request. Cloning it copies a pointer, not the key's fields.
@@ -92,12 +93,7 @@ fn authenticated(req: &HttpRequest) -> Result<ApiKey, ApiError> {
         tracing::error!("a guarded route is not behind the authentication middleware");
         return Err(AuthError::NotInstalled.into());
     };
-    let key = outcome.clone()?;
-    // The key was valid when the request arrived; re-check in case it expired since.
-    if key.expires_at().is_some_and(|at| at <= Utc::now()) {
-        return Err(AuthError::Expired.into());
-    }
-    Ok(key)
+    Ok(outcome.clone()?)
 }
 
 /// The scopes a route demands. `#[require_scope]` implements this on a marker type per handler.
@@ -133,26 +129,35 @@ impl<S: ScopeRequirement> FromRequest for RequireScopes<S> {
     }
 }
 
-/// Admits a request whose key holds the key-management scope (`API_KEYS_ADMIN_SCOPE`).
-#[derive(Debug, Clone)]
-pub struct AdminKey(pub ApiKey);
-
-impl FromRequest for AdminKey {
+/// Admits a request to the key-management routes: a key holding the admin scope
+/// (`API_KEYS_ADMIN_SCOPE`) manages every key; one holding the manage scope (`API_KEYS_MANAGE_SCOPE`)
+/// and an owner manages that owner's keys. Anything else is 403, naming both scopes.
+impl FromRequest for Manager {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(authenticated(req).and_then(|key| {
-            let admin_scope = req
+            let scopes = req
                 .app_data::<web::Data<Authenticator>>()
                 .ok_or(ApiError::Auth(AuthError::NotInstalled))?
-                .admin_scope();
-            if key.has_scope(admin_scope) {
-                Ok(Self(key))
-            } else {
+                .management_scopes();
+            if key.has_scope(&scopes.admin) {
+                Ok(Self::Admin(key))
+            } else if !key.has_scope(&scopes.manage) {
                 Err(ApiError::InsufficientScope {
-                    required: vec![admin_scope.to_owned()],
+                    required: vec![scopes.admin.clone(), scopes.manage.clone()],
                 })
+            } else if key.owner_id().is_none() {
+                Err(ApiError::Forbidden {
+                    code: "owner_required",
+                    message: format!(
+                        "a key holding {} manages its owner's keys, and this key has no owner",
+                        scopes.manage
+                    ),
+                })
+            } else {
+                Ok(Self::Owner(key))
             }
         }))
     }

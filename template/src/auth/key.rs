@@ -104,7 +104,7 @@ impl std::fmt::Debug for MintedKey {
 #[derive(Clone, Copy)]
 pub struct ParsedKey<'a> {
     id: &'a str,
-    whole: &'a str,
+    whole: &'a [u8],
 }
 
 impl std::fmt::Debug for ParsedKey<'_> {
@@ -118,6 +118,16 @@ impl std::fmt::Debug for ParsedKey<'_> {
 impl<'a> ParsedKey<'a> {
     pub fn id(&self) -> &'a str {
         self.id
+    }
+
+    /// Whether the last characters are the checksum of the rest: a typo or a made-up key fails here.
+    pub fn check_checksum(&self) -> Result<(), FormatError> {
+        let (body, sum) = self.whole.split_at(self.whole.len() - CHECKSUM_LEN);
+        if checksum(body).ct_eq(sum).into() {
+            Ok(())
+        } else {
+            Err(FormatError::BadChecksum)
+        }
     }
 }
 
@@ -176,28 +186,39 @@ impl KeyFormat {
         }
     }
 
-    /// Checks prefix, shape and checksum without touching storage.
-    pub fn parse<'a>(&self, raw: &'a str) -> Result<ParsedKey<'a>, FormatError> {
-        let rest = raw
-            .strip_prefix(self.prefix.as_str())
+    /// Checks prefix, shape and checksum without touching storage. Takes bytes as well as text, so a
+    /// header value is checked once, here, rather than first as text and then again as a key.
+    pub fn parse<'a, K: AsRef<[u8]> + ?Sized>(
+        &self,
+        raw: &'a K,
+    ) -> Result<ParsedKey<'a>, FormatError> {
+        let key = self.parse_shape(raw)?;
+        key.check_checksum()?;
+        Ok(key)
+    }
+
+    /// Checks prefix and shape only. [`ParsedKey::check_checksum`] completes [`KeyFormat::parse`].
+    pub fn parse_shape<'a, K: AsRef<[u8]> + ?Sized>(
+        &self,
+        raw: &'a K,
+    ) -> Result<ParsedKey<'a>, FormatError> {
+        let whole = raw.as_ref();
+        let rest = whole
+            .strip_prefix(self.prefix.as_bytes())
             .ok_or(FormatError::WrongPrefix)?;
-        let bytes = rest.as_bytes();
-        if bytes.len() != ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN || bytes[ID_LEN] != b'_' {
+        if rest.len() != ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN || rest[ID_LEN] != b'_' {
             return Err(FormatError::WrongShape);
         }
+        let (id, secret) = (&rest[..ID_LEN], &rest[ID_LEN + 1..]);
         let is_base62 = |part: &[u8]| part.iter().all(u8::is_ascii_alphanumeric);
-        if !is_base62(&bytes[..ID_LEN]) || !is_base62(&bytes[ID_LEN + 1..]) {
+        if !is_base62(id) || !is_base62(secret) {
             return Err(FormatError::WrongShape);
         }
-        let (body, sum) = raw.split_at(raw.len() - CHECKSUM_LEN);
-        if checksum(body.as_bytes()).ct_eq(sum.as_bytes()).into() {
-            Ok(ParsedKey {
-                id: &rest[..ID_LEN],
-                whole: raw,
-            })
-        } else {
-            Err(FormatError::BadChecksum)
-        }
+        Ok(ParsedKey {
+            // Base62 is ASCII, so this cannot fail.
+            id: std::str::from_utf8(id).map_err(|_| FormatError::WrongShape)?,
+            whole,
+        })
     }
 
     /// The digest stored for a key: SHA-256, or HMAC-SHA256 under the pepper.
@@ -205,10 +226,10 @@ impl KeyFormat {
         KeyHash(match &self.peppered {
             Some(mac) => {
                 let mut mac = mac.clone();
-                mac.update(key.whole.as_bytes());
+                mac.update(key.whole);
                 mac.finalize().into_bytes().into()
             }
-            None => Sha256::digest(key.whole.as_bytes()).into(),
+            None => Sha256::digest(key.whole).into(),
         })
     }
 

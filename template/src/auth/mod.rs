@@ -10,6 +10,6 @@ pub mod middleware;
 pub mod scope;
 
 pub use auth_macros::{require_api_key, require_scope};
-pub use authenticator::{AuthError, Authenticator};
-pub use guard::{AdminKey, ApiKey, GuardedRoute, RequireScopes, ScopeRequirement};
+pub use authenticator::{AuthError, Authenticator, ManagementScopes};
+pub use guard::{ApiKey, GuardedRoute, RequireScopes, ScopeRequirement};
 pub use scope::Match;

@@ -34,8 +34,10 @@ pub struct Config {
     /// Optional server-side secret: keys are then stored as HMAC-SHA256 digests under it.
     pub api_key_pepper: Option<Secret>,
     pub api_keys_route_prefix: String,
-    /// Scope that grants the key-management routes.
+    /// Scope that grants the key-management routes over every key.
     pub api_keys_admin_scope: String,
+    /// Scope that grants the key-management routes over the keys of the caller's own owner.
+    pub api_keys_manage_scope: String,
     /// Whether the key-management routes are mounted at all.
     pub api_keys_routes: bool,
     pub docs_path: String,
@@ -57,6 +59,7 @@ impl Default for Config {
             api_key_pepper: None,
             api_keys_route_prefix: defaults::API_KEYS_ROUTE_PREFIX.into(),
             api_keys_admin_scope: "api_keys:admin".into(),
+            api_keys_manage_scope: "api_keys:manage".into(),
             api_keys_routes: true,
             docs_path: defaults::DOCS_PATH.into(),
             usage_flush_seconds: 5,
@@ -203,13 +206,23 @@ impl Config {
         }
         check_path("API_KEYS_ROUTE_PREFIX", &self.api_keys_route_prefix)?;
         check_path("DOCS_PATH", &self.docs_path)?;
-        if !scope::is_valid(&self.api_keys_admin_scope) {
+        for (variable, value) in [
+            ("API_KEYS_ADMIN_SCOPE", &self.api_keys_admin_scope),
+            ("API_KEYS_MANAGE_SCOPE", &self.api_keys_manage_scope),
+        ] {
+            if !scope::is_valid(value) {
+                return Err(ConfigError::new(
+                    variable,
+                    format!(
+                        "{value:?} is not a valid scope (segments of a-z, 0-9, _ and - joined by ':')"
+                    ),
+                ));
+            }
+        }
+        if self.api_keys_manage_scope == self.api_keys_admin_scope {
             return Err(ConfigError::new(
-                "API_KEYS_ADMIN_SCOPE",
-                format!(
-                    "{:?} is not a valid scope (segments of a-z, 0-9, _ and - joined by ':')",
-                    self.api_keys_admin_scope
-                ),
+                "API_KEYS_MANAGE_SCOPE",
+                "must differ from API_KEYS_ADMIN_SCOPE",
             ));
         }
         if !(1..=3600).contains(&self.usage_flush_seconds) {

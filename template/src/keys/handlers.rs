@@ -1,5 +1,5 @@
-//! The key-management routes, mounted under `API_KEYS_ROUTE_PREFIX` and open only to keys holding the
-//! admin scope (`API_KEYS_ADMIN_SCOPE`).
+//! The key-management routes, mounted under `API_KEYS_ROUTE_PREFIX`: open to keys holding the admin
+//! scope (every key), or the manage scope (their owner's keys; see [`Manager`]).
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::service::{self, ApiKeyService, KeyStatus, MAX_LIFETIME_SECONDS};
-use crate::auth::AdminKey;
+use super::service::{self, ApiKeyService, KeyStatus, MAX_LIFETIME_SECONDS, Manager};
 use crate::error::{ApiError, Problem};
 use crate::store::{ApiKeyRecord, ListQuery};
 
@@ -133,13 +132,14 @@ pub struct ListParams {
     responses(
         (status = 201, description = "Key created", body = KeyCreated),
         (status = 400, description = "Malformed JSON or unknown field", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A manager key asked for another owner, a scope it lacks, or a later expiry than its own", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is out of bounds", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[post("")]
 pub async fn create_key(
-    _admin: AdminKey,
+    by: Manager,
     req: HttpRequest,
     service: web::Data<ApiKeyService>,
     body: web::Json<CreateKeyRequest>,
@@ -156,13 +156,16 @@ pub async fn create_key(
         (None, at) => at,
     };
     let created = service
-        .create_key(service::NewKey {
-            name: body.name,
-            scopes: body.scopes,
-            owner_id: body.owner_id,
-            expires_at,
-            metadata: body.metadata.unwrap_or_default(),
-        })
+        .create_key(
+            &by,
+            service::NewKey {
+                name: body.name,
+                scopes: body.scopes,
+                owner_id: body.owner_id,
+                expires_at,
+                metadata: body.metadata.unwrap_or_default(),
+            },
+        )
         .await?;
     let location = format!("{}/{}", req.path().trim_end_matches('/'), created.record.id);
     let record = created.record;
@@ -204,7 +207,7 @@ fn expiry_in(seconds: u64) -> Result<DateTime<Utc>, ApiError> {
 )]
 #[get("")]
 pub async fn list_keys(
-    _admin: AdminKey,
+    by: Manager,
     service: web::Data<ApiKeyService>,
     params: web::Query<ListParams>,
 ) -> Result<web::Json<KeyList>, ApiError> {
@@ -214,7 +217,7 @@ pub async fn list_keys(
         limit: params.limit.unwrap_or(50),
         offset: params.offset.unwrap_or(0),
     };
-    let page = service.list_keys(&query).await?;
+    let page = service.list_keys(&by, &query).await?;
     Ok(web::Json(KeyList {
         items: page.items.into_iter().map(KeyDetails::from).collect(),
         total: page.total,
@@ -234,11 +237,11 @@ pub async fn list_keys(
 )]
 #[get("/{id}")]
 pub async fn get_key(
-    _admin: AdminKey,
+    by: Manager,
     service: web::Data<ApiKeyService>,
     id: web::Path<String>,
 ) -> Result<web::Json<KeyDetails>, ApiError> {
-    Ok(web::Json(service.get_key(&id).await?.into()))
+    Ok(web::Json(service.get_key(&by, &id).await?.into()))
 }
 
 /// Revoke a key
@@ -254,10 +257,10 @@ pub async fn get_key(
 )]
 #[delete("/{id}")]
 pub async fn revoke_key(
-    _admin: AdminKey,
+    by: Manager,
     service: web::Data<ApiKeyService>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    service.revoke_key(&id).await?;
+    service.revoke_key(&by, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -4,5 +4,5 @@ pub mod handlers;
 pub mod service;
 pub mod usage;
 
-pub use service::{ApiKeyService, CreatedKey, KeyStatus, NewKey, ServiceError};
+pub use service::{ApiKeyService, CreatedKey, KeyStatus, Manager, NewKey, ServiceError};
 pub use usage::UsageTracker;

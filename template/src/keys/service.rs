@@ -1,5 +1,9 @@
 //! [`ApiKeyService`]: creating, reading, listing and revoking keys. The HTTP routes, the CLI and your
 //! own code all go through it, so the rules below hold whichever way a key is managed.
+//!
+//! Every call names its [`Manager`]: the operator (the command line, your own code) and keys holding
+//! the admin scope reach every key; a key holding the manage scope reaches only keys of its own
+//! owner, and cannot mint a key with more scopes or a longer life than it has itself.
 
 use std::sync::Arc;
 
@@ -9,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::UsageTracker;
 use crate::auth::key::KeyFormat;
-use crate::auth::scope;
+use crate::auth::{ApiKey, scope};
 use crate::store::{ApiKeyRecord, Backend, ListQuery, Page, StoreError};
 
 pub const MAX_NAME_LEN: usize = 100;
@@ -29,8 +33,93 @@ pub enum ServiceError {
     },
     #[error("no API key with this id")]
     NotFound,
+    /// A manager key asked for more than it holds; `code` is the problem code clients see.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Who manages keys in a call to [`ApiKeyService`], and so which keys the call may reach.
+#[derive(Debug, Clone)]
+pub enum Manager {
+    /// The command line or the service's own code: every key.
+    Operator,
+    /// A key holding the admin scope: every key, any scope, any owner.
+    Admin(ApiKey),
+    /// A key holding the manage scope and an owner: keys of that owner only.
+    Owner(ApiKey),
+}
+
+impl Manager {
+    /// The key acting, if a key acts; for logs.
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Self::Operator => None,
+            Self::Admin(key) | Self::Owner(key) => Some(key.id()),
+        }
+    }
+
+    /// Whether `record` is within reach. Out of reach reads as "no such key", so a manager cannot
+    /// learn which ids other owners use.
+    fn reaches(&self, record: &ApiKeyRecord) -> bool {
+        match self {
+            Self::Operator | Self::Admin(_) => true,
+            Self::Owner(key) => {
+                key.owner_id().is_some() && record.owner_id.as_deref() == key.owner_id()
+            }
+        }
+    }
+
+    /// Fits a new key to what an owner-bound manager may grant: its own owner, scopes it holds,
+    /// an expiry no later than its own.
+    fn bound(&self, new: &mut NewKey) -> Result<(), ServiceError> {
+        let Self::Owner(key) = self else {
+            return Ok(());
+        };
+        let own = key.owner_id().map(str::to_owned);
+        match &new.owner_id {
+            None => new.owner_id = own,
+            Some(owner) if Some(owner) == own.as_ref() => {}
+            Some(_) => {
+                return Err(forbidden(
+                    "owner_mismatch",
+                    "a manager key creates keys for its own owner only",
+                ));
+            }
+        }
+        let beyond: Vec<&str> = new
+            .scopes
+            .iter()
+            .filter(|wanted| !key.scopes().iter().any(|held| scope::grants(held, wanted)))
+            .map(String::as_str)
+            .collect();
+        if !beyond.is_empty() {
+            return Err(forbidden(
+                "scope_escalation",
+                format!(
+                    "cannot grant scopes this key does not hold: {}",
+                    beyond.join(", ")
+                ),
+            ));
+        }
+        if let Some(limit) = key.expires_at()
+            && new.expires_at.is_none_or(|at| at > limit)
+        {
+            return Err(forbidden(
+                "expiry_escalation",
+                format!("the new key must expire by {limit}, as this key does"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn forbidden(code: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::Forbidden {
+        code,
+        message: message.into(),
+    }
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
@@ -72,9 +161,14 @@ impl ApiKeyService {
         }
     }
 
-    pub async fn create_key(&self, new: NewKey) -> Result<CreatedKey, ServiceError> {
+    pub async fn create_key(
+        &self,
+        by: &Manager,
+        mut new: NewKey,
+    ) -> Result<CreatedKey, ServiceError> {
         let now = now();
         validate(&new, now)?;
+        by.bound(&mut new)?;
         let scopes = normalized(new.scopes);
         loop {
             let minted = self.format.generate();
@@ -93,7 +187,14 @@ impl ApiKeyService {
             };
             match self.store.insert(&record).await {
                 Ok(()) => {
-                    tracing::info!(key_id = %record.id, owner_id = ?record.owner_id, "API key created");
+                    tracing::info!(
+                        target: "audit",
+                        action = "create",
+                        key_id = %record.id,
+                        owner_id = ?record.owner_id,
+                        by = ?by.key_id(),
+                        "API key created"
+                    );
                     return Ok(CreatedKey {
                         key: minted.key,
                         record,
@@ -107,19 +208,40 @@ impl ApiKeyService {
     }
 
     /// A key's details, including uses counted since the last flush.
-    pub async fn get_key(&self, id: &str) -> Result<ApiKeyRecord, ServiceError> {
-        let record = self.store.get(id).await?.ok_or(ServiceError::NotFound)?;
+    pub async fn get_key(&self, by: &Manager, id: &str) -> Result<ApiKeyRecord, ServiceError> {
+        let record = self
+            .store
+            .get(id)
+            .await?
+            .filter(|record| by.reaches(record))
+            .ok_or(ServiceError::NotFound)?;
         Ok(self.with_unflushed_usage(record))
     }
 
-    pub async fn list_keys(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, ServiceError> {
+    /// Keys matching `query`; for an owner-bound manager, only its owner's keys.
+    pub async fn list_keys(
+        &self,
+        by: &Manager,
+        query: &ListQuery,
+    ) -> Result<Page<ApiKeyRecord>, ServiceError> {
         if !(1..=MAX_PAGE_SIZE).contains(&query.limit) {
             return Err(invalid(
                 "limit",
                 format!("must be between 1 and {MAX_PAGE_SIZE}"),
             ));
         }
-        let mut page = self.store.list(query).await?;
+        let mut query = query.clone();
+        if let Manager::Owner(key) = by {
+            let own = key.owner_id().map(str::to_owned);
+            if query.owner_id.is_some() && query.owner_id != own {
+                return Ok(Page {
+                    items: Vec::new(),
+                    total: 0,
+                });
+            }
+            query.owner_id = own;
+        }
+        let mut page = self.store.list(&query).await?;
         page.items = page
             .items
             .into_iter()
@@ -129,9 +251,25 @@ impl ApiKeyService {
     }
 
     /// Revokes a key. Revoking a revoked key succeeds and keeps the first revocation time.
-    pub async fn revoke_key(&self, id: &str) -> Result<(), ServiceError> {
+    pub async fn revoke_key(&self, by: &Manager, id: &str) -> Result<(), ServiceError> {
+        // Owners never change, so checking reach first and revoking second cannot race.
+        if let Manager::Owner(_) = by
+            && !self
+                .store
+                .get(id)
+                .await?
+                .is_some_and(|record| by.reaches(&record))
+        {
+            return Err(ServiceError::NotFound);
+        }
         if self.store.revoke(id, now()).await? {
-            tracing::info!(key_id = %id, "API key revoked");
+            tracing::info!(
+                target: "audit",
+                action = "revoke",
+                key_id = %id,
+                by = ?by.key_id(),
+                "API key revoked"
+            );
             Ok(())
         } else {
             Err(ServiceError::NotFound)

@@ -129,6 +129,13 @@ impl Backend for CachedBackend {
         self.primary.get(id).await
     }
 
+    fn cached(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
+        // Only hits are counted here: a miss is counted by the `lookup` that follows it.
+        let cached = self.local.as_ref()?.get(id)?;
+        metrics().key_cache("local", true);
+        Some(cached)
+    }
+
     async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
         if let Some(local) = &self.local {
             let cached = local.get(id);

@@ -94,6 +94,12 @@ pub trait Backend: Send + Sync + 'static {
         Ok(self.get(id).await?.map(Arc::new))
     }
 
+    /// The key with this id if a copy is held in memory, fresh within the staleness bound, without
+    /// any I/O. Only caches answer; the authenticator asks here first and skips work for a hit.
+    fn cached(&self, _id: &str) -> Option<Arc<ApiKeyRecord>> {
+        None
+    }
+
     /// Keys newest first (by `created_at`, then `id`), with the total matching `query`.
     async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError>;
 

@@ -64,6 +64,9 @@ struct Args {
     /// Also time a cold debug build of a generated project and its rebuild after editing a handler
     #[arg(long)]
     build_times: bool,
+    /// Print every run as it finishes
+    #[arg(long, short)]
+    verbose: bool,
     /// Where to write the table [default: tests/target/bench/results.md]
     #[arg(long)]
     out: Option<PathBuf>,
@@ -93,7 +96,7 @@ impl Backend {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scenario {
     Open,
     Warm,
@@ -149,7 +152,7 @@ impl Load {
     }
 }
 
-/// Medians over the rounds of one scenario, and of its ratios to the open route of the same round.
+/// One scenario over the rounds: medians, and its ratios to the open route (see [`row`]).
 struct Row {
     scenario: Scenario,
     rps: f64,
@@ -453,10 +456,16 @@ fn run_rounds(
     args: &Args,
 ) -> Result<Vec<Vec<(Scenario, Load)>>> {
     (0..args.rounds)
-        .map(|_| {
-            scenarios
-                .iter()
-                .map(|&scenario| {
+        .map(|round| {
+            // Every other round runs backwards, so no scenario always follows another: a slow
+            // drift of the machine or a periodic pause of the service does not favour one of them.
+            let mut order = scenarios.to_vec();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            order
+                .into_iter()
+                .map(|scenario| {
                     let load = wrk(
                         service,
                         client,
@@ -465,6 +474,15 @@ fn run_rounds(
                         args.seconds,
                         args.connections,
                     )?;
+                    if args.verbose {
+                        eprintln!(
+                            "bench:   round {round} {:?}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs",
+                            scenario,
+                            load.rps(),
+                            load.p50_us,
+                            load.p99_us
+                        );
+                    }
                     Ok((scenario, load))
                 })
                 .collect()
@@ -592,31 +610,37 @@ fn median(mut values: Vec<f64>) -> f64 {
     percentile(&mut values, 0.5)
 }
 
-/// Medians over the rounds; ratios are taken per round against the open route run just before.
+/// Medians over the rounds.
+///
+/// Throughput drifts slowly with the machine, so its ratio is taken within each round, against the
+/// open route of the same round, and the median of those ratios is reported. A p99 is set by short
+/// pauses of the machine (a kernel thread taking the service's core for a few milliseconds) that
+/// land in some runs and not others; a per-round ratio is spoilt when either of its two runs got
+/// one, so the p99 ratio is the median p99 of the scenario over the median p99 of the open route.
 fn row(rounds: &[Vec<(Scenario, Load)>], scenario: Scenario) -> Row {
     let mut loads = Vec::new();
-    let mut ratios = Vec::new();
+    let mut opens = Vec::new();
+    let mut rps_ratios = Vec::new();
     for round in rounds {
-        let mut open = None;
+        let open = round.iter().find(|(s, _)| *s == Scenario::Open).map(|r| r.1);
         for &(s, load) in round {
-            if s == Scenario::Open {
-                open = Some(load);
-            }
             if s == scenario {
                 let base = open.unwrap_or(load);
                 loads.push(load);
-                ratios.push((load.rps() / base.rps(), load.p99_us / base.p99_us));
+                opens.push(base);
+                rps_ratios.push(load.rps() / base.rps());
             }
         }
     }
     let requests: u64 = loads.iter().map(|l| l.requests).sum::<u64>().max(1);
+    let p99_us = median(loads.iter().map(|l| l.p99_us).collect());
     Row {
         scenario,
         rps: median(loads.iter().map(Load::rps).collect()),
         p50_us: median(loads.iter().map(|l| l.p50_us).collect()),
-        p99_us: median(loads.iter().map(|l| l.p99_us).collect()),
-        rps_ratio: median(ratios.iter().map(|r| r.0).collect()),
-        p99_ratio: median(ratios.iter().map(|r| r.1).collect()),
+        p99_us,
+        rps_ratio: median(rps_ratios),
+        p99_ratio: p99_us / median(opens.iter().map(|l| l.p99_us).collect()),
         lookups_per_request: loads.iter().map(|l| l.store_lookups).sum::<f64>() / requests as f64,
         redis_per_request: loads.iter().map(|l| l.redis_lookups).sum::<f64>() / requests as f64,
         non_2xx: loads.iter().map(|l| l.non_2xx).sum(),
@@ -763,7 +787,9 @@ fn render(args: &Args, reports: &[BackendReport], build_times: Option<&str>) -> 
         out,
         "Release build. The service runs on core {SERVICE_CORE} (so one actix worker, as litestar-api-auth \
          ran one uvicorn worker) and wrk (`-t1 -c{}`, {} s per run) on core {LOAD_CORE}. Medians of {} \
-         interleaved round(s); each ratio is to the open route of the same round and process.\n",
+         interleaved round(s), every other one in reverse order. Throughput ratios are taken per round \
+         against the open route of the same round and process; the p99 ratio is the scenario's median \
+         p99 over the open route's.\n",
         args.connections, args.seconds, args.rounds
     );
     let _ = writeln!(out, "## Summary\n");
