@@ -12,6 +12,7 @@ use actix_web::http::header::HeaderName;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, HttpServer, web};
 
+use crate::auth::limits::FailureLimits;
 use crate::auth::{Authenticator, ManagementScopes, middleware};
 use crate::config::Config;
 use crate::error::{ApiError, extractors};
@@ -42,16 +43,23 @@ impl AppState {
                 format.clone(),
                 usage.clone(),
             )),
-            authenticator: web::Data::new(Authenticator::new(
-                format,
-                header,
-                ManagementScopes {
-                    admin: config.api_keys_admin_scope.clone(),
-                    manage: config.api_keys_manage_scope.clone(),
-                },
-                store.clone(),
-                usage.clone(),
-            )),
+            authenticator: web::Data::new(
+                Authenticator::new(
+                    format,
+                    header,
+                    ManagementScopes {
+                        admin: config.api_keys_admin_scope.clone(),
+                        manage: config.api_keys_manage_scope.clone(),
+                    },
+                    store.clone(),
+                    usage.clone(),
+                    FailureLimits::new(
+                        config.auth_failures_per_minute,
+                        config.auth_failures_per_key_per_minute,
+                    ),
+                )
+                .trusting_proxy_headers(config.trust_proxy_headers),
+            ),
             openapi: openapi::document(&config),
             store,
             usage,

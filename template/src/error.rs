@@ -34,6 +34,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     BadRequest(String),
+    /// Too many failed authentications from this client (or for this key id): wait `retry_after`.
+    #[error("too many failed authentications, try again later")]
+    Throttled { retry_after: std::time::Duration },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("storage is unavailable, try again later")]
@@ -74,6 +77,7 @@ impl ApiError {
             Self::RouteNotFound => "not_found",
             Self::Validation { .. } => "validation_failed",
             Self::BadRequest(_) => "bad_request",
+            Self::Throttled { .. } => "too_many_failed_attempts",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::StorageUnavailable => "storage_unavailable",
             Self::Internal => "internal_error",
@@ -104,6 +108,9 @@ impl ResponseError for ApiError {
         match self {
             Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(AuthError::NotInstalled) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Auth(AuthError::Throttled) | Self::Throttled { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
@@ -131,6 +138,11 @@ impl ResponseError for ApiError {
             Self::StorageUnavailable | Self::Auth(AuthError::Unavailable)
         ) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if let Self::Throttled { retry_after } = self {
+            // Whole seconds, rounded up, and at least one (RFC 9110 §10.2.3).
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.insert_header((header::RETRY_AFTER, seconds.max(1)));
         }
         match self {
             Self::Auth(err) => response.body(auth_problem(*err)),

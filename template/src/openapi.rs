@@ -6,7 +6,9 @@
 
 use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
+use utoipa::openapi::header::Header;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
@@ -126,17 +128,26 @@ fn protect(operation: &mut Operation, scopes: &[&str], mode: Match) {
         _ => note,
     });
     let responses = &mut operation.responses.responses;
-    responses.insert(
-        "401".into(),
-        problem("Missing, invalid, expired or revoked API key").into(),
+    let mut answer = |status: &str, response: utoipa::openapi::Response| {
+        // A route's own description of the same status wins: it knows more.
+        responses.entry(status.into()).or_insert(response.into());
+    };
+    answer(
+        "401",
+        problem("Missing, invalid, expired or revoked API key"),
     );
     if !scopes.is_empty() {
-        responses.insert(
-            "403".into(),
-            problem("The API key lacks a required scope").into(),
-        );
+        answer("403", problem("The API key lacks a required scope"));
     }
-    responses.insert("503".into(), problem("The key store is unavailable").into());
+    let mut throttled = problem(
+        "Too many failed authentications from this client, or wrong secrets for this key; retry after `Retry-After` seconds",
+    );
+    throttled.headers.insert(
+        "Retry-After".into(),
+        Header::new(ObjectBuilder::new().schema_type(Type::Integer).build()),
+    );
+    answer("429", throttled);
+    answer("503", problem("The key store is unavailable"));
 }
 
 fn problem(description: &str) -> utoipa::openapi::Response {

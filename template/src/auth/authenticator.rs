@@ -4,13 +4,16 @@
 //! in-process cache, or else check the checksum (no I/O) and look the key up by its public id; then
 //! compare digests in constant time.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use chrono::Utc;
 
 use super::guard::ApiKey;
-use super::key::KeyFormat;
+use super::key::{KeyFormat, ParsedKey};
+use super::limits::FailureLimits;
 use crate::keys::UsageTracker;
 use crate::store::{ApiKeyRecord, Backend, StoreError};
 
@@ -25,6 +28,8 @@ pub enum AuthError {
     Expired,
     #[error("the API key has been revoked")]
     Revoked,
+    #[error("too many failed authentications, try again later")]
+    Throttled,
     #[error("the key store is unavailable, try again later")]
     Unavailable,
     #[error("the authentication middleware is not installed")]
@@ -33,11 +38,12 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every variant, in declaration order, so that `err as usize` indexes per-variant tables.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Missing,
         Self::Invalid,
         Self::Expired,
         Self::Revoked,
+        Self::Throttled,
         Self::Unavailable,
         Self::NotInstalled,
     ];
@@ -48,6 +54,7 @@ impl AuthError {
             Self::Invalid => "invalid_api_key",
             Self::Expired => "expired_api_key",
             Self::Revoked => "revoked_api_key",
+            Self::Throttled => "too_many_failed_attempts",
             Self::Unavailable => "storage_unavailable",
             Self::NotInstalled => "internal_error",
         }
@@ -60,7 +67,7 @@ impl AuthError {
             Self::Invalid | Self::Expired | Self::Revoked => {
                 Some(r#"Bearer realm="api", error="invalid_token""#)
             }
-            Self::Unavailable | Self::NotInstalled => None,
+            Self::Throttled | Self::Unavailable | Self::NotInstalled => None,
         }
     }
 }
@@ -80,6 +87,8 @@ pub struct Authenticator {
     scopes: ManagementScopes,
     store: Arc<dyn Backend>,
     usage: Arc<UsageTracker>,
+    limits: FailureLimits,
+    trust_proxy_headers: bool,
 }
 
 impl Authenticator {
@@ -89,6 +98,7 @@ impl Authenticator {
         scopes: ManagementScopes,
         store: Arc<dyn Backend>,
         usage: Arc<UsageTracker>,
+        limits: FailureLimits,
     ) -> Self {
         Self {
             format,
@@ -96,20 +106,73 @@ impl Authenticator {
             scopes,
             store,
             usage,
+            limits,
+            trust_proxy_headers: false,
         }
+    }
+
+    /// Takes client addresses from `Forwarded` / `X-Forwarded-For` (`TRUST_PROXY_HEADERS`): only
+    /// behind a proxy that overwrites them, or clients could pick the address they are counted as.
+    pub fn trusting_proxy_headers(mut self, trust: bool) -> Self {
+        self.trust_proxy_headers = trust;
+        self
+    }
+
+    pub fn trusts_proxy_headers(&self) -> bool {
+        self.trust_proxy_headers
     }
 
     pub fn management_scopes(&self) -> &ManagementScopes {
         &self.scopes
     }
 
-    /// Authenticates the key in `headers`, counting a use of it on success.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<ApiKey, AuthError> {
-        let presented = self.presented_key(headers)?;
-        let parsed = self
-            .format
-            .parse_shape(presented)
-            .map_err(|_| AuthError::Invalid)?;
+    /// How long a client refused for too many failures should wait.
+    pub fn retry_after(&self) -> Duration {
+        self.limits.retry_after()
+    }
+
+    /// Authenticates the key in `headers`, sent from `client`, counting a use of it on success.
+    ///
+    /// Every failure but a missing key is an audit event (outcome, key id if the key had the right
+    /// shape, client address: never the key) and counts against the client's failure limit.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+    ) -> Result<ApiKey, AuthError> {
+        let presented = match self.presented_key(headers) {
+            Err(AuthError::Missing) => return Err(AuthError::Missing),
+            presented => presented,
+        };
+        if client.is_some_and(|address| self.limits.address_blocked(address)) {
+            return Err(AuthError::Throttled);
+        }
+        let parsed =
+            presented.and_then(|key| self.format.parse_shape(key).map_err(|_| AuthError::Invalid));
+        let key_id = parsed.as_ref().ok().map(ParsedKey::id);
+        let mut outcome = match parsed {
+            Ok(parsed) => self.verify(parsed).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = outcome {
+            if let Some(address) = client
+                && err != AuthError::Unavailable
+                && self.limits.address_failed(address)
+            {
+                outcome = Err(AuthError::Throttled);
+            }
+            tracing::info!(
+                target: "audit",
+                outcome = err.code(),
+                key_id,
+                client = ?client,
+                "authentication failed"
+            );
+        }
+        outcome
+    }
+
+    async fn verify(&self, parsed: ParsedKey<'_>) -> Result<ApiKey, AuthError> {
         // A key held in memory skips the checksum: the digest comparison below is the stronger check,
         // and the checksum is there to keep made-up keys away from the store and Redis.
         let record = match self.store.cached(parsed.id()) {
@@ -120,7 +183,11 @@ impl Authenticator {
             }
         };
         if !self.format.verify(parsed, &record.key_hash) {
-            return Err(AuthError::Invalid);
+            return Err(if self.limits.key_failed(&record.id) {
+                AuthError::Throttled
+            } else {
+                AuthError::Invalid
+            });
         }
         if record.revoked_at.is_some() {
             return Err(AuthError::Revoked);

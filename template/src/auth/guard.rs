@@ -93,7 +93,16 @@ fn authenticated(req: &HttpRequest) -> Result<ApiKey, ApiError> {
         tracing::error!("a guarded route is not behind the authentication middleware");
         return Err(AuthError::NotInstalled.into());
     };
-    Ok(outcome.clone()?)
+    match outcome {
+        Ok(key) => Ok(key.clone()),
+        Err(AuthError::Throttled) => Err(ApiError::Throttled {
+            retry_after: req
+                .app_data::<web::Data<Authenticator>>()
+                .map(|authenticator| authenticator.retry_after())
+                .unwrap_or_default(),
+        }),
+        Err(err) => Err((*err).into()),
+    }
 }
 
 /// The scopes a route demands. `#[require_scope]` implements this on a marker type per handler.

@@ -6,6 +6,7 @@
 pub mod authenticator;
 pub mod guard;
 pub mod key;
+pub mod limits;
 pub mod middleware;
 pub mod scope;
 

@@ -43,6 +43,12 @@ pub struct Config {
     pub docs_path: String,
     /// How often counted key usage is written to the database, in seconds.
     pub usage_flush_seconds: u64,
+    /// Failed authentications a client address may make per minute (then 429); 0 turns it off.
+    pub auth_failures_per_minute: u32,
+    /// Wrong secrets an existing key id may see per minute (then 429 to wrong secrets); 0 = off.
+    pub auth_failures_per_key_per_minute: u32,
+    /// Whether client addresses come from `Forwarded` / `X-Forwarded-For` (behind a proxy only).
+    pub trust_proxy_headers: bool,
 }
 
 impl Default for Config {
@@ -63,6 +69,9 @@ impl Default for Config {
             api_keys_routes: true,
             docs_path: defaults::DOCS_PATH.into(),
             usage_flush_seconds: 5,
+            auth_failures_per_minute: 30,
+            auth_failures_per_key_per_minute: 10,
+            trust_proxy_headers: false,
         }
     }
 }
