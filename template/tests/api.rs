@@ -346,6 +346,16 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
             json!({"name": "x", "metadata": ["not", "an", "object"]}),
             StatusCode::BAD_REQUEST,
         ),
+        // A key pasted where it would be stored in clear.
+        (json!({"name": h.admin}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"name": "x", "owner_id": format!("team-{}", h.admin)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "x", "metadata": {"note": format!("old key was {}", h.admin)}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (
             json!({"name": "x", "owner_id": "has space"}),
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -188,13 +188,37 @@ impl Service {
     }
 
     /// Starts `command`, which runs the service, and waits until it listens on `port`.
-    pub fn spawn(mut command: Command, env: &[(&str, &str)], port: u16) -> Self {
+    pub fn spawn(command: Command, env: &[(&str, &str)], port: u16) -> Self {
+        Self::spawn_with_output(command, env, port, Stdio::null(), Stdio::inherit())
+    }
+
+    /// [`Service::start`], with everything the service prints (logs included) appended to `log`.
+    pub fn start_logged(binary: &Path, env: &[(&str, &str)], port: u16, log: &Path) -> Self {
+        let mut command = Command::new(binary);
+        command.arg("serve");
+        let file = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("the log file opens")
+        };
+        Self::spawn_with_output(command, env, port, file().into(), file().into())
+    }
+
+    fn spawn_with_output(
+        mut command: Command,
+        env: &[(&str, &str)],
+        port: u16,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Self {
         let mut child = command
             .envs(env.iter().copied())
             .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("the service starts");
         let base_url = format!("http://127.0.0.1:{port}");
@@ -274,6 +298,20 @@ impl Client {
             .body_mut()
             .read_to_string()
             .unwrap_or_default()
+    }
+
+    /// `method path` with an optional `X-API-Key`: the status, or `None` once the service is gone.
+    pub fn try_send(&self, method: &str, path: &str, key: Option<&str>) -> Option<u16> {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        let mut response = self.agent.run(request.body(()).ok()?).ok()?;
+        // Read the body, so a cut-off answer counts as no answer.
+        response.body_mut().read_to_string().ok()?;
+        Some(response.status().as_u16())
     }
 
     /// Sends a request with an optional `X-API-Key` and JSON body.

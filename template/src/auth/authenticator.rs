@@ -140,7 +140,7 @@ impl Authenticator {
         headers: &HeaderMap,
         client: Option<IpAddr>,
     ) -> Result<ApiKey, AuthError> {
-        let presented = match self.presented_key(headers) {
+        let presented = match presented_key(headers, &self.header) {
             Err(AuthError::Missing) => return Err(AuthError::Missing),
             presented => presented,
         };
@@ -215,18 +215,21 @@ impl Authenticator {
             }
         }
     }
+}
 
-    /// The key from the configured header, else from `Authorization: Bearer`. A repeated header is an
-    /// error. The value stays bytes: the key parser checks every byte anyway.
-    fn presented_key<'h>(&self, headers: &'h HeaderMap) -> Result<&'h [u8], AuthError> {
-        if let Some(value) = single(headers, &self.header)? {
-            return Ok(value.as_bytes());
-        }
-        let value = single(headers, &header::AUTHORIZATION)?.ok_or(AuthError::Missing)?;
-        match value.as_bytes().split_at_checked(BEARER.len()) {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case(BEARER) => Ok(token.trim_ascii()),
-            _ => Err(AuthError::Invalid),
-        }
+/// The key a request presents: the configured header, else `Authorization: Bearer`. A repeated
+/// header is an error. The value stays bytes: the key parser checks every byte anyway.
+pub fn presented_key<'h>(
+    headers: &'h HeaderMap,
+    header: &HeaderName,
+) -> Result<&'h [u8], AuthError> {
+    if let Some(value) = single(headers, header)? {
+        return Ok(value.as_bytes());
+    }
+    let value = single(headers, &header::AUTHORIZATION)?.ok_or(AuthError::Missing)?;
+    match value.as_bytes().split_at_checked(BEARER.len()) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(BEARER) => Ok(token.trim_ascii()),
+        _ => Err(AuthError::Invalid),
     }
 }
 

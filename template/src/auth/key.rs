@@ -221,6 +221,14 @@ impl KeyFormat {
         })
     }
 
+    /// Whether `text` holds a whole key of this format (checksum included) anywhere in it.
+    pub fn appears_in(&self, text: &str) -> bool {
+        let len = self.key_len();
+        text.match_indices(self.prefix.as_str())
+            .filter_map(|(at, _)| text.as_bytes().get(at..at + len))
+            .any(|candidate| self.parse(candidate).is_ok())
+    }
+
     /// The digest stored for a key: SHA-256, or HMAC-SHA256 under the pepper.
     pub fn hash(&self, key: ParsedKey<'_>) -> KeyHash {
         KeyHash(match &self.peppered {
@@ -291,6 +299,16 @@ mod tests {
         let b = f.generate();
         assert_ne!(a.id, b.id);
         assert_ne!(*a.key, *b.key);
+    }
+
+    #[test]
+    fn keys_are_found_inside_text() {
+        let f = format();
+        let key = f.generate().key;
+        assert!(f.appears_in(&format!("pasted: {}!", key.as_str())));
+        assert!(!f.appears_in(&key[1..]));
+        assert!(!f.appears_in(&key.replace('_', "-")));
+        assert!(!f.appears_in("sk_ and nothing else"));
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl ApiKeyService {
     ) -> Result<CreatedKey, ServiceError> {
         let now = now();
         validate(&new, now)?;
+        self.refuse_pasted_keys(&new)?;
         by.bound(&mut new)?;
         let scopes = normalized(new.scopes);
         loop {
@@ -278,6 +279,24 @@ impl ApiKeyService {
 }
 
 impl ApiKeyService {
+    /// A key pasted into a name, an owner or metadata would be stored in clear and shown to every
+    /// reader of the key list: refuse it.
+    fn refuse_pasted_keys(&self, new: &NewKey) -> Result<(), ServiceError> {
+        let metadata = Value::Object(new.metadata.clone()).to_string();
+        let fields = [
+            ("name", new.name.as_str()),
+            ("owner_id", new.owner_id.as_deref().unwrap_or_default()),
+            ("metadata", metadata.as_str()),
+        ];
+        match fields.iter().find(|(_, text)| self.format.appears_in(text)) {
+            Some((field, _)) => Err(invalid(
+                field,
+                "holds an API key; keys are secrets and are never stored in clear",
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn with_unflushed_usage(&self, mut record: ApiKeyRecord) -> ApiKeyRecord {
         if let Some((requests, last_used_at)) = self.usage.unflushed(&record.id) {
             record.request_count += requests;

@@ -16,6 +16,7 @@
 //! lookup in `key_cache_lookups`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -34,6 +35,8 @@ const LOCAL_CAPACITY: usize = 100_000;
 struct LocalCache {
     entries: quick_cache::sync::Cache<String, (Instant, Arc<ApiKeyRecord>)>,
     ttl: Duration,
+    /// Bumped by every invalidation; see [`LocalCache::insert`].
+    invalidations: AtomicU64,
 }
 
 impl LocalCache {
@@ -41,6 +44,7 @@ impl LocalCache {
         Self {
             entries: quick_cache::sync::Cache::new(LOCAL_CAPACITY),
             ttl,
+            invalidations: AtomicU64::new(0),
         }
     }
 
@@ -49,13 +53,26 @@ impl LocalCache {
         (Instant::now() < expires).then_some(record)
     }
 
-    fn insert(&self, record: &Arc<ApiKeyRecord>) {
+    /// Where invalidations stand; read it before reading the store for [`LocalCache::insert`].
+    fn generation(&self) -> u64 {
+        self.invalidations.load(Ordering::SeqCst)
+    }
+
+    /// Caches `record`, read from the store when invalidations stood at `generation`. A lookup that
+    /// read a key just before it was revoked must not put the old record back after the revocation
+    /// dropped it, so if any invalidation happened since, the entry is dropped again: either that
+    /// invalidation's removal comes after this insert, or this check sees its bump.
+    fn insert(&self, record: &Arc<ApiKeyRecord>, generation: u64) {
         let expires = Instant::now() + self.ttl;
         self.entries
             .insert(record.id.clone(), (expires, record.clone()));
+        if self.generation() != generation {
+            self.entries.remove(&record.id);
+        }
     }
 
     fn invalidate(&self, id: &str) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
         self.entries.remove(id);
     }
 }
@@ -91,29 +108,43 @@ impl CachedBackend {
         self
     }
 
-    fn remember(&self, record: &Arc<ApiKeyRecord>) {
-        if let Some(local) = &self.local {
-            local.insert(record);
+    fn remember(&self, record: &Arc<ApiKeyRecord>, generation: Option<u64>) {
+        if let (Some(local), Some(generation)) = (&self.local, generation) {
+            local.insert(record, generation);
         }
     }
 
-    /// Brings the caches in line with the primary after a mutation of `id`.
+    /// Brings the caches in line with the primary after a mutation of `id`: Redis first, then the
+    /// in-process cache, so a lookup that read the old entry from Redis before the overwrite is still
+    /// caught by the invalidation (see [`LocalCache::insert`]).
     async fn refresh(&self, id: &str) -> Result<(), StoreError> {
+        #[cfg(feature = "redis")]
+        let shared = match &self.shared {
+            Some(shared) => self.overwrite_shared(shared, id).await,
+            None => Ok(()),
+        };
         if let Some(local) = &self.local {
             local.invalidate(id);
         }
         #[cfg(feature = "redis")]
-        if let Some(shared) = &self.shared {
-            metrics().storage_operation("get");
-            let current = self.primary.get(id).await?;
-            shared.overwrite(id, current.as_ref()).await.map_err(|err| {
-                StoreError::Unavailable(format!(
-                    "the change is saved, but the shared cache could not be updated ({err}); other \
-                     instances may use the old entry until it expires"
-                ))
-            })?;
-        }
+        shared?;
         Ok(())
+    }
+
+    #[cfg(feature = "redis")]
+    async fn overwrite_shared(
+        &self,
+        shared: &super::redis::RedisCache,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        metrics().storage_operation("get");
+        let current = self.primary.get(id).await?;
+        shared.overwrite(id, current.as_ref()).await.map_err(|err| {
+            StoreError::Unavailable(format!(
+                "the change is saved, but the shared cache could not be updated ({err}); other \
+                 instances may use the old entry until it expires"
+            ))
+        })
     }
 }
 
@@ -137,6 +168,7 @@ impl Backend for CachedBackend {
     }
 
     async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
+        let generation = self.local.as_ref().map(LocalCache::generation);
         if let Some(local) = &self.local {
             let cached = local.get(id);
             metrics().key_cache("local", cached.is_some());
@@ -151,7 +183,7 @@ impl Backend for CachedBackend {
                     metrics().key_cache("redis", found.is_some());
                     if let Some(record) = found {
                         let record = Arc::new(record);
-                        self.remember(&record);
+                        self.remember(&record, generation);
                         return Ok(Some(record));
                     }
                 }
@@ -173,7 +205,7 @@ impl Backend for CachedBackend {
         {
             tracing::debug!(error = %err, "could not fill the Redis cache");
         }
-        self.remember(&record);
+        self.remember(&record, generation);
         Ok(Some(record))
     }
 
@@ -195,5 +227,82 @@ impl Backend for CachedBackend {
         // Usage does not change whether a key authenticates, so cached entries stay valid.
         metrics().storage_operation("record_usage");
         self.primary.record_usage(batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::store::MemoryBackend;
+    use crate::store::conformance::sample;
+
+    /// A store whose lookups read at once but answer only when told to: a slow database.
+    struct Slow {
+        inner: MemoryBackend,
+        answer: Notify,
+    }
+
+    #[async_trait]
+    impl Backend for Slow {
+        async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+            self.inner.insert(key).await
+        }
+
+        async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+            self.inner.get(id).await
+        }
+
+        async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
+            let read = self.inner.lookup(id).await;
+            self.answer.notified().await;
+            read
+        }
+
+        async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
+            self.inner.list(query).await
+        }
+
+        async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+            self.inner.revoke(id, at).await
+        }
+
+        async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
+            self.inner.record_usage(batch).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lookup_overtaken_by_a_revocation_does_not_cache_the_old_key() {
+        let slow = Arc::new(Slow {
+            inner: MemoryBackend::default(),
+            answer: Notify::new(),
+        });
+        let cache = Arc::new(CachedBackend::new(slow.clone()));
+        let key = sample("owner", Utc::now());
+        cache.insert(&key).await.unwrap();
+
+        // A lookup reads the key while it is valid, then the key is revoked before it answers.
+        let lookup = tokio::spawn({
+            let (cache, id) = (cache.clone(), key.id.clone());
+            async move { cache.lookup(&id).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(cache.revoke(&key.id, Utc::now()).await.unwrap());
+        slow.answer.notify_one();
+        let answered = lookup.await.unwrap().unwrap().unwrap();
+        assert!(
+            answered.revoked_at.is_none(),
+            "the slow lookup read before the revocation"
+        );
+
+        assert!(
+            cache.cached(&key.id).is_none(),
+            "but did not cache what it read"
+        );
+        slow.answer.notify_one();
+        let now = cache.lookup(&key.id).await.unwrap().unwrap();
+        assert!(now.revoked_at.is_some());
     }
 }

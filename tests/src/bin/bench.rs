@@ -254,7 +254,10 @@ fn run(args: &Args) -> Result<()> {
             ("DATABASE_URL".to_owned(), database_url),
             ("RUST_LOG".to_owned(), "warn".to_owned()),
             ("AUTH_FAILURES_PER_MINUTE".to_owned(), "0".to_owned()),
-            ("AUTH_FAILURES_PER_KEY_PER_MINUTE".to_owned(), "0".to_owned()),
+            (
+                "AUTH_FAILURES_PER_KEY_PER_MINUTE".to_owned(),
+                "0".to_owned(),
+            ),
         ];
         if backend == Backend::PostgresRedis {
             let url = redis.as_ref().expect("started above").url();
@@ -627,7 +630,10 @@ fn row(rounds: &[Vec<(Scenario, Load)>], scenario: Scenario) -> Row {
     let mut opens = Vec::new();
     let mut rps_ratios = Vec::new();
     for round in rounds {
-        let open = round.iter().find(|(s, _)| *s == Scenario::Open).map(|r| r.1);
+        let open = round
+            .iter()
+            .find(|(s, _)| *s == Scenario::Open)
+            .map(|r| r.1);
         for &(s, load) in round {
             if s == scenario {
                 let base = open.unwrap_or(load);

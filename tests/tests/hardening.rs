@@ -1,0 +1,405 @@
+//! A generated service under hostile conditions, as separate processes on a real SQLite file and a
+//! real Redis: no key ever leaks into logs (at trace level) or storage, a SIGTERM under load loses no
+//! usage count, and under concurrent load with faults no revoked, expired or made-up key is let in.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_api_auth_tests::servers::Redis;
+use actix_api_auth_tests::{binary, free_port, generate, mint_admin_key, Client, Service};
+use regex::Regex;
+use serde_json::json;
+
+const KEYS: &str = "/api/v1/api-keys";
+const NAME: &str = "vault-svc";
+
+/// The service binary, generated and built once for every test here.
+fn service_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| binary(&generate(NAME, &["redis_cache=true"]), NAME))
+        .clone()
+}
+
+/// Any key of any generated service, whole: prefix, id, separator, secret and checksum.
+fn key_shape() -> Regex {
+    Regex::new("[a-z0-9]{1,15}_[0-9A-Za-z]{12}_[0-9A-Za-z]{49}").unwrap()
+}
+
+fn create(client: &Client, admin: &str, body: serde_json::Value) -> (String, String) {
+    let (status, created) = client.send("POST", KEYS, Some(admin), Some(body));
+    assert_eq!(status, 201, "{created}");
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The same key with one character of its secret changed: a valid shape, a wrong secret.
+fn wrong_secret(key: &str) -> String {
+    let at = key.len() - 20;
+    let mut wrong = key.to_owned();
+    wrong.replace_range(at..=at, if &key[at..=at] == "a" { "b" } else { "a" });
+    wrong
+}
+
+/// Every key this test issued, and every key-shaped string, must be absent from `haystack`.
+fn assert_no_key(what: &str, haystack: &[u8], issued: &[String]) {
+    let text = String::from_utf8_lossy(haystack);
+    for key in issued {
+        // The secret alone would be a leak too.
+        let secret = &key[key.len() - 49..key.len() - 6];
+        assert!(
+            !text.contains(secret),
+            "{what} holds the secret of {}",
+            &key[..15]
+        );
+    }
+    if let Some(found) = key_shape().find(&text) {
+        panic!(
+            "{what} holds something shaped like a key: {}…",
+            &found.as_str()[..15]
+        );
+    }
+}
+
+#[test]
+fn keys_never_leak_into_logs_or_storage() {
+    let redis = Redis::start();
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let db = scratch.path().join("vault.db");
+    let log = scratch.path().join("service.log");
+    let database_url = format!("sqlite://{}", db.display());
+    let redis_url = redis.url();
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("RUST_LOG", "trace"),
+        ("USAGE_FLUSH_SECONDS", "1"),
+    ];
+
+    // The CLI at trace level: the key goes to stdout, alone; nothing key-shaped to stderr.
+    let cli = std::process::Command::new(&bin)
+        .args(["keys", "create", "--name", "bootstrap", "--admin"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(cli.status.success());
+    let admin = String::from_utf8(cli.stdout).unwrap().trim().to_owned();
+    assert!(key_shape().is_match(&admin));
+    let mut issued = vec![admin.clone()];
+    assert_no_key("the CLI's log", &cli.stderr, &issued);
+
+    let service = Service::start_logged(&bin, &env, free_port(), &log);
+    let client = Client::new(&service.base_url);
+    let (id, key) = create(
+        &client,
+        &admin,
+        json!({"name": "reader", "scopes": ["users:read"]}),
+    );
+    let (doomed_id, doomed) = create(&client, &admin, json!({"name": "doomed"}));
+    issued.extend([key.clone(), doomed.clone()]);
+
+    // Every path a key takes: success, both headers, wrong secrets, revoked, in a query string,
+    // in a body, listed, read, and a repeated header.
+    assert_eq!(client.send("GET", "/protected", Some(&key), None).0, 200);
+    assert_eq!(client.send("GET", "/api/data", Some(&key), None).0, 200);
+    assert_eq!(
+        client
+            .send("GET", "/protected", Some(&wrong_secret(&key)), None)
+            .0,
+        401
+    );
+    assert_eq!(
+        client
+            .send("DELETE", &format!("{KEYS}/{doomed_id}"), Some(&admin), None)
+            .0,
+        204
+    );
+    assert_eq!(client.send("GET", "/protected", Some(&doomed), None).0, 401);
+    assert_eq!(
+        client
+            .send("GET", &format!("/protected?api_key={key}"), None, None)
+            .0,
+        401
+    );
+    let (status, _) = client.send("POST", KEYS, Some(&admin), Some(json!({"name": key})));
+    assert_eq!(
+        status, 422,
+        "a key-shaped name is refused, so it is never stored"
+    );
+    assert_eq!(
+        client
+            .send("GET", &format!("{KEYS}/{id}"), Some(&admin), None)
+            .0,
+        200
+    );
+    assert_eq!(client.send("GET", KEYS, Some(&admin), None).0, 200);
+    let bearer = ureq::get(format!("{}/protected", service.base_url))
+        .header("Authorization", format!("Bearer {key}"))
+        .call()
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    let repeated = ureq::get(format!("{}/protected", service.base_url))
+        .header("X-API-Key", &key)
+        .header("X-API-Key", &key)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(repeated.status(), 401);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, details) = client.send("GET", &format!("{KEYS}/{id}"), Some(&admin), None);
+    assert_eq!(details["request_count"], 3, "the flush ran: {details}");
+    assert!(service.stop().success());
+
+    let logged = std::fs::read(&log).unwrap();
+    let text = String::from_utf8_lossy(&logged);
+    assert!(text.contains("TRACE"), "trace logging was on");
+    assert!(
+        text.contains("authentication failed"),
+        "failures were logged"
+    );
+    assert!(text.contains(&id), "events name keys by their public id");
+    assert_no_key("the service's log", &logged, &issued);
+
+    for suffix in ["", "-wal", "-shm"] {
+        let file = Path::new(&format!("{}{suffix}", db.display())).to_owned();
+        if let Ok(bytes) = std::fs::read(&file) {
+            assert_no_key(
+                &format!("the database file {}", file.display()),
+                &bytes,
+                &issued,
+            );
+        }
+    }
+    let cached = redis.cli(&["--scan"]);
+    assert!(!cached.trim().is_empty(), "the Redis cache was used");
+    for entry in cached.lines() {
+        let value = redis.cli(&["get", entry]);
+        assert_no_key(
+            &format!("Redis entry {entry}"),
+            format!("{entry} {value}").as_bytes(),
+            &issued,
+        );
+    }
+    println!(
+        "no leak: {} keys issued, {} log lines and the SQLite and Redis contents scanned",
+        issued.len(),
+        text.lines().count()
+    );
+}
+
+#[test]
+fn sigterm_under_load_loses_no_usage_count() {
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", scratch.path().join("drain.db").display());
+    // A long flush interval: only the shutdown flush can write the counts.
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("USAGE_FLUSH_SECONDS", "3600"),
+        ("RUST_LOG", "warn"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let service = Service::start(&bin, &env, free_port());
+    let client = Client::new(&service.base_url);
+    let (id, key) = create(&client, &admin, json!({"name": "busy"}));
+
+    let accepted = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (base, key, accepted) = (service.base_url.clone(), key.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                let client = Client::new(&base);
+                // Until the service stops answering.
+                while let Some(status) = client.try_send("GET", "/protected", Some(&key)) {
+                    assert_eq!(status, 200);
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(service.stop().success(), "a clean exit on SIGTERM");
+    for worker in workers {
+        worker.join().unwrap();
+    }
+
+    let service = Service::start(&bin, &env, free_port());
+    let (_, details) =
+        Client::new(&service.base_url).send("GET", &format!("{KEYS}/{id}"), Some(&admin), None);
+    let accepted = accepted.load(Ordering::Relaxed);
+    println!(
+        "SIGTERM under load: {accepted} requests answered 200, request_count {}",
+        details["request_count"]
+    );
+    assert!(accepted > 100, "the load was real");
+    assert_eq!(
+        details["request_count"], accepted,
+        "every answered request counted once"
+    );
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Valid,
+    Revoked,
+    RevokedDuringLoad,
+    Expired,
+    Garbage,
+}
+
+#[test]
+fn under_load_with_faults_only_valid_keys_get_in() {
+    let redis = Redis::start();
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", scratch.path().join("faults.db").display());
+    let redis_url = redis.url();
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("USAGE_FLUSH_SECONDS", "1"),
+        ("RUST_LOG", "warn"),
+        // Every request comes from 127.0.0.1: the failure limits would answer 429 to the test itself.
+        ("AUTH_FAILURES_PER_MINUTE", "0"),
+        ("AUTH_FAILURES_PER_KEY_PER_MINUTE", "0"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let service = Service::start(&bin, &env, free_port());
+    let client = Client::new(&service.base_url);
+
+    let mut keys: Vec<(Kind, String, String)> = Vec::new();
+    for n in 0..4 {
+        let (id, key) = create(&client, &admin, json!({"name": format!("valid-{n}")}));
+        keys.push((Kind::Valid, id, key));
+        let (id, key) = create(&client, &admin, json!({"name": format!("late-{n}")}));
+        keys.push((Kind::RevokedDuringLoad, id, key));
+        let (id, key) = create(&client, &admin, json!({"name": format!("revoked-{n}")}));
+        assert_eq!(
+            client
+                .send("DELETE", &format!("{KEYS}/{id}"), Some(&admin), None)
+                .0,
+            204
+        );
+        keys.push((Kind::Revoked, id, key));
+        let (id, key) = create(
+            &client,
+            &admin,
+            json!({"name": format!("expired-{n}"), "expires_in": 1}),
+        );
+        keys.push((Kind::Expired, id, key.clone()));
+        keys.push((Kind::Garbage, String::new(), wrong_secret(&key)));
+        keys.push((
+            Kind::Garbage,
+            String::new(),
+            format!("{}x", &key[..key.len() - 1]),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // When each late key's revocation returned: from then on it must never get in.
+    let revoked_at: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let keys = Arc::new(keys);
+    let workers: Vec<_> = (0..6)
+        .map(|worker| {
+            let (base, keys, stop, revoked_at) = (
+                service.base_url.clone(),
+                keys.clone(),
+                stop.clone(),
+                revoked_at.clone(),
+            );
+            std::thread::spawn(move || {
+                let client = Client::new(&base);
+                let mut seen = Vec::new();
+                let mut n = worker;
+                while !stop.load(Ordering::Relaxed) {
+                    let (kind, id, key) = &keys[n % keys.len()];
+                    n += 7;
+                    let sent = Instant::now();
+                    let (status, _) = client.send("GET", "/protected", Some(key), None);
+                    assert!(status < 500, "{kind:?} answered {status}");
+                    let late = revoked_at
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|(revoked, at)| revoked == id && *at <= sent);
+                    seen.push((*kind, id.clone(), status, late));
+                }
+                seen
+            })
+        })
+        .collect();
+
+    // Faults during the load: the late keys are revoked one by one, and Redis goes away and back.
+    let mut faults = 0;
+    for (kind, id, _) in keys.iter() {
+        if *kind == Kind::RevokedDuringLoad {
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(
+                client
+                    .send("DELETE", &format!("{KEYS}/{id}"), Some(&admin), None)
+                    .0,
+                204
+            );
+            revoked_at
+                .lock()
+                .unwrap()
+                .push((id.clone(), Instant::now()));
+            faults += 1;
+        }
+    }
+    redis.stop();
+    std::thread::sleep(Duration::from_millis(800));
+    redis.restart();
+    faults += 1;
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    let seen: Vec<_> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+
+    let mut leaks = Vec::new();
+    let mut accepted = std::collections::HashMap::<String, u64>::new();
+    for (kind, id, status, late) in &seen {
+        let allowed = match kind {
+            Kind::Valid => true,
+            Kind::RevokedDuringLoad => !late,
+            Kind::Revoked | Kind::Expired | Kind::Garbage => false,
+        };
+        if *status == 200 {
+            if !allowed {
+                leaks.push((*kind, id.clone()));
+            }
+            *accepted.entry(id.clone()).or_default() += 1;
+        }
+    }
+    assert!(leaks.is_empty(), "let in: {leaks:?}");
+
+    // The counts add up to the 2xx answers, key by key, once flushed.
+    assert!(service.stop().success());
+    let service = Service::start(&bin, &env, free_port());
+    let client = Client::new(&service.base_url);
+    for (id, count) in &accepted {
+        let (_, details) = client.send("GET", &format!("{KEYS}/{id}"), Some(&admin), None);
+        assert_eq!(details["request_count"], *count, "{details}");
+    }
+    let by_kind = |k: Kind| seen.iter().filter(|s| s.0 == k).count();
+    println!(
+        "faults under load: {} requests ({} valid, {} revoked before, {} revoked during, {} expired, {} garbage), {faults} faults, 0 let in wrongly, request_count exact for {} keys",
+        seen.len(),
+        by_kind(Kind::Valid),
+        by_kind(Kind::Revoked),
+        by_kind(Kind::RevokedDuringLoad),
+        by_kind(Kind::Expired),
+        by_kind(Kind::Garbage),
+        accepted.len()
+    );
+}
