@@ -10,13 +10,14 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderName;
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
 use crate::auth::limits::FailureLimits;
 use crate::auth::{Authenticator, ManagementScopes, middleware};
 use crate::config::Config;
 use crate::error::{ApiError, extractors};
 use crate::keys::{ApiKeyService, Manager, NewKey, UsageTracker, handlers};
+use crate::openapi::AllowedMethods;
 use crate::store::{self, Backend};
 use crate::{metrics, openapi, routes};
 
@@ -84,6 +85,7 @@ pub fn app(
         .config
         .api_keys_routes
         .then(|| web::scope(&state.config.api_keys_route_prefix).configure(handlers::routes));
+    let allowed = web::Data::new(AllowedMethods::of(&state.openapi));
     App::new()
         .app_data(state.authenticator)
         .app_data(state.service)
@@ -99,9 +101,22 @@ pub fn app(
             }
         })
         .configure(openapi::docs(&state.config, state.openapi))
-        .default_service(web::to(|| async {
-            Err::<HttpResponse, _>(ApiError::RouteNotFound)
-        }))
+        .app_data(allowed)
+        .default_service(web::to(unmatched))
+}
+
+/// No route took the request: 405 naming the methods if the path exists with others, else 404.
+async fn unmatched(
+    req: HttpRequest,
+    allowed: web::Data<AllowedMethods>,
+) -> Result<HttpResponse, ApiError> {
+    let pattern = req.resource_map().match_pattern(req.path());
+    match pattern.as_deref().and_then(|pattern| allowed.get(pattern)) {
+        Some(allow) => Err(ApiError::MethodNotAllowed {
+            allow: allow.to_owned(),
+        }),
+        None => Err(ApiError::RouteNotFound),
+    }
 }
 
 /// Migrates, then serves until SIGINT/SIGTERM, then writes the usage counted so far. With

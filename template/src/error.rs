@@ -27,6 +27,9 @@ pub enum ApiError {
     KeyNotFound,
     #[error("no such route")]
     RouteNotFound,
+    /// The path exists, with other methods: `allow` lists them.
+    #[error("this route does not answer this method")]
+    MethodNotAllowed { allow: String },
     #[error("{message}")]
     Validation {
         field: &'static str,
@@ -75,6 +78,7 @@ impl ApiError {
             Self::Forbidden { code, .. } => code,
             Self::KeyNotFound => "api_key_not_found",
             Self::RouteNotFound => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Validation { .. } => "validation_failed",
             Self::BadRequest(_) => "bad_request",
             Self::Throttled { .. } => "too_many_failed_attempts",
@@ -114,6 +118,7 @@ impl ResponseError for ApiError {
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -138,6 +143,9 @@ impl ResponseError for ApiError {
             Self::StorageUnavailable | Self::Auth(AuthError::Unavailable)
         ) {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if let Self::MethodNotAllowed { allow } = self {
+            response.insert_header((header::ALLOW, allow.as_str()));
         }
         if let Self::Throttled { retry_after } = self {
             // Whole seconds, rounded up, and at least one (RFC 9110 §10.2.3).

@@ -5,6 +5,8 @@
 //! together with the 401/403 answers. The key-management routes get the configured admin and manage scopes.
 
 use actix_web::{HttpResponse, web};
+use std::collections::HashMap;
+
 use utoipa::OpenApi;
 use utoipa::openapi::header::Header;
 use utoipa::openapi::path::Operation;
@@ -91,6 +93,34 @@ pub fn docs(config: &Config, doc: Document) -> impl FnOnce(&mut web::ServiceConf
                     .finish()
             }
         }));
+    }
+}
+
+/// The methods each documented route answers, as an `Allow` header value, by route pattern: what a
+/// 405 names.
+pub struct AllowedMethods(HashMap<String, String>);
+
+impl AllowedMethods {
+    pub fn of(doc: &Document) -> Self {
+        let allowed = doc.paths.paths.iter().map(|(path, item)| {
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("PUT", item.put.is_some()),
+                ("POST", item.post.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("PATCH", item.patch.is_some()),
+            ];
+            let allow: Vec<&str> = methods
+                .into_iter()
+                .filter_map(|(method, present)| present.then_some(method))
+                .collect();
+            (path.clone(), allow.join(", "))
+        });
+        Self(allowed.collect())
+    }
+
+    pub fn get(&self, pattern: &str) -> Option<&str> {
+        self.0.get(pattern).map(String::as_str)
     }
 }
 

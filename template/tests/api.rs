@@ -487,6 +487,22 @@ async fn wildcards_and_the_docs() {
 }
 
 #[actix_web::test]
+async fn a_known_path_with_another_method_is_405_naming_the_methods() {
+    let h = memory_harness().await;
+    let (status, headers, problem) = call(&h.app, TestRequest::put().uri("/health")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(problem["code"], "method_not_allowed");
+    assert_eq!(headers.get(header::ALLOW).unwrap(), "GET");
+    let (status, _, _) = call(&h.app, with_key(TestRequest::patch().uri(KEYS), &h.admin)).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _, problem) = call(&h.app, TestRequest::get().uri("/nowhere")).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
+
+#[actix_web::test]
 async fn key_routes_can_be_switched_off() {
     let h = harness_with(
         Arc::new(MemoryBackend::default()),

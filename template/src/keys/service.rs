@@ -231,6 +231,10 @@ impl ApiKeyService {
                 format!("must be between 1 and {MAX_PAGE_SIZE}"),
             ));
         }
+        // The databases count in signed 64-bit integers, and so does the documented schema.
+        if i64::try_from(query.offset).is_err() {
+            return Err(invalid("offset", format!("must be at most {}", i64::MAX)));
+        }
         let mut query = query.clone();
         if let Manager::Owner(key) = by {
             let own = key.owner_id().map(str::to_owned);
