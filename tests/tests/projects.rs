@@ -2,7 +2,8 @@
 //!
 //! Four representative projects: the defaults (SQLite); PostgreSQL without Redis; Redis alone; and
 //! every placeholder changed (PostgreSQL with the Redis cache). All but the first run their tests
-//! against throwaway PostgreSQL and Redis servers. All share one target directory, so dependencies
+//! against throwaway PostgreSQL and Redis servers; the last runs them at `RUST_LOG=trace`, and no
+//! key may appear in anything they print. All share one target directory, so dependencies
 //! are compiled once per feature set.
 
 use actix_api_auth_tests::servers::{Postgres, Redis};
@@ -87,8 +88,21 @@ fn customised_postgres_redis_project_is_clean_and_passes_its_tests() {
         &[
             ("TEST_POSTGRES_URL", &database),
             ("TEST_REDIS_URL", &redis.url()),
+            // The whole suite at trace level: what it logs is scanned for keys below.
+            ("RUST_LOG", "trace"),
         ],
     );
+    assert!(
+        output.contains("TRACE") && output.contains("authentication failed"),
+        "the suite logged at trace level:\n{output}"
+    );
+    let key_shape = regex::Regex::new("[a-z0-9]{1,15}_[0-9A-Za-z]{12}_[0-9A-Za-z]{49}").unwrap();
+    if let Some(found) = key_shape.find(&output) {
+        panic!(
+            "the test suite printed something shaped like a key: {}…",
+            &found.as_str()[..20]
+        );
+    }
     assert!(
         !output.contains("SKIPPED"),
         "the PostgreSQL and Redis tests ran:\n{output}"

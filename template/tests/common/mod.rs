@@ -9,6 +9,7 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::{StatusCode, header};
 use actix_web::test::{self, TestRequest};
 use serde_json::Value;
+use tracing_subscriber::EnvFilter;
 
 use {{crate_name}}::app::{AppState, app};
 use {{crate_name}}::config::Config;
@@ -24,6 +25,16 @@ pub struct Harness<S> {
     pub admin: String,
 }
 
+/// Sends the service's logs to the test output, filtered by `RUST_LOG` (nothing when it is unset), so
+/// `RUST_LOG=trace cargo test -- --nocapture` shows what each test made the service log.
+pub fn init_logs() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 pub async fn harness_with(
     store: Arc<dyn Backend>,
     vars: &[(&str, &str)],
@@ -34,6 +45,7 @@ pub async fn harness_with(
         Error = actix_web::Error,
     >,
 > {
+    init_logs();
     // Pin what the assertions below rely on, whatever defaults this project was generated with;
     // later entries win, so a test can still override them.
     let mut all = vec![
