@@ -30,6 +30,8 @@ pub struct AppState {
     pub service: web::Data<ApiKeyService>,
     pub authenticator: web::Data<Authenticator>,
     pub openapi: utoipa::openapi::OpenApi,
+    /// What a 405 names, derived from the document once.
+    pub allowed_methods: web::Data<AllowedMethods>,
 }
 
 impl AppState {
@@ -38,6 +40,7 @@ impl AppState {
         let header =
             HeaderName::try_from(config.api_key_header.as_str()).expect("validated by Config");
         let usage = Arc::new(UsageTracker::default());
+        let document = openapi::document(&config);
         Self {
             service: web::Data::new(ApiKeyService::new(
                 store.clone(),
@@ -61,7 +64,8 @@ impl AppState {
                 )
                 .trusting_proxy_headers(config.trust_proxy_headers),
             ),
-            openapi: openapi::document(&config),
+            allowed_methods: web::Data::new(AllowedMethods::of(&document)),
+            openapi: document,
             store,
             usage,
             config,
@@ -85,7 +89,6 @@ pub fn app(
         .config
         .api_keys_routes
         .then(|| web::scope(&state.config.api_keys_route_prefix).configure(handlers::routes));
-    let allowed = web::Data::new(AllowedMethods::of(&state.openapi));
     App::new()
         .app_data(state.authenticator)
         .app_data(state.service)
@@ -101,7 +104,7 @@ pub fn app(
             }
         })
         .configure(openapi::docs(&state.config, state.openapi))
-        .app_data(allowed)
+        .app_data(state.allowed_methods)
         .default_service(web::to(unmatched))
 }
 

@@ -10,7 +10,7 @@ use actix_web::{HttpResponse, get, web};
 use prometheus_client::encoding::text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use utoipa::OpenApi;
 
 use crate::auth::AuthError;
@@ -39,35 +39,30 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::default();
-        let auth_attempts = Family::<Labels<1>, Counter>::default();
-        registry.register(
+        let auth_attempts: Family<Labels<1>, Counter> = register(
+            &mut registry,
             "auth_attempts",
             "Requests that presented an API key, by outcome (authenticated or the error code)",
-            auth_attempts.clone(),
         );
-        let key_cache = Family::<Labels<2>, Counter>::default();
-        registry.register(
+        let key_cache: Family<Labels<2>, Counter> = register(
+            &mut registry,
             "key_cache_lookups",
             "Key lookups answered by a cache (hit) or passed on (miss), by cache",
-            key_cache.clone(),
         );
-        let storage_operations = Family::<Labels<1>, Counter>::default();
-        registry.register(
+        let storage_operations = register(
+            &mut registry,
             "storage_operations",
             "Round trips to the key store (the database, or Redis when it is the store), by operation",
-            storage_operations.clone(),
         );
-        let usage_flushes = Family::<Labels<1>, Counter>::default();
-        registry.register(
+        let usage_flushes = register(
+            &mut registry,
             "usage_flushes",
             "Batched writes of counted key usage, by result",
-            usage_flushes.clone(),
         );
-        let usage_flushed_keys = Counter::default();
-        registry.register(
+        let usage_flushed_keys = register(
+            &mut registry,
             "usage_flushed_keys",
             "Keys whose usage was written by a flush",
-            usage_flushed_keys.clone(),
         );
         Self {
             authenticated: auth_attempts.get_or_create_owned(&[("outcome", "authenticated")]),
@@ -131,6 +126,13 @@ impl Metrics {
         text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// A new metric, registered under `name`; the registry keeps a handle to the same values.
+fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 #[derive(OpenApi)]

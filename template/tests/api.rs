@@ -12,7 +12,7 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 
 use common::{KEYS, call, create, harness_with, memory_harness, with_key};
-use {{crate_name}}::keys::{Manager, NewKey};
+use {{crate_name}}::keys::NewKey;
 use {{crate_name}}::store::{Backend, MemoryBackend};
 
 /// The flow litestar-api-auth documents: create, use, scope denial, list, get, revoke, rejected.
@@ -220,18 +220,12 @@ async fn key_routes_need_a_management_scope() {
 async fn bad_keys_are_rejected_with_their_own_codes() {
     let h = memory_harness().await;
     let expired = h
-        .state
-        .service
-        .create_key(
-            &Manager::Operator,
-            NewKey {
-                name: "short-lived".into(),
-                expires_at: Some(Utc::now() + Duration::milliseconds(50)),
-                ..NewKey::default()
-            },
-        )
-        .await
-        .unwrap();
+        .mint(NewKey {
+            name: "short-lived".into(),
+            expires_at: Some(Utc::now() + Duration::milliseconds(50)),
+            ..NewKey::default()
+        })
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(60)).await;
 
     // One character changed in the id (fails the checksum), or in the secret of a key the cache holds

@@ -20,6 +20,18 @@ enum Caller {
     Anonymous,
 }
 
+impl Caller {
+    /// What a route acting on one key of team-a answers this caller, when it succeeds with `success`.
+    fn on_a_team_a_key(self, success: StatusCode) -> StatusCode {
+        match self {
+            Self::Admin | Self::SameOwner => success,
+            Self::OtherOwner => StatusCode::NOT_FOUND,
+            Self::Plain => StatusCode::FORBIDDEN,
+            Self::Anonymous => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
 const CALLERS: [Caller; 5] = [
     Caller::Admin,
     Caller::SameOwner,
@@ -67,12 +79,9 @@ fn new_key(name: &str, scopes: &[&str], owner: &str) -> NewKey {
 #[actix_web::test]
 async fn every_route_against_every_kind_of_caller() {
     let h = memory_harness().await;
-    let mint = |new: NewKey| {
-        let service = h.state.service.clone();
-        async move {
-            let created = service.create_key(&Manager::Operator, new).await.unwrap();
-            (created.record.id, created.key.to_string())
-        }
+    let mint = async |new: NewKey| {
+        let created = h.mint(new).await;
+        (created.record.id, created.key.to_string())
     };
     let keys = Keys {
         admin: h.admin.clone(),
@@ -167,12 +176,7 @@ async fn every_route_against_every_kind_of_caller() {
         }
 
         let (status, _, got) = call(&h.app, request(TestRequest::get().uri(&item), key)).await;
-        let expected = match caller {
-            Caller::Admin | Caller::SameOwner => StatusCode::OK,
-            Caller::OtherOwner => StatusCode::NOT_FOUND,
-            Caller::Plain => StatusCode::FORBIDDEN,
-            Caller::Anonymous => StatusCode::UNAUTHORIZED,
-        };
+        let expected = caller.on_a_team_a_key(StatusCode::OK);
         assert_eq!(status, expected, "get as {caller:?}: {got}");
         if matches!(caller, Caller::OtherOwner) {
             assert_eq!(
@@ -182,12 +186,7 @@ async fn every_route_against_every_kind_of_caller() {
         }
 
         let (status, _, _) = call(&h.app, request(TestRequest::delete().uri(&item), key)).await;
-        let expected = match caller {
-            Caller::Admin | Caller::SameOwner => StatusCode::NO_CONTENT,
-            Caller::OtherOwner => StatusCode::NOT_FOUND,
-            Caller::Plain => StatusCode::FORBIDDEN,
-            Caller::Anonymous => StatusCode::UNAUTHORIZED,
-        };
+        let expected = caller.on_a_team_a_key(StatusCode::NO_CONTENT);
         assert_eq!(status, expected, "revoke as {caller:?}");
         let stored = h
             .state
@@ -208,21 +207,15 @@ async fn a_manager_grants_no_more_than_it_holds() {
     let h = memory_harness().await;
     let own_expiry = Utc::now() + Duration::days(30);
     let manager = h
-        .state
-        .service
-        .create_key(
-            &Manager::Operator,
-            NewKey {
-                expires_at: Some(own_expiry),
-                ..new_key(
-                    "manager",
-                    &["api_keys:manage", "users:read", "billing:*"],
-                    "team-a",
-                )
-            },
-        )
+        .mint(NewKey {
+            expires_at: Some(own_expiry),
+            ..new_key(
+                "manager",
+                &["api_keys:manage", "users:read", "billing:*"],
+                "team-a",
+            )
+        })
         .await
-        .unwrap()
         .key
         .to_string();
     let create = |body: Value| {
@@ -292,18 +285,12 @@ async fn a_manager_grants_no_more_than_it_holds() {
 async fn a_manager_without_an_owner_manages_nothing() {
     let h = memory_harness().await;
     let manager = h
-        .state
-        .service
-        .create_key(
-            &Manager::Operator,
-            NewKey {
-                name: "ownerless".into(),
-                scopes: vec!["api_keys:manage".into()],
-                ..NewKey::default()
-            },
-        )
+        .mint(NewKey {
+            name: "ownerless".into(),
+            scopes: vec!["api_keys:manage".into()],
+            ..NewKey::default()
+        })
         .await
-        .unwrap()
         .key
         .to_string();
     let (status, _, problem) = call(&h.app, with_key(TestRequest::get().uri(KEYS), &manager)).await;

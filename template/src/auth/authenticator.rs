@@ -131,19 +131,21 @@ impl Authenticator {
         self.limits.retry_after()
     }
 
-    /// Authenticates the key in `headers`, sent from `client`, counting a use of it on success.
+    /// Authenticates the key in `headers`, counting a use of it on success. `client` gives the
+    /// sender's address; it is asked only when a key is presented.
     ///
     /// Every failure but a missing key is an audit event (outcome, key id if the key had the right
     /// shape, client address: never the key) and counts against the client's failure limit.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
-        client: Option<IpAddr>,
+        client: impl FnOnce() -> Option<IpAddr>,
     ) -> Result<ApiKey, AuthError> {
         let presented = match presented_key(headers, &self.header) {
             Err(AuthError::Missing) => return Err(AuthError::Missing),
             presented => presented,
         };
+        let client = client();
         if client.is_some_and(|address| self.limits.address_blocked(address)) {
             return Err(AuthError::Throttled);
         }

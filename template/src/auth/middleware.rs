@@ -18,7 +18,8 @@ pub async fn authenticate(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let outcome = match req.app_data::<web::Data<Authenticator>>() {
         Some(authenticator) => {
-            let client = client_address(&req, authenticator.trusts_proxy_headers());
+            let trust_proxy_headers = authenticator.trusts_proxy_headers();
+            let client = || client_address(&req, trust_proxy_headers);
             authenticator.authenticate(req.headers(), client).await
         }
         None => Err(AuthError::NotInstalled),

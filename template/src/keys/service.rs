@@ -167,8 +167,7 @@ impl ApiKeyService {
         mut new: NewKey,
     ) -> Result<CreatedKey, ServiceError> {
         let now = now();
-        validate(&new, now)?;
-        self.refuse_pasted_keys(&new)?;
+        validate(&new, now, &self.format)?;
         by.bound(&mut new)?;
         let scopes = normalized(new.scopes);
         loop {
@@ -283,24 +282,6 @@ impl ApiKeyService {
 }
 
 impl ApiKeyService {
-    /// A key pasted into a name, an owner or metadata would be stored in clear and shown to every
-    /// reader of the key list: refuse it.
-    fn refuse_pasted_keys(&self, new: &NewKey) -> Result<(), ServiceError> {
-        let metadata = Value::Object(new.metadata.clone()).to_string();
-        let fields = [
-            ("name", new.name.as_str()),
-            ("owner_id", new.owner_id.as_deref().unwrap_or_default()),
-            ("metadata", metadata.as_str()),
-        ];
-        match fields.iter().find(|(_, text)| self.format.appears_in(text)) {
-            Some((field, _)) => Err(invalid(
-                field,
-                "holds an API key; keys are secrets and are never stored in clear",
-            )),
-            None => Ok(()),
-        }
-    }
-
     fn with_unflushed_usage(&self, mut record: ApiKeyRecord) -> ApiKeyRecord {
         if let Some((requests, last_used_at)) = self.usage.unflushed(&record.id) {
             record.request_count += requests;
@@ -350,7 +331,7 @@ fn normalized(mut scopes: Vec<String>) -> Vec<String> {
     scopes
 }
 
-fn validate(new: &NewKey, now: DateTime<Utc>) -> Result<(), ServiceError> {
+fn validate(new: &NewKey, now: DateTime<Utc>, format: &KeyFormat) -> Result<(), ServiceError> {
     let name_len = new.name.chars().count();
     if new.name.trim().is_empty() || name_len > MAX_NAME_LEN {
         return Err(invalid(
@@ -382,11 +363,26 @@ fn validate(new: &NewKey, now: DateTime<Utc>) -> Result<(), ServiceError> {
             ),
         ));
     }
-    if Value::Object(new.metadata.clone()).to_string().len() > MAX_METADATA_BYTES {
+    let metadata = Value::Object(new.metadata.clone()).to_string();
+    if metadata.len() > MAX_METADATA_BYTES {
         return Err(invalid(
             "metadata",
             format!("must serialize to at most {MAX_METADATA_BYTES} bytes"),
         ));
+    }
+    // A key pasted here would be stored in clear and shown to every reader of the key list.
+    let owner = new.owner_id.as_deref().unwrap_or_default();
+    for (field, text) in [
+        ("name", new.name.as_str()),
+        ("owner_id", owner),
+        ("metadata", &metadata),
+    ] {
+        if format.appears_in(text) {
+            return Err(invalid(
+                field,
+                "holds an API key; keys are secrets and are never stored in clear",
+            ));
+        }
     }
     if let Some(expires_at) = new.expires_at {
         if expires_at <= now {

@@ -169,12 +169,11 @@ impl Backend for CachedBackend {
 
     async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
         let generation = self.local.as_ref().map(LocalCache::generation);
-        if let Some(local) = &self.local {
-            let cached = local.get(id);
-            metrics().key_cache("local", cached.is_some());
-            if cached.is_some() {
-                return Ok(cached);
-            }
+        if let Some(cached) = self.cached(id) {
+            return Ok(Some(cached));
+        }
+        if self.local.is_some() {
+            metrics().key_cache("local", false);
         }
         #[cfg(feature = "redis")]
         if let Some(shared) = &self.shared {

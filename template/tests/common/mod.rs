@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use {{crate_name}}::app::{AppState, app};
 use {{crate_name}}::config::Config;
-use {{crate_name}}::keys::{Manager, NewKey};
+use {{crate_name}}::keys::{CreatedKey, Manager, NewKey};
 use {{crate_name}}::store::{Backend, CachedBackend, MemoryBackend};
 
 pub const KEYS: &str = "/api/v1/api-keys";
@@ -23,6 +23,21 @@ pub struct Harness<S> {
     pub app: S,
     pub state: AppState,
     pub admin: String,
+}
+
+impl<S> Harness<S> {
+    /// Creates a key through the service, as the operator, bypassing HTTP.
+    pub async fn mint(&self, new: NewKey) -> CreatedKey {
+        mint(&self.state, new).await
+    }
+}
+
+async fn mint(state: &AppState, new: NewKey) -> CreatedKey {
+    state
+        .service
+        .create_key(&Manager::Operator, new)
+        .await
+        .unwrap()
 }
 
 /// Sends the service's logs to the test output, filtered by `RUST_LOG` (nothing when it is unset), so
@@ -57,18 +72,15 @@ pub async fn harness_with(
     let config = Config::from_vars(all).unwrap();
     // The same stack as `store::open` builds: the in-process cache in front of the backend.
     let state = AppState::new(config.clone(), Arc::new(CachedBackend::new(store)));
-    let admin = state
-        .service
-        .create_key(
-            &Manager::Operator,
-            NewKey {
-                name: "admin".into(),
-                scopes: vec![config.api_keys_admin_scope.clone()],
-                ..NewKey::default()
-            },
-        )
-        .await
-        .unwrap();
+    let admin = mint(
+        &state,
+        NewKey {
+            name: "admin".into(),
+            scopes: vec![config.api_keys_admin_scope.clone()],
+            ..NewKey::default()
+        },
+    )
+    .await;
     Harness {
         app: test::init_service(app(state.clone())).await,
         state,
