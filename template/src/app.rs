@@ -13,7 +13,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
 use crate::auth::limits::FailureLimits;
-use crate::auth::{Authenticator, ManagementScopes, middleware};
+use crate::auth::{Allowance, Authenticator, ManagementScopes, middleware};
 use crate::config::Config;
 use crate::error::{ApiError, extractors};
 use crate::keys::{ApiKeyService, Manager, NewKey, UsageTracker, handlers};
@@ -29,19 +29,27 @@ pub struct AppState {
     pub usage: Arc<UsageTracker>,
     pub service: web::Data<ApiKeyService>,
     pub authenticator: web::Data<Authenticator>,
+    pub allowance: web::Data<Allowance>,
     pub openapi: utoipa::openapi::OpenApi,
     /// What a 405 names, derived from the document once.
     pub allowed_methods: web::Data<AllowedMethods>,
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<dyn Backend>) -> Self {
+    /// Builds the state. Fails only when the Redis for shared rate limits is misconfigured.
+    pub fn new(config: Config, store: Arc<dyn Backend>) -> Result<Self, store::StoreError> {
         let format = config.key_format();
         let header =
             HeaderName::try_from(config.api_key_header.as_str()).expect("validated by Config");
         let usage = Arc::new(UsageTracker::default());
         let document = openapi::document(&config);
-        Self {
+        let allowance = Allowance::new(store.clone());
+        #[cfg(feature = "redis")]
+        let allowance = match config.shared_redis_url() {
+            Some(url) => allowance.shared_through(url)?,
+            None => allowance,
+        };
+        Ok(Self {
             service: web::Data::new(ApiKeyService::new(
                 store.clone(),
                 format.clone(),
@@ -64,12 +72,13 @@ impl AppState {
                 )
                 .trusting_proxy_headers(config.trust_proxy_headers),
             ),
+            allowance: web::Data::new(allowance),
             allowed_methods: web::Data::new(AllowedMethods::of(&document)),
             openapi: document,
             store,
             usage,
             config,
-        }
+        })
     }
 }
 
@@ -91,6 +100,7 @@ pub fn app(
         .then(|| web::scope(&state.config.api_keys_route_prefix).configure(handlers::routes));
     App::new()
         .app_data(state.authenticator)
+        .app_data(state.allowance)
         .app_data(state.service)
         .app_data(extractors::json_config())
         .app_data(extractors::query_config())
@@ -133,7 +143,7 @@ pub async fn serve(
         tracing::info!(applied, "database migrated");
     }
     let store = store::open(&config).await?;
-    let state = AppState::new(config, store);
+    let state = AppState::new(config, store)?;
     if let Some(path) = admin_key_file {
         write_admin_key(&state, path).await?;
     }

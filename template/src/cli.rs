@@ -1,11 +1,11 @@
-//! The command line: `serve` (the default), `migrate`, and `keys create|list|revoke`.
+//! The command line: `serve` (the default), `migrate`, and `keys create|list|rotate|revoke`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::keys::{ApiKeyService, KeyStatus, Manager, NewKey};
+use crate::keys::{ApiKeyService, KeyStatus, Manager, NewKey, Rotation};
 use crate::store::ListQuery;
 
 #[derive(Debug, Parser)]
@@ -55,10 +55,20 @@ pub enum KeysCommand {
     List {
         #[arg(long)]
         owner: Option<String>,
+        /// Only unrevoked keys expiring within this time, e.g. 7d
+        #[arg(long, value_name = "WITHIN", value_parser = humantime::parse_duration)]
+        expiring: Option<Duration>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[arg(long, default_value_t = 0)]
         offset: u64,
+    },
+    /// Replace a key by a new one, printed once; the old key keeps working for the grace period
+    Rotate {
+        id: String,
+        /// How long the old key keeps working, e.g. 24h (at most 30d)
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        grace: Duration,
     },
     /// Revoke a key by its id
     Revoke { id: String },
@@ -113,34 +123,67 @@ impl KeysCommand {
             }
             Self::List {
                 owner,
+                expiring,
                 limit,
                 offset,
             } => {
+                let now = crate::keys::service::now();
+                let expiring = expiring
+                    .map(|within| chrono::Duration::from_std(within).map(|d| (now, now + d)))
+                    .transpose()
+                    .map_err(|_| "--expiring is too long")?;
                 let page = service
                     .list_keys(
                         &Manager::Operator,
                         &ListQuery {
                             owner_id: owner,
+                            expiring,
                             limit,
                             offset,
                         },
                     )
                     .await?;
                 println!(
-                    "{:<12}  {:<8}  {:<24}  {:>8}  SCOPES",
-                    "ID", "STATUS", "NAME", "REQUESTS"
+                    "{:<12}  {:<8}  {:<24}  {:>8}  {:<12}  SCOPES",
+                    "ID", "STATUS", "NAME", "REQUESTS", "EXPIRES IN"
                 );
                 for key in &page.items {
+                    let expires_in = key.expires_at.map_or_else(
+                        || "never".to_owned(),
+                        |at| {
+                            let left = (at - now).to_std().unwrap_or_default();
+                            let rounded = Duration::from_secs(left.as_secs() / 60 * 60);
+                            humantime::format_duration(rounded).to_string()
+                        },
+                    );
                     println!(
-                        "{:<12}  {:<8}  {:<24}  {:>8}  {}",
+                        "{:<12}  {:<8}  {:<24}  {:>8}  {:<12}  {}",
                         key.id,
                         KeyStatus::of(key).as_str(),
                         key.name,
                         key.request_count,
+                        expires_in,
                         key.scopes.join(",")
                     );
                 }
                 eprintln!("{} of {} keys", page.items.len(), page.total);
+            }
+            Self::Rotate { id, grace } => {
+                let rotation = Rotation {
+                    grace_period: chrono::Duration::from_std(grace)
+                        .map_err(|_| "--grace is too long")?,
+                    expires_at: None,
+                };
+                let created = service
+                    .rotate_key(&Manager::Operator, &id, rotation)
+                    .await?;
+                eprintln!(
+                    "Rotated key {id} into {}; {id} keeps working for {}.",
+                    created.record.id,
+                    humantime::format_duration(grace)
+                );
+                eprintln!("Store it now; it is not shown again:");
+                println!("{}", created.key.as_str());
             }
             Self::Revoke { id } => {
                 service.revoke_key(&Manager::Operator, &id).await?;

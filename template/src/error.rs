@@ -23,6 +23,9 @@ pub enum ApiError {
     /// Refused for a reason of its own, with its own stable code (a manager asking beyond its reach).
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
+    /// The key is not in a state that allows the change.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("no API key with this id")]
     KeyNotFound,
     #[error("no such route")]
@@ -40,6 +43,14 @@ pub enum ApiError {
     /// Too many failed authentications from this client (or for this key id): wait `retry_after`.
     #[error("too many failed authentications, try again later")]
     Throttled { retry_after: std::time::Duration },
+    /// The key's own rate limit: wait `retry_after`.
+    #[error("this API key's rate limit is exhausted, try again later")]
+    RateLimited { retry_after: std::time::Duration },
+    /// The key's quota is used up; with a refill, it fills again after `retry_after`.
+    #[error("this API key has no uses left")]
+    UsageExceeded {
+        retry_after: Option<std::time::Duration>,
+    },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("storage is unavailable, try again later")]
@@ -75,13 +86,15 @@ impl ApiError {
         match self {
             Self::Auth(err) => err.code(),
             Self::InsufficientScope { .. } => "insufficient_scope",
-            Self::Forbidden { code, .. } => code,
+            Self::Forbidden { code, .. } | Self::Conflict { code, .. } => code,
             Self::KeyNotFound => "api_key_not_found",
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Validation { .. } => "validation_failed",
             Self::BadRequest(_) => "bad_request",
             Self::Throttled { .. } => "too_many_failed_attempts",
+            Self::RateLimited { .. } => "rate_limit_exceeded",
+            Self::UsageExceeded { .. } => "usage_exceeded",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::StorageUnavailable => "storage_unavailable",
             Self::Internal => "internal_error",
@@ -112,9 +125,11 @@ impl ResponseError for ApiError {
         match self {
             Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(AuthError::NotInstalled) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Auth(AuthError::Throttled) | Self::Throttled { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::Auth(AuthError::Throttled)
+            | Self::Throttled { .. }
+            | Self::RateLimited { .. }
+            | Self::UsageExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
@@ -147,16 +162,24 @@ impl ResponseError for ApiError {
         if let Self::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, allow.as_str()));
         }
-        if let Self::Throttled { retry_after } = self {
-            // Whole seconds, rounded up, and at least one (RFC 9110 §10.2.3).
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            response.insert_header((header::RETRY_AFTER, seconds.max(1)));
+        if let Self::Throttled { retry_after }
+        | Self::RateLimited { retry_after }
+        | Self::UsageExceeded {
+            retry_after: Some(retry_after),
+        } = self
+        {
+            response.insert_header((header::RETRY_AFTER, whole_seconds(*retry_after)));
         }
         match self {
             Self::Auth(err) => response.body(auth_problem(*err)),
             _ => response.json(self.problem()),
         }
     }
+}
+
+/// Whole seconds, rounded up, and at least one (RFC 9110 §10.2.3).
+pub fn whole_seconds(duration: std::time::Duration) -> u64 {
+    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
 }
 
 /// The body of an authentication failure. Bad keys are what a flood sends, so these bodies are
@@ -195,6 +218,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid { field, message } => Self::Validation { field, message },
             ServiceError::NotFound => Self::KeyNotFound,
             ServiceError::Forbidden { code, message } => Self::Forbidden { code, message },
+            ServiceError::Conflict { code, message } => Self::Conflict { code, message },
             ServiceError::Store(err) => err.into(),
         }
     }

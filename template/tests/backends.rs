@@ -29,7 +29,7 @@ async fn sqlite() -> (tempfile::TempDir, Arc<dyn Backend>) {
     let url = format!("sqlite://{}", dir.path().join("keys.db").display());
     assert_eq!(
         migrate(&url).await.unwrap(),
-        1,
+        2,
         "a new database gets every migration"
     );
     assert_eq!(
@@ -87,10 +87,16 @@ async fn revocation_reaches_other_instances(
     second: CachedBackend,
 ) -> Duration {
     let key = conformance::sample("bound", Utc::now());
-    first.insert(&key).await.unwrap();
+    first
+        .insert(&key, &conformance::event(&key.id))
+        .await
+        .unwrap();
     assert!(!is_revoked(&second, &key.id).await, "cached as valid");
 
-    first.revoke(&key.id, Utc::now()).await.unwrap();
+    first
+        .revoke(&key.id, Utc::now(), &conformance::event(&key.id))
+        .await
+        .unwrap();
     let revoked_at = Instant::now();
     assert!(
         is_revoked(&first, &key.id).await,
@@ -185,10 +191,14 @@ mod redis {
         conformance::adds_usage_and_moves_last_use_forward(&backend).await;
 
         let key = conformance::sample("outage", Utc::now());
-        backend.insert(&key).await.unwrap();
+        backend
+            .insert(&key, &conformance::event(&key.id))
+            .await
+            .unwrap();
         assert!(backend.lookup(&key.id).await.unwrap().is_some());
         // A revocation is saved, reported as not fully propagated, and enforced here at once.
-        assert!(backend.revoke(&key.id, Utc::now()).await.is_err());
+        let revoked = conformance::event(&key.id);
+        assert!(backend.revoke(&key.id, Utc::now(), &revoked).await.is_err());
         assert!(
             sql.get(&key.id)
                 .await

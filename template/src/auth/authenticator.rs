@@ -28,6 +28,10 @@ pub enum AuthError {
     Expired,
     #[error("the API key has been revoked")]
     Revoked,
+    #[error("the API key is disabled")]
+    Disabled,
+    #[error("the API key was rotated; use its replacement")]
+    Rotated,
     #[error("too many failed authentications, try again later")]
     Throttled,
     #[error("the key store is unavailable, try again later")]
@@ -38,11 +42,13 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every variant, in declaration order, so that `err as usize` indexes per-variant tables.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Missing,
         Self::Invalid,
         Self::Expired,
         Self::Revoked,
+        Self::Disabled,
+        Self::Rotated,
         Self::Throttled,
         Self::Unavailable,
         Self::NotInstalled,
@@ -54,6 +60,8 @@ impl AuthError {
             Self::Invalid => "invalid_api_key",
             Self::Expired => "expired_api_key",
             Self::Revoked => "revoked_api_key",
+            Self::Disabled => "disabled_api_key",
+            Self::Rotated => "rotated_api_key",
             Self::Throttled => "too_many_failed_attempts",
             Self::Unavailable => "storage_unavailable",
             Self::NotInstalled => "internal_error",
@@ -64,7 +72,7 @@ impl AuthError {
     pub fn challenge(&self) -> Option<&'static str> {
         match self {
             Self::Missing => Some(r#"Bearer realm="api""#),
-            Self::Invalid | Self::Expired | Self::Revoked => {
+            Self::Invalid | Self::Expired | Self::Revoked | Self::Disabled | Self::Rotated => {
                 Some(r#"Bearer realm="api", error="invalid_token""#)
             }
             Self::Throttled | Self::Unavailable | Self::NotInstalled => None,
@@ -153,7 +161,7 @@ impl Authenticator {
             presented.and_then(|key| self.format.parse_shape(key).map_err(|_| AuthError::Invalid));
         let key_id = parsed.as_ref().ok().map(ParsedKey::id);
         let mut outcome = match parsed {
-            Ok(parsed) => self.verify(parsed).await,
+            Ok(parsed) => self.verify(parsed, client).await,
             Err(err) => Err(err),
         };
         if let Err(err) = outcome {
@@ -174,7 +182,11 @@ impl Authenticator {
         outcome
     }
 
-    async fn verify(&self, parsed: ParsedKey<'_>) -> Result<ApiKey, AuthError> {
+    async fn verify(
+        &self,
+        parsed: ParsedKey<'_>,
+        client: Option<IpAddr>,
+    ) -> Result<ApiKey, AuthError> {
         // A key held in memory skips the checksum: the digest comparison below is the stronger check,
         // and the checksum is there to keep made-up keys away from the store and Redis.
         let record = match self.store.cached(parsed.id()) {
@@ -198,8 +210,14 @@ impl Authenticator {
         if record.expires_at.is_some_and(|at| at <= now) {
             return Err(AuthError::Expired);
         }
+        if record.retires_at.is_some_and(|at| at <= now) {
+            return Err(AuthError::Rotated);
+        }
+        if !record.enabled {
+            return Err(AuthError::Disabled);
+        }
         self.usage.record(&record.id, now);
-        Ok(ApiKey::from(record))
+        Ok(ApiKey::new(record, client))
     }
 
     /// The key from the store (through Redis when configured); a missing key is `Invalid`.

@@ -4,62 +4,86 @@
 //! `#[require_api_key]` / `#[require_scope("...")]` on the handler, which inject these extractors for you.
 //! actix runs extractors in argument order and stops at the first error, so a guard rejects before a
 //! JSON body is even read.
+//!
+//! A key with a rate limit or a quota is also charged here, once per request however many guards a
+//! handler has ([`super::allowance`]); a refused request gets 429.
 
 use std::future::{Ready, ready};
 use std::marker::PhantomData;
+use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use chrono::{DateTime, Utc};
+use futures_util::future::{Either, LocalBoxFuture};
 use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
 
+use super::allowance::{Allowance, LimitState, Refusal};
 use super::authenticator::{AuthError, Authenticator};
 use super::scope::{self, Match};
 use crate::error::ApiError;
 use crate::keys::Manager;
 use crate::store::ApiKeyRecord;
 
-/// The key that authenticated the request. Cloning it copies a pointer, not the key's fields.
+/// The key that authenticated the request, and where the request came from. Cloning it copies a
+/// pointer, not the key's fields.
 #[derive(Clone)]
-pub struct ApiKey(Arc<ApiKeyRecord>);
+pub struct ApiKey {
+    record: Arc<ApiKeyRecord>,
+    client: Option<IpAddr>,
+}
 
 impl ApiKey {
+    pub fn new(record: Arc<ApiKeyRecord>, client: Option<IpAddr>) -> Self {
+        Self { record, client }
+    }
+
     /// The key's public id.
     pub fn id(&self) -> &str {
-        &self.0.id
+        &self.record.id
     }
 
     pub fn name(&self) -> &str {
-        &self.0.name
+        &self.record.name
     }
 
     pub fn owner_id(&self) -> Option<&str> {
-        self.0.owner_id.as_deref()
+        self.record.owner_id.as_deref()
     }
 
     pub fn scopes(&self) -> &[String] {
-        &self.0.scopes
+        &self.record.scopes
     }
 
     /// The free-form metadata stored with the key.
     pub fn metadata(&self) -> &Map<String, Value> {
-        &self.0.metadata
+        &self.record.metadata
     }
 
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.0.expires_at
+        self.record.expires_at
+    }
+
+    /// The address the request came from, when known.
+    pub fn client(&self) -> Option<IpAddr> {
+        self.client
     }
 
     /// Whether this key holds `scope`, directly or through a wildcard.
     pub fn has_scope(&self, scope: &str) -> bool {
-        scope::satisfies(&self.0.scopes, &[scope], Match::All)
+        scope::satisfies(&self.record.scopes, &[scope], Match::All)
     }
-}
 
-impl From<Arc<ApiKeyRecord>> for ApiKey {
-    fn from(record: Arc<ApiKeyRecord>) -> Self {
-        Self(record)
+    pub(crate) fn record(&self) -> &ApiKeyRecord {
+        &self.record
+    }
+
+    /// Whether requests with this key are charged to a rate limit or a quota.
+    fn is_limited(&self) -> bool {
+        self.record.rate_limit.is_some() || self.record.remaining.is_some()
     }
 }
 
@@ -78,12 +102,80 @@ impl std::fmt::Debug for ApiKey {
 #[derive(Debug, Clone)]
 pub(crate) struct Authentication(pub(crate) Result<ApiKey, AuthError>);
 
+/// The per-key limits' verdict on a request, kept in its extensions: reached once, however many
+/// guards ask, and read again by the middleware for the `RateLimit-*` headers.
+#[derive(Clone, Default)]
+pub(crate) struct Admission(Rc<OnceCell<Result<Option<LimitState>, Refusal>>>);
+
+impl Admission {
+    /// The rate-limit state to report, once the verdict is in.
+    pub(crate) fn limit_state(&self) -> Option<LimitState> {
+        match self.0.get()? {
+            Ok(state) => *state,
+            Err(Refusal::RateLimited { state, .. }) => Some(*state),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A guard's answer: at once for keys without limits, after charging them otherwise.
+pub type Guarded<T> =
+    Either<Ready<Result<T, ApiError>>, LocalBoxFuture<'static, Result<T, ApiError>>>;
+
+/// Admits `key`'s request against its rate limit and quota, then answers `admitted`.
+fn admit<T: 'static>(req: &HttpRequest, key: &ApiKey, admitted: T) -> Guarded<T> {
+    if !key.is_limited() {
+        return Either::Left(ready(Ok(admitted)));
+    }
+    let Some(allowance) = req.app_data::<web::Data<Allowance>>().cloned() else {
+        tracing::error!("a key has limits, and the service has no Allowance to apply them");
+        return Either::Left(ready(Err(AuthError::NotInstalled.into())));
+    };
+    let admission = {
+        let mut extensions = req.extensions_mut();
+        match extensions.get::<Admission>() {
+            Some(admission) => admission.clone(),
+            None => {
+                let admission = Admission::default();
+                extensions.insert(admission.clone());
+                admission
+            }
+        }
+    };
+    let key = key.clone();
+    Either::Right(Box::pin(async move {
+        let verdict = admission.0.get_or_init(|| allowance.admit(&key)).await;
+        match verdict {
+            Ok(_) => Ok(admitted),
+            Err(refusal) => Err((*refusal).into()),
+        }
+    }))
+}
+
+/// Answers at once with `outcome` when it is an error, else admits the key as [`admit`] does.
+fn guard<T: 'static>(req: &HttpRequest, outcome: Result<(ApiKey, T), ApiError>) -> Guarded<T> {
+    match outcome {
+        Ok((key, admitted)) => admit(req, &key, admitted),
+        Err(err) => Either::Left(ready(Err(err))),
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::RateLimited { retry_after, .. } => Self::RateLimited { retry_after },
+            Refusal::UsageExceeded { retry_after } => Self::UsageExceeded { retry_after },
+            Refusal::Unavailable => Self::StorageUnavailable,
+        }
+    }
+}
+
 impl FromRequest for ApiKey {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = Guarded<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticated(req))
+        guard(req, authenticated(req).map(|key| (key.clone(), key)))
     }
 }
 
@@ -118,23 +210,29 @@ pub struct RequireScopes<S> {
     requirement: PhantomData<S>,
 }
 
-impl<S: ScopeRequirement> FromRequest for RequireScopes<S> {
+impl<S: ScopeRequirement + 'static> FromRequest for RequireScopes<S> {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = Guarded<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticated(req).and_then(|key| {
-            if scope::satisfies(key.scopes(), S::SCOPES, S::MATCH) {
-                Ok(Self {
-                    key,
-                    requirement: PhantomData,
-                })
-            } else {
-                Err(ApiError::InsufficientScope {
-                    required: S::SCOPES.iter().map(|s| (*s).to_owned()).collect(),
-                })
-            }
-        }))
+        guard(
+            req,
+            authenticated(req).and_then(|key| {
+                if scope::satisfies(key.scopes(), S::SCOPES, S::MATCH) {
+                    Ok((
+                        key.clone(),
+                        Self {
+                            key,
+                            requirement: PhantomData,
+                        },
+                    ))
+                } else {
+                    Err(ApiError::InsufficientScope {
+                        required: S::SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+                    })
+                }
+            }),
+        )
     }
 }
 
@@ -143,32 +241,35 @@ impl<S: ScopeRequirement> FromRequest for RequireScopes<S> {
 /// and an owner manages that owner's keys. Anything else is 403, naming both scopes.
 impl FromRequest for Manager {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = Guarded<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticated(req).and_then(|key| {
-            let scopes = req
-                .app_data::<web::Data<Authenticator>>()
-                .ok_or(ApiError::Auth(AuthError::NotInstalled))?
-                .management_scopes();
-            if key.has_scope(&scopes.admin) {
-                Ok(Self::Admin(key))
-            } else if !key.has_scope(&scopes.manage) {
-                Err(ApiError::InsufficientScope {
-                    required: vec![scopes.admin.clone(), scopes.manage.clone()],
-                })
-            } else if key.owner_id().is_none() {
-                Err(ApiError::Forbidden {
-                    code: "owner_required",
-                    message: format!(
-                        "a key holding {} manages its owner's keys, and this key has no owner",
-                        scopes.manage
-                    ),
-                })
-            } else {
-                Ok(Self::Owner(key))
-            }
-        }))
+        guard(
+            req,
+            authenticated(req).and_then(|key| {
+                let scopes = req
+                    .app_data::<web::Data<Authenticator>>()
+                    .ok_or(ApiError::Auth(AuthError::NotInstalled))?
+                    .management_scopes();
+                if key.has_scope(&scopes.admin) {
+                    Ok((key.clone(), Self::Admin(key)))
+                } else if !key.has_scope(&scopes.manage) {
+                    Err(ApiError::InsufficientScope {
+                        required: vec![scopes.admin.clone(), scopes.manage.clone()],
+                    })
+                } else if key.owner_id().is_none() {
+                    Err(ApiError::Forbidden {
+                        code: "owner_required",
+                        message: format!(
+                            "a key holding {} manages its owner's keys, and this key has no owner",
+                            scopes.manage
+                        ),
+                    })
+                } else {
+                    Ok((key.clone(), Self::Owner(key)))
+                }
+            }),
+        )
     }
 }
 

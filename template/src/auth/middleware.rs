@@ -1,15 +1,20 @@
 //! The authentication middleware: looks at the key of every request once and records the outcome in
 //! the request's extensions. It never rejects a request by itself; the guards do, where a route asks.
+//! On the way out, it reports a rate-limited key's standing in `RateLimit-*` headers
+//! (draft-ietf-httpapi-ratelimit-headers).
 
 use std::net::{IpAddr, SocketAddr};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
+use super::allowance::LimitState;
 use super::authenticator::{AuthError, Authenticator};
-use super::guard::Authentication;
+use super::guard::{Admission, Authentication};
+use crate::error::whole_seconds;
 use crate::metrics::metrics;
 
 pub async fn authenticate(
@@ -26,7 +31,38 @@ pub async fn authenticate(
     };
     metrics().auth_attempt(&outcome);
     req.extensions_mut().insert(Authentication(outcome));
-    next.call(req).await
+    let mut res = next.call(req).await?;
+    let state = res
+        .request()
+        .extensions()
+        .get::<Admission>()
+        .and_then(Admission::limit_state);
+    if let Some(state) = state {
+        report(res.headers_mut(), state);
+    }
+    Ok(res)
+}
+
+fn report(headers: &mut HeaderMap, state: LimitState) {
+    let limit = state.limit;
+    let reset = if state.reset.is_zero() {
+        0
+    } else {
+        whole_seconds(state.reset)
+    };
+    for (name, value) in [
+        ("ratelimit-limit", limit.requests.to_string()),
+        ("ratelimit-remaining", state.remaining.to_string()),
+        ("ratelimit-reset", reset.to_string()),
+        (
+            "ratelimit-policy",
+            format!("{};w={}", limit.requests, limit.window),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
 }
 
 /// The client's address: the connection's peer, or, behind a proxy that sets them

@@ -1,8 +1,10 @@
 //! API-key authentication, in the order a request meets it:
 //! [`middleware`] authenticates the key once per request (with [`Authenticator`], which parses it with
 //! [`key`] and looks it up), then the guards in [`guard`] decide: the [`ApiKey`] extractor, and the
-//! `#[require_api_key]` / `#[require_scope(...)]` attributes that inject it.
+//! `#[require_api_key]` / `#[require_scope(...)]` attributes that inject it, which also charge a
+//! key's rate limit and quota ([`allowance`]).
 
+pub mod allowance;
 pub mod authenticator;
 pub mod guard;
 pub mod key;
@@ -10,6 +12,7 @@ pub mod limits;
 pub mod middleware;
 pub mod scope;
 
+pub use allowance::Allowance;
 pub use auth_macros::{require_api_key, require_scope};
 pub use authenticator::{AuthError, Authenticator, ManagementScopes};
 pub use guard::{ApiKey, GuardedRoute, RequireScopes, ScopeRequirement};

@@ -259,6 +259,14 @@ impl Config {
         Duration::from_millis(self.key_cache_ttl_ms)
     }
 
+    /// The Redis that instances share rate-limit counts through: the cache's, else the store's.
+    pub fn shared_redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref().or_else(|| {
+            let url = self.database_url.as_str();
+            (url.starts_with("redis://") || url.starts_with("rediss://")).then_some(url)
+        })
+    }
+
     pub fn usage_flush_interval(&self) -> Duration {
         Duration::from_secs(self.usage_flush_seconds)
     }

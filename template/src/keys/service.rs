@@ -1,5 +1,6 @@
-//! [`ApiKeyService`]: creating, reading, listing and revoking keys. The HTTP routes, the CLI and your
-//! own code all go through it, so the rules below hold whichever way a key is managed.
+//! [`ApiKeyService`]: creating, reading, listing, updating, rotating and revoking keys, and reading
+//! their audit log. The HTTP routes, the CLI and your own code all go through it, so the rules below
+//! hold whichever way a key is managed, and every change is recorded with who made it.
 //!
 //! Every call names its [`Manager`]: the operator (the command line, your own code) and keys holding
 //! the admin scope reach every key; a key holding the manage scope reaches only keys of its own
@@ -7,14 +8,17 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, SubsecRound, Utc};
-use serde_json::{Map, Value};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use super::UsageTracker;
 use crate::auth::key::KeyFormat;
 use crate::auth::{ApiKey, scope};
-use crate::store::{ApiKeyRecord, Backend, ListQuery, Page, StoreError};
+use crate::store::{
+    ApiKeyRecord, Backend, EventAction, EventQuery, KeyChanges, KeyEvent, ListQuery, Page,
+    RateLimit, Refill, StoreError, random_id,
+};
 
 pub const MAX_NAME_LEN: usize = 100;
 pub const MAX_OWNER_LEN: usize = 128;
@@ -23,6 +27,14 @@ pub const MAX_METADATA_BYTES: usize = 4096;
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// Keys cannot be made to last longer than this (ten years).
 pub const MAX_LIFETIME_SECONDS: i64 = 10 * 366 * 24 * 3600;
+/// Largest rate limit: requests per window, and the window in seconds (a day).
+pub const MAX_RATE_LIMIT_REQUESTS: u32 = 1_000_000;
+pub const MAX_RATE_LIMIT_WINDOW: u32 = 86_400;
+/// Largest quota or refill amount.
+pub const MAX_QUOTA: u64 = 1_000_000_000_000;
+/// How long a rotated key keeps working unless told otherwise (a day), and at most (30 days).
+pub const DEFAULT_GRACE_SECONDS: u64 = 86_400;
+pub const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -36,6 +48,9 @@ pub enum ServiceError {
     /// A manager key asked for more than it holds; `code` is the problem code clients see.
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
+    /// The key is not in a state that allows the change (rotating a revoked key, say).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -54,9 +69,29 @@ pub enum Manager {
 impl Manager {
     /// The key acting, if a key acts; for logs.
     pub fn key_id(&self) -> Option<&str> {
+        self.key().map(ApiKey::id)
+    }
+
+    fn key(&self) -> Option<&ApiKey> {
         match self {
             Self::Operator => None,
-            Self::Admin(key) | Self::Owner(key) => Some(key.id()),
+            Self::Admin(key) | Self::Owner(key) => Some(key),
+        }
+    }
+
+    /// An audit event of this manager's change to `key_id`, made now.
+    fn event(&self, key_id: &str, action: EventAction, changes: Map<String, Value>) -> KeyEvent {
+        KeyEvent {
+            id: random_id(),
+            key_id: key_id.to_owned(),
+            action,
+            actor_key_id: self.key_id().map(str::to_owned),
+            client: self
+                .key()
+                .and_then(ApiKey::client)
+                .map(|address| address.to_string()),
+            changes,
+            at: now(),
         }
     }
 
@@ -88,30 +123,57 @@ impl Manager {
                 ));
             }
         }
-        let beyond: Vec<&str> = new
-            .scopes
-            .iter()
-            .filter(|wanted| !key.scopes().iter().any(|held| scope::grants(held, wanted)))
-            .map(String::as_str)
-            .collect();
-        if !beyond.is_empty() {
-            return Err(forbidden(
-                "scope_escalation",
-                format!(
-                    "cannot grant scopes this key does not hold: {}",
-                    beyond.join(", ")
-                ),
-            ));
+        within_scopes(key, &new.scopes)?;
+        within_expiry(key, new.expires_at)
+    }
+
+    /// Checks an update the way [`Manager::bound`] checks a new key, for the fields it changes.
+    fn bound_changes(&self, changes: &KeyChanges) -> Result<(), ServiceError> {
+        let Self::Owner(key) = self else {
+            return Ok(());
+        };
+        if let Some(scopes) = &changes.scopes {
+            within_scopes(key, scopes)?;
         }
-        if let Some(limit) = key.expires_at()
-            && new.expires_at.is_none_or(|at| at > limit)
-        {
-            return Err(forbidden(
-                "expiry_escalation",
-                format!("the new key must expire by {limit}, as this key does"),
-            ));
+        if let Some(expires_at) = changes.expires_at {
+            within_expiry(key, expires_at)?;
         }
         Ok(())
+    }
+}
+
+fn within_scopes(key: &ApiKey, wanted: &[String]) -> Result<(), ServiceError> {
+    let beyond: Vec<&str> = wanted
+        .iter()
+        .filter(|wanted| !key.scopes().iter().any(|held| scope::grants(held, wanted)))
+        .map(String::as_str)
+        .collect();
+    if beyond.is_empty() {
+        return Ok(());
+    }
+    Err(forbidden(
+        "scope_escalation",
+        format!(
+            "cannot grant scopes this key does not hold: {}",
+            beyond.join(", ")
+        ),
+    ))
+}
+
+fn within_expiry(key: &ApiKey, expires_at: Option<DateTime<Utc>>) -> Result<(), ServiceError> {
+    match key.expires_at() {
+        Some(limit) if expires_at.is_none_or(|at| at > limit) => Err(forbidden(
+            "expiry_escalation",
+            format!("the key must expire by {limit}, as this key does"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn conflict(code: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::Conflict {
+        code,
+        message: message.into(),
     }
 }
 
@@ -137,6 +199,41 @@ pub struct NewKey {
     pub owner_id: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub metadata: Map<String, Value>,
+    pub rate_limit: Option<RateLimit>,
+    /// Uses the key may make; with a `refill` and no `remaining`, it starts full.
+    pub remaining: Option<u64>,
+    pub refill: Option<Refill>,
+}
+
+/// Changes to a key: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub metadata: Option<Map<String, Value>>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub enabled: Option<bool>,
+    pub rate_limit: Option<Option<RateLimit>>,
+    pub remaining: Option<Option<u64>>,
+    pub refill: Option<Option<Refill>>,
+}
+
+/// How to rotate a key.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    /// How long the old key keeps working.
+    pub grace_period: Duration,
+    /// The new key's expiry; `None` keeps the old key's.
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::seconds(DEFAULT_GRACE_SECONDS as i64),
+            expires_at: None,
+        }
+    }
 }
 
 /// A created key: the stored record and the key itself, which exists nowhere else.
@@ -169,23 +266,13 @@ impl ApiKeyService {
         let now = now();
         validate(&new, now, &self.format)?;
         by.bound(&mut new)?;
-        let scopes = normalized(new.scopes);
+        if new.remaining.is_none() {
+            new.remaining = new.refill.map(|refill| refill.amount);
+        }
         loop {
-            let minted = self.format.generate();
-            let record = ApiKeyRecord {
-                id: minted.id,
-                key_hash: minted.hash,
-                name: new.name.clone(),
-                owner_id: new.owner_id.clone(),
-                scopes: scopes.clone(),
-                metadata: new.metadata.clone(),
-                created_at: now,
-                expires_at: new.expires_at.map(|t| t.trunc_subsecs(6)),
-                revoked_at: None,
-                last_used_at: None,
-                request_count: 0,
-            };
-            match self.store.insert(&record).await {
+            let (key, record) = self.mint(&new, now, None);
+            let event = by.event(&record.id, EventAction::Created, described(&record));
+            match self.store.insert(&record, &event).await {
                 Ok(()) => {
                     tracing::info!(
                         target: "audit",
@@ -195,10 +282,7 @@ impl ApiKeyService {
                         by = ?by.key_id(),
                         "API key created"
                     );
-                    return Ok(CreatedKey {
-                        key: minted.key,
-                        record,
-                    });
+                    return Ok(CreatedKey { key, record });
                 }
                 // 71 random bits make a clash all but impossible; if one happens, mint another key.
                 Err(StoreError::Duplicate) => continue,
@@ -207,14 +291,221 @@ impl ApiKeyService {
         }
     }
 
-    /// A key's details, including uses counted since the last flush.
-    pub async fn get_key(&self, by: &Manager, id: &str) -> Result<ApiKeyRecord, ServiceError> {
-        let record = self
+    /// A new key and its record, made to `new`'s description.
+    fn mint(
+        &self,
+        new: &NewKey,
+        now: DateTime<Utc>,
+        rotated_from: Option<&str>,
+    ) -> (Zeroizing<String>, ApiKeyRecord) {
+        let minted = self.format.generate();
+        let record = ApiKeyRecord {
+            id: minted.id,
+            key_hash: minted.hash,
+            name: new.name.clone(),
+            owner_id: new.owner_id.clone(),
+            scopes: normalized(new.scopes.clone()),
+            metadata: new.metadata.clone(),
+            created_at: now,
+            expires_at: new.expires_at.map(|t| t.trunc_subsecs(6)),
+            revoked_at: None,
+            last_used_at: None,
+            request_count: 0,
+            enabled: true,
+            rate_limit: new.rate_limit,
+            remaining: new.remaining,
+            refill: new.refill,
+            refilled_at: new.refill.map(|_| now),
+            rotated_from: rotated_from.map(str::to_owned),
+            replaced_by: None,
+            retires_at: None,
+        };
+        (minted.key, record)
+    }
+
+    /// Replaces a key by a new one with the same name, owner, scopes, metadata and limits. The old
+    /// key keeps working for the grace period, then fails with `rotated_api_key`; until then, its
+    /// requests count against the new key's rate limit and quota.
+    pub async fn rotate_key(
+        &self,
+        by: &Manager,
+        id: &str,
+        rotation: Rotation,
+    ) -> Result<CreatedKey, ServiceError> {
+        let grace = rotation.grace_period.num_seconds();
+        if !(0..=MAX_GRACE_SECONDS as i64).contains(&grace) {
+            return Err(invalid(
+                "grace_period",
+                format!("must be between 0 and {MAX_GRACE_SECONDS} seconds"),
+            ));
+        }
+        let old = self.reachable(by, id).await?;
+        if old.revoked_at.is_some() {
+            return Err(conflict("key_revoked", "a revoked key cannot be rotated"));
+        }
+        if let Some(replacement) = &old.replaced_by {
+            return Err(conflict(
+                "already_rotated",
+                format!("this key was already rotated; rotate its replacement, {replacement}"),
+            ));
+        }
+        let now = now();
+        let mut new = NewKey {
+            name: old.name.clone(),
+            scopes: old.scopes.clone(),
+            owner_id: old.owner_id.clone(),
+            expires_at: rotation.expires_at.unwrap_or(old.expires_at),
+            metadata: old.metadata.clone(),
+            rate_limit: old.rate_limit,
+            remaining: old.remaining,
+            refill: old.refill,
+        };
+        validate(&new, now, &self.format)?;
+        by.bound(&mut new)?;
+        let retires_at = now + rotation.grace_period;
+        loop {
+            let (key, mut record) = self.mint(&new, now, Some(&old.id));
+            record.refilled_at = old.refilled_at;
+            let events = [
+                by.event(
+                    &old.id,
+                    EventAction::Rotated,
+                    json_object(json!({"replaced_by": record.id, "retires_at": retires_at})),
+                ),
+                by.event(&record.id, EventAction::Created, described(&record)),
+            ];
+            match self
+                .store
+                .rotate(&old.id, &record, retires_at, &events)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(
+                        target: "audit",
+                        action = "rotate",
+                        key_id = %old.id,
+                        replaced_by = %record.id,
+                        by = ?by.key_id(),
+                        "API key rotated"
+                    );
+                    return Ok(CreatedKey { key, record });
+                }
+                Ok(false) => {
+                    return Err(conflict(
+                        "already_rotated",
+                        "the key was rotated or revoked meanwhile",
+                    ));
+                }
+                Err(StoreError::Duplicate) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Changes a key. Changes reach every instance within the revocation bound.
+    pub async fn update_key(
+        &self,
+        by: &Manager,
+        id: &str,
+        update: KeyUpdate,
+    ) -> Result<ApiKeyRecord, ServiceError> {
+        let current = self.reachable(by, id).await?;
+        let now = now();
+        validate_update(&update, now, &self.format)?;
+        let mut changes = KeyChanges {
+            name: update.name,
+            scopes: update.scopes.map(normalized),
+            metadata: update.metadata,
+            expires_at: update.expires_at.map(|at| at.map(|t| t.trunc_subsecs(6))),
+            enabled: update.enabled,
+            rate_limit: update.rate_limit,
+            remaining: update.remaining,
+            refill: update.refill.map(|refill| (refill, now)),
+        };
+        let mut after = current.clone();
+        changes.apply(&mut after);
+        if after.refill.is_some() && after.remaining.is_none() {
+            if changes.remaining.is_some() {
+                return Err(invalid(
+                    "remaining",
+                    "a key with a refill needs a quota; clear refill too",
+                ));
+            }
+            changes.remaining = Some(after.refill.map(|refill| refill.amount));
+        }
+        by.bound_changes(&changes)?;
+        if changes.is_empty() {
+            return Ok(self.with_unflushed_usage(current));
+        }
+        let event = by.event(id, EventAction::Updated, changes.to_json());
+        let updated = self
             .store
+            .update(id, &changes, &event)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+        tracing::info!(
+            target: "audit",
+            action = "update",
+            key_id = %id,
+            fields = ?changes.to_json().keys().collect::<Vec<_>>(),
+            by = ?by.key_id(),
+            "API key updated"
+        );
+        Ok(self.with_unflushed_usage(updated))
+    }
+
+    /// One key's audit log, newest first.
+    pub async fn key_events(
+        &self,
+        by: &Manager,
+        id: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Page<KeyEvent>, ServiceError> {
+        page_bounds(limit, offset)?;
+        self.reachable(by, id).await?;
+        let query = EventQuery {
+            key_id: Some(id.to_owned()),
+            limit,
+            offset,
+        };
+        Ok(self.store.events(&query).await?)
+    }
+
+    /// Every key's audit log, newest first: for the operator and admin keys only.
+    pub async fn all_events(
+        &self,
+        by: &Manager,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Page<KeyEvent>, ServiceError> {
+        if let Manager::Owner(_) = by {
+            return Err(forbidden(
+                "admin_required",
+                "only keys holding the admin scope read every key's events",
+            ));
+        }
+        page_bounds(limit, offset)?;
+        let query = EventQuery {
+            key_id: None,
+            limit,
+            offset,
+        };
+        Ok(self.store.events(&query).await?)
+    }
+
+    /// The key, if `by` reaches it.
+    async fn reachable(&self, by: &Manager, id: &str) -> Result<ApiKeyRecord, ServiceError> {
+        self.store
             .get(id)
             .await?
             .filter(|record| by.reaches(record))
-            .ok_or(ServiceError::NotFound)?;
+            .ok_or(ServiceError::NotFound)
+    }
+
+    /// A key's details, including uses counted since the last flush.
+    pub async fn get_key(&self, by: &Manager, id: &str) -> Result<ApiKeyRecord, ServiceError> {
+        let record = self.reachable(by, id).await?;
         Ok(self.with_unflushed_usage(record))
     }
 
@@ -224,16 +515,7 @@ impl ApiKeyService {
         by: &Manager,
         query: &ListQuery,
     ) -> Result<Page<ApiKeyRecord>, ServiceError> {
-        if !(1..=MAX_PAGE_SIZE).contains(&query.limit) {
-            return Err(invalid(
-                "limit",
-                format!("must be between 1 and {MAX_PAGE_SIZE}"),
-            ));
-        }
-        // The databases count in signed 64-bit integers, and so does the documented schema.
-        if i64::try_from(query.offset).is_err() {
-            return Err(invalid("offset", format!("must be at most {}", i64::MAX)));
-        }
+        page_bounds(query.limit, query.offset)?;
         let mut query = query.clone();
         if let Manager::Owner(key) = by {
             let own = key.owner_id().map(str::to_owned);
@@ -257,16 +539,11 @@ impl ApiKeyService {
     /// Revokes a key. Revoking a revoked key succeeds and keeps the first revocation time.
     pub async fn revoke_key(&self, by: &Manager, id: &str) -> Result<(), ServiceError> {
         // Owners never change, so checking reach first and revoking second cannot race.
-        if let Manager::Owner(_) = by
-            && !self
-                .store
-                .get(id)
-                .await?
-                .is_some_and(|record| by.reaches(&record))
-        {
-            return Err(ServiceError::NotFound);
+        if let Manager::Owner(_) = by {
+            self.reachable(by, id).await?;
         }
-        if self.store.revoke(id, now()).await? {
+        let event = by.event(id, EventAction::Revoked, Map::new());
+        if self.store.revoke(id, event.at, &event).await? {
             tracing::info!(
                 target: "audit",
                 action = "revoke",
@@ -296,16 +573,25 @@ impl ApiKeyService {
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {
     Active,
+    /// Switched off with `enabled: false`; can be switched on again.
+    Disabled,
     Expired,
+    /// Replaced by a rotation, and past its grace period.
+    Rotated,
     Revoked,
 }
 
 impl KeyStatus {
     pub fn of(record: &ApiKeyRecord) -> Self {
+        let now = Utc::now();
         if record.revoked_at.is_some() {
             Self::Revoked
-        } else if record.expires_at.is_some_and(|at| at <= Utc::now()) {
+        } else if record.expires_at.is_some_and(|at| at <= now) {
             Self::Expired
+        } else if record.retires_at.is_some_and(|at| at <= now) {
+            Self::Rotated
+        } else if !record.enabled {
+            Self::Disabled
         } else {
             Self::Active
         }
@@ -314,7 +600,9 @@ impl KeyStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
+            Self::Disabled => "disabled",
             Self::Expired => "expired",
+            Self::Rotated => "rotated",
             Self::Revoked => "revoked",
         }
     }
@@ -331,31 +619,106 @@ fn normalized(mut scopes: Vec<String>) -> Vec<String> {
     scopes
 }
 
+/// Page sizes and offsets every listing accepts.
+fn page_bounds(limit: u32, offset: u64) -> Result<(), ServiceError> {
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(invalid(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    // The databases count in signed 64-bit integers, and so does the documented schema.
+    if i64::try_from(offset).is_err() {
+        return Err(invalid("offset", format!("must be at most {}", i64::MAX)));
+    }
+    Ok(())
+}
+
+/// What the audit log records about a new key: everything but the key and its digest.
+fn described(record: &ApiKeyRecord) -> Map<String, Value> {
+    json_object(json!({
+        "name": record.name,
+        "owner_id": record.owner_id,
+        "scopes": record.scopes,
+        "metadata": record.metadata,
+        "expires_at": record.expires_at,
+        "rate_limit": record.rate_limit,
+        "remaining": record.remaining,
+        "refill": record.refill,
+        "rotated_from": record.rotated_from,
+    }))
+}
+
+fn json_object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
 fn validate(new: &NewKey, now: DateTime<Utc>, format: &KeyFormat) -> Result<(), ServiceError> {
-    let name_len = new.name.chars().count();
-    if new.name.trim().is_empty() || name_len > MAX_NAME_LEN {
+    validate_name(&new.name, format)?;
+    if let Some(owner) = &new.owner_id {
+        if owner.is_empty()
+            || owner.len() > MAX_OWNER_LEN
+            || owner.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(invalid(
+                "owner_id",
+                format!("must be 1 to {MAX_OWNER_LEN} bytes with no spaces or control characters"),
+            ));
+        }
+        refuse_pasted_key("owner_id", owner, format)?;
+    }
+    validate_scopes(&new.scopes)?;
+    validate_metadata(&new.metadata, format)?;
+    validate_expiry(new.expires_at, now)?;
+    validate_limits(new.rate_limit, new.remaining, new.refill)
+}
+
+/// Checks the fields an update sets, as [`validate`] checks a new key's.
+fn validate_update(
+    update: &KeyUpdate,
+    now: DateTime<Utc>,
+    format: &KeyFormat,
+) -> Result<(), ServiceError> {
+    if let Some(name) = &update.name {
+        validate_name(name, format)?;
+    }
+    if let Some(scopes) = &update.scopes {
+        validate_scopes(scopes)?;
+    }
+    if let Some(metadata) = &update.metadata {
+        validate_metadata(metadata, format)?;
+    }
+    if let Some(expires_at) = update.expires_at {
+        validate_expiry(expires_at, now)?;
+    }
+    validate_limits(
+        update.rate_limit.flatten(),
+        update.remaining.flatten(),
+        update.refill.flatten(),
+    )
+}
+
+fn validate_name(name: &str, format: &KeyFormat) -> Result<(), ServiceError> {
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
         return Err(invalid(
             "name",
             format!("must be 1 to {MAX_NAME_LEN} characters, not blank"),
         ));
     }
-    if new.name.chars().any(char::is_control) {
+    if name.chars().any(char::is_control) {
         return Err(invalid("name", "must not contain control characters"));
     }
-    if let Some(owner) = &new.owner_id
-        && (owner.is_empty()
-            || owner.len() > MAX_OWNER_LEN
-            || owner.chars().any(|c| c.is_control() || c.is_whitespace()))
-    {
-        return Err(invalid(
-            "owner_id",
-            format!("must be 1 to {MAX_OWNER_LEN} bytes with no spaces or control characters"),
-        ));
-    }
-    if new.scopes.len() > MAX_SCOPES {
+    refuse_pasted_key("name", name, format)
+}
+
+fn validate_scopes(scopes: &[String]) -> Result<(), ServiceError> {
+    if scopes.len() > MAX_SCOPES {
         return Err(invalid("scopes", format!("at most {MAX_SCOPES} scopes")));
     }
-    if let Some(bad) = new.scopes.iter().find(|s| !scope::is_valid_grant(s)) {
+    if let Some(bad) = scopes.iter().find(|s| !scope::is_valid_grant(s)) {
         return Err(invalid(
             "scopes",
             format!(
@@ -363,34 +726,82 @@ fn validate(new: &NewKey, now: DateTime<Utc>, format: &KeyFormat) -> Result<(), 
             ),
         ));
     }
-    let metadata = Value::Object(new.metadata.clone()).to_string();
-    if metadata.len() > MAX_METADATA_BYTES {
+    Ok(())
+}
+
+fn validate_metadata(
+    metadata: &Map<String, Value>,
+    format: &KeyFormat,
+) -> Result<(), ServiceError> {
+    let text = Value::Object(metadata.clone()).to_string();
+    if text.len() > MAX_METADATA_BYTES {
         return Err(invalid(
             "metadata",
             format!("must serialize to at most {MAX_METADATA_BYTES} bytes"),
         ));
     }
-    // A key pasted here would be stored in clear and shown to every reader of the key list.
-    let owner = new.owner_id.as_deref().unwrap_or_default();
-    for (field, text) in [
-        ("name", new.name.as_str()),
-        ("owner_id", owner),
-        ("metadata", &metadata),
-    ] {
-        if format.appears_in(text) {
-            return Err(invalid(
-                field,
-                "holds an API key; keys are secrets and are never stored in clear",
-            ));
-        }
+    refuse_pasted_key("metadata", &text, format)
+}
+
+/// A key pasted into a field would be stored in clear and shown to every reader of the key list.
+fn refuse_pasted_key(
+    field: &'static str,
+    text: &str,
+    format: &KeyFormat,
+) -> Result<(), ServiceError> {
+    if format.appears_in(text) {
+        return Err(invalid(
+            field,
+            "holds an API key; keys are secrets and are never stored in clear",
+        ));
     }
-    if let Some(expires_at) = new.expires_at {
+    Ok(())
+}
+
+fn validate_expiry(
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    if let Some(expires_at) = expires_at {
         if expires_at <= now {
             return Err(invalid("expires_at", "must be in the future"));
         }
         if (expires_at - now).num_seconds() > MAX_LIFETIME_SECONDS {
             return Err(invalid("expires_at", "must be at most ten years away"));
         }
+    }
+    Ok(())
+}
+
+fn validate_limits(
+    rate_limit: Option<RateLimit>,
+    remaining: Option<u64>,
+    refill: Option<Refill>,
+) -> Result<(), ServiceError> {
+    if let Some(limit) = rate_limit {
+        if !(1..=MAX_RATE_LIMIT_REQUESTS).contains(&limit.requests) {
+            return Err(invalid(
+                "rate_limit",
+                format!("requests must be between 1 and {MAX_RATE_LIMIT_REQUESTS}"),
+            ));
+        }
+        if !(1..=MAX_RATE_LIMIT_WINDOW).contains(&limit.window) {
+            return Err(invalid(
+                "rate_limit",
+                format!("window must be between 1 and {MAX_RATE_LIMIT_WINDOW} seconds"),
+            ));
+        }
+    }
+    if remaining.is_some_and(|n| n > MAX_QUOTA) {
+        return Err(invalid("remaining", format!("must be at most {MAX_QUOTA}")));
+    }
+    if let Some(refill) = refill
+        && !(1..=MAX_QUOTA).contains(&refill.amount)
+    {
+        return Err(invalid(
+            "refill",
+            format!("amount must be between 1 and {MAX_QUOTA}"),
+        ));
     }
     Ok(())
 }

@@ -140,58 +140,87 @@ mod tests {
     use chrono::DateTime;
 
     use super::*;
-    use crate::store::{ApiKeyRecord, ListQuery, MemoryBackend, Page, conformance};
+    use crate::store::{
+        ApiKeyRecord, EventQuery, KeyChanges, KeyEvent, ListQuery, MemoryBackend, Page, QuotaUse,
+        conformance,
+    };
 
-    /// A store whose every call fails, as when the database is down.
-    struct Down;
-
-    #[async_trait]
-    impl Backend for Down {
-        async fn insert(&self, _: &ApiKeyRecord) -> Result<(), StoreError> {
-            Err(StoreError::Unavailable("down".into()))
-        }
-        async fn get(&self, _: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-            Err(StoreError::Unavailable("down".into()))
-        }
-        async fn list(&self, _: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
-            Err(StoreError::Unavailable("down".into()))
-        }
-        async fn revoke(&self, _: &str, _: DateTime<Utc>) -> Result<bool, StoreError> {
-            Err(StoreError::Unavailable("down".into()))
-        }
-        async fn record_usage(&self, _: &[Usage]) -> Result<(), StoreError> {
-            Err(StoreError::Unavailable("down".into()))
-        }
+    /// A store whose usage writes fail (as when the database is down) or take a while (as over a
+    /// network); everything else is kept in memory.
+    #[derive(Default)]
+    struct UsageStore {
+        inner: MemoryBackend,
+        fails: bool,
+        delay: Duration,
     }
 
-    /// A store whose usage writes take a while, as over a network.
-    struct Slow(MemoryBackend);
-
     #[async_trait]
-    impl Backend for Slow {
-        async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-            self.0.insert(key).await
+    impl Backend for UsageStore {
+        async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
+            self.inner.insert(key, event).await
         }
         async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-            self.0.get(id).await
+            self.inner.get(id).await
         }
         async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
-            self.0.list(query).await
+            self.inner.list(query).await
         }
-        async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
-            self.0.revoke(id, at).await
+        async fn revoke(
+            &self,
+            id: &str,
+            at: DateTime<Utc>,
+            event: &KeyEvent,
+        ) -> Result<bool, StoreError> {
+            self.inner.revoke(id, at, event).await
+        }
+        async fn update(
+            &self,
+            id: &str,
+            changes: &KeyChanges,
+            event: &KeyEvent,
+        ) -> Result<Option<ApiKeyRecord>, StoreError> {
+            self.inner.update(id, changes, event).await
+        }
+        async fn rotate(
+            &self,
+            old_id: &str,
+            new: &ApiKeyRecord,
+            retires_at: DateTime<Utc>,
+            events: &[KeyEvent],
+        ) -> Result<bool, StoreError> {
+            self.inner.rotate(old_id, new, retires_at, events).await
+        }
+        async fn use_quota(
+            &self,
+            id: &str,
+            refill_before: Option<DateTime<Utc>>,
+            now: DateTime<Utc>,
+        ) -> Result<QuotaUse, StoreError> {
+            self.inner.use_quota(id, refill_before, now).await
+        }
+        async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
+            self.inner.events(query).await
         }
         async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            self.0.record_usage(batch).await
+            tokio::time::sleep(self.delay).await;
+            if self.fails {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.inner.record_usage(batch).await
         }
     }
 
     #[tokio::test]
     async fn finishing_the_flusher_during_a_flush_loses_no_counts() {
-        let store = Arc::new(Slow(MemoryBackend::default()));
+        let store = Arc::new(UsageStore {
+            delay: Duration::from_millis(100),
+            ..UsageStore::default()
+        });
         let key = conformance::sample("owner", Utc::now());
-        store.insert(&key).await.unwrap();
+        store
+            .insert(&key, &conformance::event(&key.id))
+            .await
+            .unwrap();
         let tracker = Arc::new(UsageTracker::default());
         for _ in 0..3 {
             tracker.record(&key.id, Utc::now());
@@ -226,7 +255,11 @@ mod tests {
         for _ in 0..3 {
             tracker.record("a", Utc::now());
         }
-        assert!(tracker.flush(&Down).await.is_err());
+        let down = UsageStore {
+            fails: true,
+            ..UsageStore::default()
+        };
+        assert!(tracker.flush(&down).await.is_err());
         tracker.record("a", Utc::now());
         assert_eq!(tracker.unflushed("a").map(|(n, _)| n), Some(4));
     }

@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{ApiKeyRecord, Backend, ListQuery, Page, StoreError, Usage};
+use super::{
+    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, Page, QuotaUse, StoreError,
+    Usage,
+};
 use crate::metrics::metrics;
 
 /// How long an instance trusts its in-process copy of a key unless configured otherwise: the
@@ -150,9 +153,9 @@ impl CachedBackend {
 
 #[async_trait]
 impl Backend for CachedBackend {
-    async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+    async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
         metrics().storage_operation("insert");
-        self.primary.insert(key).await
+        self.primary.insert(key, event).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
@@ -213,13 +216,63 @@ impl Backend for CachedBackend {
         self.primary.list(query).await
     }
 
-    async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+    async fn revoke(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        event: &KeyEvent,
+    ) -> Result<bool, StoreError> {
         metrics().storage_operation("revoke");
-        let found = self.primary.revoke(id, at).await?;
+        let found = self.primary.revoke(id, at, event).await?;
         if found {
             self.refresh(id).await?;
         }
         Ok(found)
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        changes: &KeyChanges,
+        event: &KeyEvent,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        metrics().storage_operation("update");
+        let updated = self.primary.update(id, changes, event).await?;
+        if updated.is_some() {
+            self.refresh(id).await?;
+        }
+        Ok(updated)
+    }
+
+    async fn rotate(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        retires_at: DateTime<Utc>,
+        events: &[KeyEvent],
+    ) -> Result<bool, StoreError> {
+        metrics().storage_operation("rotate");
+        let rotated = self.primary.rotate(old_id, new, retires_at, events).await?;
+        if rotated {
+            self.refresh(old_id).await?;
+        }
+        Ok(rotated)
+    }
+
+    async fn use_quota(
+        &self,
+        id: &str,
+        refill_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<QuotaUse, StoreError> {
+        // Cached entries keep an old `remaining`; the primary's count is the one that decides.
+        metrics().storage_operation("use_quota");
+        self.primary.use_quota(id, refill_before, now).await
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
+        metrics().storage_operation("events");
+        self.primary.events(query).await
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
@@ -235,7 +288,7 @@ mod tests {
 
     use super::*;
     use crate::store::MemoryBackend;
-    use crate::store::conformance::sample;
+    use crate::store::conformance::{event, sample};
 
     /// A store whose lookups read at once but answer only when told to: a slow database.
     struct Slow {
@@ -245,8 +298,8 @@ mod tests {
 
     #[async_trait]
     impl Backend for Slow {
-        async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-            self.inner.insert(key).await
+        async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
+            self.inner.insert(key, event).await
         }
 
         async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
@@ -263,8 +316,45 @@ mod tests {
             self.inner.list(query).await
         }
 
-        async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
-            self.inner.revoke(id, at).await
+        async fn revoke(
+            &self,
+            id: &str,
+            at: DateTime<Utc>,
+            event: &KeyEvent,
+        ) -> Result<bool, StoreError> {
+            self.inner.revoke(id, at, event).await
+        }
+
+        async fn update(
+            &self,
+            id: &str,
+            changes: &KeyChanges,
+            event: &KeyEvent,
+        ) -> Result<Option<ApiKeyRecord>, StoreError> {
+            self.inner.update(id, changes, event).await
+        }
+
+        async fn rotate(
+            &self,
+            old_id: &str,
+            new: &ApiKeyRecord,
+            retires_at: DateTime<Utc>,
+            events: &[KeyEvent],
+        ) -> Result<bool, StoreError> {
+            self.inner.rotate(old_id, new, retires_at, events).await
+        }
+
+        async fn use_quota(
+            &self,
+            id: &str,
+            refill_before: Option<DateTime<Utc>>,
+            now: DateTime<Utc>,
+        ) -> Result<QuotaUse, StoreError> {
+            self.inner.use_quota(id, refill_before, now).await
+        }
+
+        async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
+            self.inner.events(query).await
         }
 
         async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
@@ -280,7 +370,7 @@ mod tests {
         });
         let cache = Arc::new(CachedBackend::new(slow.clone()));
         let key = sample("owner", Utc::now());
-        cache.insert(&key).await.unwrap();
+        cache.insert(&key, &event(&key.id)).await.unwrap();
 
         // A lookup reads the key while it is valid, then the key is revoked before it answers.
         let lookup = tokio::spawn({
@@ -288,7 +378,8 @@ mod tests {
             async move { cache.lookup(&id).await }
         });
         tokio::task::yield_now().await;
-        assert!(cache.revoke(&key.id, Utc::now()).await.unwrap());
+        let revoked = event(&key.id);
+        assert!(cache.revoke(&key.id, Utc::now(), &revoked).await.unwrap());
         slow.answer.notify_one();
         let answered = lookup.await.unwrap().unwrap().unwrap();
         assert!(

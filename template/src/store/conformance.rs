@@ -16,7 +16,10 @@
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::json;
 
-use super::{ApiKeyRecord, Backend, ListQuery, StoreError, Usage};
+use super::{
+    ApiKeyRecord, Backend, EventAction, EventQuery, KeyChanges, KeyEvent, ListQuery, QuotaUse,
+    RateLimit, Refill, RefillInterval, StoreError, Usage, random_id,
+};
 use crate::auth::key::KeyHash;
 
 /// Runs every check.
@@ -27,14 +30,18 @@ pub async fn run(backend: &dyn Backend) {
     revokes_idempotently(backend).await;
     lookups_see_revocation_at_once(backend).await;
     adds_usage_and_moves_last_use_forward(backend).await;
+    lists_keys_about_to_expire(backend).await;
+    updates_only_what_changes(backend).await;
+    rotates_once_and_links_both_keys(backend).await;
+    takes_quota_atomically(backend).await;
+    refills_quota_once_per_period(backend).await;
+    records_events_with_their_mutations(backend).await;
 }
 
 /// A record with a fresh random id, owned by `owner`, created at `created_at`.
 pub fn sample(owner: &str, created_at: DateTime<Utc>) -> ApiKeyRecord {
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).expect("the OS random number generator is available");
     ApiKeyRecord {
-        id: hex::encode(random),
+        id: random_id(),
         key_hash: KeyHash::from([7; 32]),
         name: "conformance".into(),
         owner_id: Some(owner.into()),
@@ -48,16 +55,48 @@ pub fn sample(owner: &str, created_at: DateTime<Utc>) -> ApiKeyRecord {
         revoked_at: None,
         last_used_at: None,
         request_count: 0,
+        enabled: true,
+        rate_limit: Some(RateLimit {
+            requests: 100,
+            window: 60,
+        }),
+        remaining: None,
+        refill: None,
+        refilled_at: None,
+        rotated_from: None,
+        replaced_by: None,
+        retires_at: None,
+    }
+}
+
+/// An event about `key_id`, as the service records one.
+pub fn event(key_id: &str) -> KeyEvent {
+    KeyEvent {
+        id: random_id(),
+        key_id: key_id.into(),
+        action: EventAction::Created,
+        actor_key_id: None,
+        client: Some("127.0.0.1".into()),
+        changes: serde_json::Map::new(),
+        at: Utc::now().trunc_subsecs(6),
     }
 }
 
 fn fresh_owner() -> String {
-    format!("owner-{}", sample("", Utc::now()).id)
+    format!("owner-{}", random_id())
+}
+
+async fn stored(backend: &dyn Backend, key: &ApiKeyRecord) {
+    backend.insert(key, &event(&key.id)).await.expect("insert");
+}
+
+async fn reread(backend: &dyn Backend, id: &str) -> ApiKeyRecord {
+    backend.get(id).await.expect("get").expect("stored")
 }
 
 pub async fn stores_and_returns_keys(backend: &dyn Backend) {
     let key = sample(&fresh_owner(), Utc::now());
-    backend.insert(&key).await.expect("insert");
+    stored(backend, &key).await;
     assert_eq!(
         backend.get(&key.id).await.expect("get"),
         Some(key.clone()),
@@ -72,11 +111,14 @@ pub async fn stores_and_returns_keys(backend: &dyn Backend) {
 
 pub async fn rejects_duplicate_ids(backend: &dyn Backend) {
     let key = sample(&fresh_owner(), Utc::now());
-    backend.insert(&key).await.expect("insert");
+    stored(backend, &key).await;
     let mut again = key.clone();
     again.name = "impostor".into();
     assert!(
-        matches!(backend.insert(&again).await, Err(StoreError::Duplicate)),
+        matches!(
+            backend.insert(&again, &event(&key.id)).await,
+            Err(StoreError::Duplicate)
+        ),
         "a second key with the same id is refused"
     );
     assert_eq!(
@@ -92,19 +134,17 @@ pub async fn lists_newest_first_with_the_real_total(backend: &dyn Backend) {
     let mut keys = Vec::new();
     for minute in 0..5 {
         let key = sample(&owner, start + Duration::minutes(minute));
-        backend.insert(&key).await.expect("insert");
+        stored(backend, &key).await;
         keys.push(key);
     }
-    backend
-        .insert(&sample(&fresh_owner(), start))
-        .await
-        .expect("insert");
+    stored(backend, &sample(&fresh_owner(), start)).await;
     keys.reverse();
 
     let query = |limit, offset| ListQuery {
         owner_id: Some(owner.clone()),
         limit,
         offset,
+        ..ListQuery::default()
     };
     let page = backend.list(&query(2, 0)).await.expect("list");
     assert_eq!(page.total, 5, "total counts every match, not the page");
@@ -117,9 +157,8 @@ pub async fn lists_newest_first_with_the_real_total(backend: &dyn Backend) {
 
     let everyone = backend
         .list(&ListQuery {
-            owner_id: None,
             limit: 100,
-            offset: 0,
+            ..ListQuery::default()
         })
         .await
         .expect("list");
@@ -132,12 +171,18 @@ fn ids(keys: &[ApiKeyRecord]) -> Vec<&str> {
 
 pub async fn revokes_idempotently(backend: &dyn Backend) {
     let key = sample(&fresh_owner(), Utc::now());
-    backend.insert(&key).await.expect("insert");
+    stored(backend, &key).await;
     let first = Utc::now().trunc_subsecs(6);
-    assert!(backend.revoke(&key.id, first).await.expect("revoke"));
+    let revoked = event(&key.id);
     assert!(
         backend
-            .revoke(&key.id, first + Duration::minutes(1))
+            .revoke(&key.id, first, &revoked)
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        backend
+            .revoke(&key.id, first + Duration::minutes(1), &event(&key.id))
             .await
             .expect("revoke again")
     );
@@ -152,14 +197,17 @@ pub async fn revokes_idempotently(backend: &dyn Backend) {
         "the first revocation time is kept"
     );
     assert!(
-        !backend.revoke("no-such-id", first).await.expect("revoke"),
+        !backend
+            .revoke("no-such-id", first, &event("no-such-id"))
+            .await
+            .expect("revoke"),
         "an unknown id reports false"
     );
 }
 
 pub async fn lookups_see_revocation_at_once(backend: &dyn Backend) {
     let key = sample(&fresh_owner(), Utc::now());
-    backend.insert(&key).await.expect("insert");
+    stored(backend, &key).await;
     assert_eq!(
         backend.lookup(&key.id).await.expect("lookup").as_deref(),
         Some(&key),
@@ -175,7 +223,10 @@ pub async fn lookups_see_revocation_at_once(backend: &dyn Backend) {
         "and again"
     );
     let at = Utc::now().trunc_subsecs(6);
-    backend.revoke(&key.id, at).await.expect("revoke");
+    backend
+        .revoke(&key.id, at, &event(&key.id))
+        .await
+        .expect("revoke");
     let seen = backend
         .lookup(&key.id)
         .await
@@ -191,7 +242,7 @@ pub async fn lookups_see_revocation_at_once(backend: &dyn Backend) {
 
 pub async fn adds_usage_and_moves_last_use_forward(backend: &dyn Backend) {
     let key = sample(&fresh_owner(), Utc::now());
-    backend.insert(&key).await.expect("insert");
+    stored(backend, &key).await;
     let later = Utc::now().trunc_subsecs(6);
     let earlier = later - Duration::minutes(5);
     let usage = |requests, last_used_at| {
@@ -226,4 +277,252 @@ pub async fn adds_usage_and_moves_last_use_forward(backend: &dyn Backend) {
         .record_usage(&unknown)
         .await
         .expect("usage of a deleted key is ignored");
+}
+
+pub async fn lists_keys_about_to_expire(backend: &dyn Backend) {
+    let owner = fresh_owner();
+    let now = Utc::now().trunc_subsecs(6);
+    let in_days = |days| {
+        let mut key = sample(&owner, now);
+        key.expires_at = Some(now + Duration::days(days));
+        key
+    };
+    let soon = in_days(3);
+    let later = in_days(20);
+    let mut revoked = in_days(2);
+    revoked.revoked_at = Some(now);
+    let mut never = sample(&owner, now);
+    never.expires_at = None;
+    for key in [&soon, &later, &revoked, &never] {
+        stored(backend, key).await;
+    }
+    let page = backend
+        .list(&ListQuery {
+            owner_id: Some(owner),
+            expiring: Some((now, now + Duration::days(7))),
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&page.items),
+        [soon.id.as_str()],
+        "only unrevoked keys expiring in the window"
+    );
+    assert_eq!(page.total, 1);
+}
+
+pub async fn updates_only_what_changes(backend: &dyn Backend) {
+    let key = sample(&fresh_owner(), Utc::now());
+    stored(backend, &key).await;
+    let changes = KeyChanges {
+        name: Some("renamed".into()),
+        enabled: Some(false),
+        expires_at: Some(None),
+        rate_limit: Some(None),
+        remaining: Some(Some(5)),
+        ..KeyChanges::default()
+    };
+    let updated = backend
+        .update(&key.id, &changes, &event(&key.id))
+        .await
+        .expect("update")
+        .expect("the key exists");
+    let mut expected = key.clone();
+    changes.apply(&mut expected);
+    assert_eq!(updated, expected, "the changed key is returned");
+    assert_eq!(reread(backend, &key.id).await, expected, "and stored");
+    assert_eq!(expected.scopes, key.scopes, "fields not named are kept");
+    assert_eq!(
+        backend
+            .update("no-such-id", &changes, &event("no-such-id"))
+            .await
+            .expect("update"),
+        None
+    );
+}
+
+pub async fn rotates_once_and_links_both_keys(backend: &dyn Backend) {
+    let now = Utc::now().trunc_subsecs(6);
+    let old = sample(&fresh_owner(), now);
+    stored(backend, &old).await;
+    let mut new = sample(old.owner_id.as_deref().unwrap_or_default(), now);
+    new.rotated_from = Some(old.id.clone());
+    let retires_at = now + Duration::hours(1);
+    let events = [event(&old.id), event(&new.id)];
+    assert!(
+        backend
+            .rotate(&old.id, &new, retires_at, &events)
+            .await
+            .expect("rotate")
+    );
+    let old_now = reread(backend, &old.id).await;
+    assert_eq!(old_now.replaced_by.as_deref(), Some(new.id.as_str()));
+    assert_eq!(old_now.retires_at, Some(retires_at));
+    assert_eq!(reread(backend, &new.id).await, new, "the new key is stored");
+
+    let another = sample("someone", now);
+    assert!(
+        !backend
+            .rotate(&old.id, &another, retires_at, &[event(&old.id)])
+            .await
+            .expect("rotate again"),
+        "a replaced key is not rotated twice"
+    );
+    assert_eq!(
+        backend.get(&another.id).await.expect("get"),
+        None,
+        "and nothing is stored"
+    );
+    let revoked = sample(&fresh_owner(), now);
+    stored(backend, &revoked).await;
+    backend
+        .revoke(&revoked.id, now, &event(&revoked.id))
+        .await
+        .expect("revoke");
+    assert!(
+        !backend
+            .rotate(&revoked.id, &another, retires_at, &[event(&revoked.id)])
+            .await
+            .expect("rotate"),
+        "a revoked key is not rotated"
+    );
+}
+
+pub async fn takes_quota_atomically(backend: &dyn Backend) {
+    let mut key = sample(&fresh_owner(), Utc::now());
+    key.remaining = Some(20);
+    stored(backend, &key).await;
+    let now = Utc::now();
+    let uses =
+        futures_util::future::join_all((0..50).map(|_| backend.use_quota(&key.id, None, now)))
+            .await;
+    let taken = uses
+        .iter()
+        .filter(|used| matches!(used, Ok(QuotaUse::Taken { .. })))
+        .count();
+    let exhausted = uses
+        .iter()
+        .filter(|used| matches!(used, Ok(QuotaUse::Exhausted)))
+        .count();
+    assert_eq!(
+        (taken, exhausted),
+        (20, 30),
+        "50 concurrent uses of 20: {uses:?}"
+    );
+    assert_eq!(
+        reread(backend, &key.id).await.remaining,
+        Some(0),
+        "never below zero"
+    );
+
+    let unlimited = sample(&fresh_owner(), Utc::now());
+    stored(backend, &unlimited).await;
+    assert_eq!(
+        backend
+            .use_quota(&unlimited.id, None, now)
+            .await
+            .expect("use"),
+        QuotaUse::Unlimited
+    );
+}
+
+pub async fn refills_quota_once_per_period(backend: &dyn Backend) {
+    let now = Utc::now().trunc_subsecs(6);
+    let mut key = sample(&fresh_owner(), now);
+    key.remaining = Some(0);
+    key.refill = Some(Refill {
+        interval: RefillInterval::Daily,
+        amount: 3,
+    });
+    key.refilled_at = Some(now - Duration::days(1));
+    stored(backend, &key).await;
+    let period = RefillInterval::Daily.period_start(now);
+    assert_eq!(
+        backend
+            .use_quota(&key.id, Some(period), now)
+            .await
+            .expect("use"),
+        QuotaUse::Taken { remaining: 2 },
+        "a new period refills, then takes one"
+    );
+    assert_eq!(reread(backend, &key.id).await.refilled_at, Some(now));
+    for left in [1, 0] {
+        assert_eq!(
+            backend
+                .use_quota(&key.id, Some(period), now)
+                .await
+                .expect("use"),
+            QuotaUse::Taken { remaining: left },
+            "the same period does not refill again"
+        );
+    }
+    assert_eq!(
+        backend
+            .use_quota(&key.id, Some(period), now)
+            .await
+            .expect("use"),
+        QuotaUse::Exhausted
+    );
+}
+
+pub async fn records_events_with_their_mutations(backend: &dyn Backend) {
+    let key = sample(&fresh_owner(), Utc::now());
+    let mut created = event(&key.id);
+    created
+        .changes
+        .insert("name".into(), key.name.clone().into());
+    backend.insert(&key, &created).await.expect("insert");
+    let mut updated = event(&key.id);
+    updated.action = EventAction::Updated;
+    updated.at = created.at + Duration::seconds(1);
+    updated.actor_key_id = Some("actor".into());
+    let changes = KeyChanges {
+        enabled: Some(false),
+        ..KeyChanges::default()
+    };
+    backend
+        .update(&key.id, &changes, &updated)
+        .await
+        .expect("update");
+    let mut revoked = event(&key.id);
+    revoked.action = EventAction::Revoked;
+    revoked.at = created.at + Duration::seconds(2);
+    backend
+        .revoke(&key.id, revoked.at, &revoked)
+        .await
+        .expect("revoke");
+    backend
+        .revoke(&key.id, revoked.at, &event(&key.id))
+        .await
+        .expect("revoke again");
+    backend
+        .insert(&key, &event(&key.id))
+        .await
+        .expect_err("a duplicate");
+
+    let query = |limit, offset| EventQuery {
+        key_id: Some(key.id.clone()),
+        limit,
+        offset,
+    };
+    let page = backend.events(&query(10, 0)).await.expect("events");
+    assert_eq!(
+        page.items,
+        [revoked.clone(), updated.clone(), created.clone()],
+        "one event per change made, newest first; none for a change not made"
+    );
+    assert_eq!(page.total, 3);
+    let page = backend.events(&query(1, 1)).await.expect("events");
+    assert_eq!(page.items, [updated], "paginated");
+    let all = backend
+        .events(&EventQuery {
+            key_id: None,
+            limit: 100,
+            offset: 0,
+        })
+        .await
+        .expect("events");
+    assert!(all.total >= 3, "the global log holds every key's events");
 }

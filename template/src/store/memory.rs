@@ -1,81 +1,198 @@
 //! An in-process backend for tests and local experiments. Keys are gone when the process exits.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{ApiKeyRecord, Backend, ListQuery, Page, StoreError, Usage};
+use super::{
+    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, Page, QuotaUse, StoreError,
+    Usage,
+};
 
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
-    keys: RwLock<HashMap<String, ApiKeyRecord>>,
+    state: RwLock<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<String, ApiKeyRecord>,
+    events: Vec<KeyEvent>,
 }
 
 impl MemoryBackend {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, ApiKeyRecord>> {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
         // A panic while holding the lock cannot leave a record half-written, so a poisoned lock is still usable.
-        self.keys
+        self.state
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, ApiKeyRecord>> {
-        self.keys
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
+/// Newest first, by `at` then id, as every backend orders.
+fn page<T: Clone>(
+    mut matching: Vec<&T>,
+    order: impl Fn(&T) -> (DateTime<Utc>, &str),
+    limit: u32,
+    offset: u64,
+) -> Page<T> {
+    matching.sort_by(|a, b| order(b).cmp(&order(a)));
+    let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+    Page {
+        total: matching.len() as u64,
+        items: matching
+            .into_iter()
+            .skip(offset)
+            .take(limit as usize)
+            .cloned()
+            .collect(),
+    }
+}
+
 #[async_trait]
 impl Backend for MemoryBackend {
-    async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let mut keys = self.write();
-        if keys.contains_key(&key.id) {
+    async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
+        let mut state = self.write();
+        if state.keys.contains_key(&key.id) {
             return Err(StoreError::Duplicate);
         }
-        keys.insert(key.id.clone(), key.clone());
+        state.keys.insert(key.id.clone(), key.clone());
+        state.events.push(event.clone());
         Ok(())
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        Ok(self.read().get(id).cloned())
+        Ok(self.read().keys.get(id).cloned())
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
-        let keys = self.read();
-        let mut matching: Vec<&ApiKeyRecord> = keys
+        let state = self.read();
+        let matching = state
+            .keys
             .values()
             .filter(|k| query.owner_id.is_none() || k.owner_id == query.owner_id)
+            .filter(|k| match query.expiring {
+                None => true,
+                Some((after, by)) => {
+                    k.revoked_at.is_none() && k.expires_at.is_some_and(|at| after < at && at <= by)
+                }
+            })
             .collect();
-        matching.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-        let offset = usize::try_from(query.offset).unwrap_or(usize::MAX);
-        Ok(Page {
-            total: matching.len() as u64,
-            items: matching
-                .into_iter()
-                .skip(offset)
-                .take(query.limit as usize)
-                .cloned()
-                .collect(),
-        })
+        Ok(page(
+            matching,
+            |k| (k.created_at, &k.id),
+            query.limit,
+            query.offset,
+        ))
     }
 
-    async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        match self.write().get_mut(id) {
-            Some(key) => {
-                key.revoked_at.get_or_insert(at);
-                Ok(true)
-            }
-            None => Ok(false),
+    async fn revoke(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        event: &KeyEvent,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.write();
+        let Some(key) = state.keys.get_mut(id) else {
+            return Ok(false);
+        };
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(at);
+            state.events.push(event.clone());
         }
+        Ok(true)
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        changes: &KeyChanges,
+        event: &KeyEvent,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let mut state = self.write();
+        let Some(key) = state.keys.get_mut(id) else {
+            return Ok(None);
+        };
+        changes.apply(key);
+        let updated = key.clone();
+        state.events.push(event.clone());
+        Ok(Some(updated))
+    }
+
+    async fn rotate(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        retires_at: DateTime<Utc>,
+        events: &[KeyEvent],
+    ) -> Result<bool, StoreError> {
+        let mut state = self.write();
+        if state.keys.contains_key(&new.id) {
+            return Err(StoreError::Duplicate);
+        }
+        let Some(old) = state
+            .keys
+            .get_mut(old_id)
+            .filter(|old| old.revoked_at.is_none() && old.replaced_by.is_none())
+        else {
+            return Ok(false);
+        };
+        old.replaced_by = Some(new.id.clone());
+        old.retires_at = Some(retires_at);
+        state.keys.insert(new.id.clone(), new.clone());
+        state.events.extend_from_slice(events);
+        Ok(true)
+    }
+
+    async fn use_quota(
+        &self,
+        id: &str,
+        refill_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<QuotaUse, StoreError> {
+        let mut state = self.write();
+        let Some(key) = state.keys.get_mut(id) else {
+            return Ok(QuotaUse::Unlimited);
+        };
+        let Some(mut remaining) = key.remaining else {
+            return Ok(QuotaUse::Unlimited);
+        };
+        if let (Some(before), Some(refill)) = (refill_before, key.refill)
+            && key.refilled_at.is_none_or(|at| at < before)
+        {
+            remaining = refill.amount;
+            key.refilled_at = Some(now);
+        }
+        let Some(left) = remaining.checked_sub(1) else {
+            key.remaining = Some(0);
+            return Ok(QuotaUse::Exhausted);
+        };
+        key.remaining = Some(left);
+        Ok(QuotaUse::Taken { remaining: left })
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
+        let state = self.read();
+        let matching = state
+            .events
+            .iter()
+            .filter(|e| query.key_id.is_none() || Some(&e.key_id) == query.key_id.as_ref())
+            .collect();
+        Ok(page(matching, |e| (e.at, &e.id), query.limit, query.offset))
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
-        let mut keys = self.write();
+        let mut state = self.write();
         for usage in batch {
-            if let Some(key) = keys.get_mut(&usage.id) {
+            if let Some(key) = state.keys.get_mut(&usage.id) {
                 key.request_count += usage.requests;
                 key.last_used_at = key.last_used_at.max(Some(usage.last_used_at));
             }

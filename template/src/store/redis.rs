@@ -4,16 +4,21 @@
 //! Both go through one multiplexed [`ConnectionManager`] that reconnects by itself and connects
 //! lazily, so the service starts while Redis is down.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, ScriptInvocation};
 
-use super::{ApiKeyRecord, Backend, ListQuery, Page, StoreError, Usage};
+use super::{
+    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, Page, QuotaUse, StoreError,
+    Usage,
+};
 
-fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
+pub(crate) fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
     let client =
         redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))?;
     let config = ConnectionManagerConfig::new()
@@ -94,13 +99,130 @@ impl RedisCache {
 
 /// Keys stored in Redis.
 ///
-/// - `apikeys:key:{id}`: a hash with the record as JSON (`record`) and the fields that change on
-///   their own: `request_count`, `last_used_at` and `revoked_at` (microseconds since the epoch);
+/// - `apikeys:key:{id}`: a hash with the record as JSON (`record`) and, in fields of their own, what
+///   changes on its own: `request_count`, `last_used_at`, `revoked_at`, `remaining`, `refilled_at`,
+///   `replaced_by`, `retires_at` (times in microseconds since the epoch);
 /// - `apikeys:created` and `apikeys:owner:{owner}`: sorted sets of ids scored by creation time, for
-///   listing newest first with a real total.
+///   listing newest first with a real total; `apikeys:expires`: ids scored by expiry;
+/// - `apikeys:event:{id}`: an audit event as JSON, indexed by time in `apikeys:events` and
+///   `apikeys:events:key:{key_id}`.
+///
+/// Every mutation is one Lua script, so a key and its audit event are stored together or not at all.
 pub struct RedisBackend {
     connection: ConnectionManager,
 }
+
+/// Functions the scripts share. `put_key` reads its arguments from `ARGV[from]` on: id, creation
+/// score, owner, expiry score, then a count of field/value pairs and the pairs; it returns the index
+/// after them, or `nil` if the id is taken. `add_events` reads (id, key id, score, JSON) quadruples.
+macro_rules! lua_prelude {
+    () => {
+        r"
+local function put_key(hash, from)
+  local id, created, owner, expires, n = ARGV[from], ARGV[from + 1], ARGV[from + 2], ARGV[from + 3], tonumber(ARGV[from + 4])
+  if redis.call('HSETNX', hash, 'record', ARGV[from + 5]) == 0 then return nil end
+  for i = from + 6, from + 5 + 2 * n, 2 do redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+  redis.call('ZADD', 'apikeys:created', created, id)
+  if owner ~= '' then redis.call('ZADD', 'apikeys:owner:' .. owner, created, id) end
+  if expires ~= '' then redis.call('ZADD', 'apikeys:expires', expires, id) end
+  return from + 6 + 2 * n
+end
+local function add_events(from)
+  for i = from, #ARGV, 4 do
+    redis.call('SET', 'apikeys:event:' .. ARGV[i], ARGV[i + 3])
+    redis.call('ZADD', 'apikeys:events', ARGV[i + 2], ARGV[i])
+    redis.call('ZADD', 'apikeys:events:key:' .. ARGV[i + 1], ARGV[i + 2], ARGV[i])
+  end
+end
+local function set_or_clear(hash, field, value)
+  if value == 'keep' then return end
+  if value == '' then redis.call('HDEL', hash, field) else redis.call('HSET', hash, field, value) end
+end
+"
+    };
+}
+
+static INSERT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        lua_prelude!(),
+        r"
+local after = put_key(KEYS[1], 1)
+if not after then return 0 end
+add_events(after)
+return 1
+"
+    ))
+});
+
+static REVOKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        lua_prelude!(),
+        r"
+if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'revoked_at', ARGV[1]) == 1 then add_events(2) end
+return 1
+"
+    ))
+});
+
+/// Compare-and-set on the record JSON: `-1` when another update came first (the caller retries).
+static UPDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        lua_prelude!(),
+        r"
+local current = redis.call('HGET', KEYS[1], 'record')
+if not current then return 0 end
+if current ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[1], 'record', ARGV[3])
+if ARGV[4] == '' then redis.call('ZREM', 'apikeys:expires', ARGV[1])
+else redis.call('ZADD', 'apikeys:expires', ARGV[4], ARGV[1]) end
+set_or_clear(KEYS[1], 'remaining', ARGV[5])
+set_or_clear(KEYS[1], 'refilled_at', ARGV[6])
+add_events(7)
+return 1
+"
+    ))
+});
+
+/// `0` when the old key cannot be rotated, `-1` when the new id is taken.
+static ROTATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        lua_prelude!(),
+        r"
+local old = KEYS[1]
+if redis.call('HEXISTS', old, 'record') == 0 or redis.call('HEXISTS', old, 'revoked_at') == 1
+  or redis.call('HEXISTS', old, 'replaced_by') == 1 then return 0 end
+local after = put_key(KEYS[2], 2)
+if not after then return -1 end
+redis.call('HSET', old, 'replaced_by', ARGV[2], 'retires_at', ARGV[1])
+add_events(after)
+return 1
+"
+    ))
+});
+
+/// Uses left after taking one; `-1` for no quota, `-2` for none left.
+const USE_QUOTA: &str = r"
+local left = redis.call('HGET', KEYS[1], 'remaining')
+if not left then return -1 end
+left = tonumber(left)
+if ARGV[1] ~= '' then
+  local at = redis.call('HGET', KEYS[1], 'refilled_at')
+  if not at or tonumber(at) < tonumber(ARGV[1]) then
+    local refill = cjson.decode(redis.call('HGET', KEYS[1], 'record')).refill
+    if type(refill) == 'table' then
+      left = tonumber(refill.amount)
+      redis.call('HSET', KEYS[1], 'refilled_at', ARGV[2])
+    end
+  end
+end
+if left <= 0 then
+  redis.call('HSET', KEYS[1], 'remaining', 0)
+  return -2
+end
+redis.call('HSET', KEYS[1], 'remaining', left - 1)
+return left - 1
+";
 
 /// Adds to the count and moves `last_used_at` forward, in one step, for a key that still exists.
 const RECORD_USAGE: &str = r"
@@ -114,6 +236,8 @@ return 1
 ";
 
 const ALL: &str = "apikeys:created";
+const EXPIRES: &str = "apikeys:expires";
+const EVENTS: &str = "apikeys:events";
 
 fn key_of(id: &str) -> String {
     format!("apikeys:key:{id}")
@@ -142,6 +266,73 @@ fn unavailable(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("Redis: {err}"))
 }
 
+fn corrupt(err: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(err.to_string())
+}
+
+/// The `record` field: the key without what lives in fields of its own.
+fn record_json(key: &ApiKeyRecord) -> Result<String, StoreError> {
+    let mut stored = key.clone();
+    stored.request_count = 0;
+    stored.last_used_at = None;
+    stored.revoked_at = None;
+    stored.remaining = None;
+    stored.refilled_at = None;
+    stored.replaced_by = None;
+    stored.retires_at = None;
+    serde_json::to_string(&stored).map_err(corrupt)
+}
+
+/// The arguments `put_key` reads for `key`.
+fn put_key_args(
+    invocation: &mut ScriptInvocation<'_>,
+    key: &ApiKeyRecord,
+) -> Result<(), StoreError> {
+    let mut fields: Vec<(&str, String)> = vec![("request_count", key.request_count.to_string())];
+    let times = [
+        ("last_used_at", key.last_used_at),
+        ("revoked_at", key.revoked_at),
+        ("refilled_at", key.refilled_at),
+        ("retires_at", key.retires_at),
+    ];
+    fields.extend(
+        times
+            .into_iter()
+            .filter_map(|(f, at)| Some((f, micros(at?).to_string()))),
+    );
+    fields.extend(key.remaining.map(|n| ("remaining", n.to_string())));
+    fields.extend(key.replaced_by.clone().map(|id| ("replaced_by", id)));
+    invocation
+        .arg(&key.id)
+        .arg(micros(key.created_at))
+        .arg(key.owner_id.as_deref().unwrap_or_default())
+        .arg(
+            key.expires_at
+                .map(|at| micros(at).to_string())
+                .unwrap_or_default(),
+        )
+        .arg(fields.len())
+        .arg(record_json(key)?);
+    for (field, value) in fields {
+        invocation.arg(field).arg(value);
+    }
+    Ok(())
+}
+
+fn event_args(
+    invocation: &mut ScriptInvocation<'_>,
+    events: &[KeyEvent],
+) -> Result<(), StoreError> {
+    for event in events {
+        invocation
+            .arg(&event.id)
+            .arg(&event.key_id)
+            .arg(micros(event.at))
+            .arg(serde_json::to_string(event).map_err(corrupt)?);
+    }
+    Ok(())
+}
+
 impl RedisBackend {
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         Ok(Self {
@@ -149,124 +340,296 @@ impl RedisBackend {
         })
     }
 
-    fn decode(
-        id: &str,
-        mut fields: std::collections::HashMap<String, String>,
-    ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let Some(json) = fields.remove("record") else {
-            return Ok(None);
-        };
-        let mut record: ApiKeyRecord = serde_json::from_str(&json)
-            .map_err(|e| StoreError::Corrupt(format!("key {id}: {e}")))?;
-        record.request_count = fields
-            .remove("request_count")
-            .map(|n| {
-                n.parse()
-                    .map_err(|_| StoreError::Corrupt(format!("key {id}: bad request_count")))
-            })
-            .transpose()?
-            .unwrap_or(0);
-        record.last_used_at = from_micros(fields.remove("last_used_at"))?;
-        record.revoked_at = from_micros(fields.remove("revoked_at"))?;
-        Ok(Some(record))
-    }
-}
-
-#[async_trait]
-impl Backend for RedisBackend {
-    async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let mut conn = self.connection.clone();
-        let mut stored = key.clone();
-        // These live in their own hash fields, so that they can change atomically.
-        stored.request_count = 0;
-        stored.last_used_at = None;
-        stored.revoked_at = None;
-        let json =
-            serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let created: bool = conn
-            .hset_nx(key_of(&key.id), "record", json)
-            .await
-            .map_err(unavailable)?;
-        if !created {
-            return Err(StoreError::Duplicate);
-        }
-        let score = micros(key.created_at);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(key_of(&key.id), "request_count", key.request_count)
-            .ignore()
-            .zadd(ALL, &key.id, score)
-            .ignore();
-        if let Some(at) = key.last_used_at {
-            pipe.hset(key_of(&key.id), "last_used_at", micros(at))
-                .ignore();
-        }
-        if let Some(at) = key.revoked_at {
-            pipe.hset(key_of(&key.id), "revoked_at", micros(at))
-                .ignore();
-        }
-        if let Some(owner) = &key.owner_id {
-            pipe.zadd(owner_index(owner), &key.id, score).ignore();
-        }
-        pipe.exec_async(&mut conn).await.map_err(unavailable)
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let fields = self
+    /// The key as stored, and its `record` field as it reads now (for compare-and-set).
+    async fn read(&self, id: &str) -> Result<Option<(ApiKeyRecord, String)>, StoreError> {
+        let fields: HashMap<String, String> = self
             .connection
             .clone()
             .hgetall(key_of(id))
             .await
             .map_err(unavailable)?;
-        Self::decode(id, fields)
+        let json = fields.get("record").cloned();
+        Ok(Self::decode(id, fields)?.zip(json))
     }
 
-    async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
-        let mut conn = self.connection.clone();
-        let index = query
-            .owner_id
-            .as_deref()
-            .map_or_else(|| ALL.to_owned(), owner_index);
-        let total: u64 = conn.zcard(&index).await.map_err(unavailable)?;
-        let start = isize::try_from(query.offset).unwrap_or(isize::MAX);
-        let stop = start.saturating_add(query.limit as isize).saturating_sub(1);
-        let ids: Vec<String> = if query.limit == 0 || query.offset >= total {
-            Vec::new()
-        } else {
-            conn.zrevrange(&index, start, stop)
-                .await
-                .map_err(unavailable)?
+    fn decode(
+        id: &str,
+        mut fields: HashMap<String, String>,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let Some(json) = fields.remove("record") else {
+            return Ok(None);
         };
+        let bad = |field: &str| StoreError::Corrupt(format!("key {id}: bad {field}"));
+        let mut record: ApiKeyRecord = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("key {id}: {e}")))?;
+        record.request_count = fields
+            .remove("request_count")
+            .map(|n| n.parse().map_err(|_| bad("request_count")))
+            .transpose()?
+            .unwrap_or(0);
+        record.remaining = fields
+            .remove("remaining")
+            .map(|n| n.parse().map_err(|_| bad("remaining")))
+            .transpose()?;
+        record.last_used_at = from_micros(fields.remove("last_used_at"))?;
+        record.revoked_at = from_micros(fields.remove("revoked_at"))?;
+        record.refilled_at = from_micros(fields.remove("refilled_at"))?;
+        record.retires_at = from_micros(fields.remove("retires_at"))?;
+        record.replaced_by = fields.remove("replaced_by");
+        Ok(Some(record))
+    }
+
+    async fn records(&self, ids: &[String]) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
-        for id in &ids {
+        for id in ids {
             pipe.hgetall(key_of(id));
         }
-        let rows: Vec<std::collections::HashMap<String, String>> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await.map_err(unavailable)?
-        };
+        let rows: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
         let mut items = Vec::with_capacity(ids.len());
         for (id, fields) in ids.iter().zip(rows) {
             items.extend(Self::decode(id, fields)?);
         }
-        Ok(Page { items, total })
+        Ok(items)
     }
 
-    async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+    /// Ids of a sorted set, highest score first, one page of them, and the set's size.
+    async fn page_of(
+        &self,
+        index: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<String>, u64), StoreError> {
         let mut conn = self.connection.clone();
-        let exists: bool = conn
-            .hexists(key_of(id), "record")
+        let total: u64 = conn.zcard(index).await.map_err(unavailable)?;
+        if limit == 0 || offset >= total {
+            return Ok((Vec::new(), total));
+        }
+        let start = isize::try_from(offset).unwrap_or(isize::MAX);
+        let stop = start.saturating_add(limit as isize).saturating_sub(1);
+        let ids = conn
+            .zrevrange(index, start, stop)
             .await
             .map_err(unavailable)?;
-        if exists {
-            // HSETNX keeps the first revocation time.
-            let _: bool = conn
-                .hset_nx(key_of(id), "revoked_at", micros(at))
+        Ok((ids, total))
+    }
+
+    /// Keys expiring in the window, filtered and ordered here: the expiry index holds every key with
+    /// an expiry, and few fall in any one window.
+    async fn list_expiring(
+        &self,
+        query: &ListQuery,
+        after: DateTime<Utc>,
+        by: DateTime<Utc>,
+    ) -> Result<Page<ApiKeyRecord>, StoreError> {
+        let ids: Vec<String> = self
+            .connection
+            .clone()
+            .zrangebyscore(EXPIRES, format!("({}", micros(after)), micros(by))
+            .await
+            .map_err(unavailable)?;
+        let mut matching: Vec<ApiKeyRecord> = self
+            .records(&ids)
+            .await?
+            .into_iter()
+            .filter(|k| k.revoked_at.is_none())
+            .filter(|k| query.owner_id.is_none() || k.owner_id == query.owner_id)
+            .collect();
+        matching.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        let total = matching.len() as u64;
+        let offset = usize::try_from(query.offset).unwrap_or(usize::MAX);
+        Ok(Page {
+            items: matching
+                .into_iter()
+                .skip(offset)
+                .take(query.limit as usize)
+                .collect(),
+            total,
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
+        let mut invocation = INSERT.key(key_of(&key.id));
+        put_key_args(&mut invocation, key)?;
+        event_args(&mut invocation, std::slice::from_ref(event))?;
+        let stored: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        if stored == 0 {
+            return Err(StoreError::Duplicate);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.read(id).await?.map(|(record, _)| record))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
+        if let Some((after, by)) = query.expiring {
+            return self.list_expiring(query, after, by).await;
+        }
+        let index = query
+            .owner_id
+            .as_deref()
+            .map_or_else(|| ALL.to_owned(), owner_index);
+        let (ids, total) = self.page_of(&index, query.limit, query.offset).await?;
+        Ok(Page {
+            items: self.records(&ids).await?,
+            total,
+        })
+    }
+
+    async fn revoke(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        event: &KeyEvent,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = REVOKE.key(key_of(id));
+        invocation.arg(micros(at));
+        event_args(&mut invocation, std::slice::from_ref(event))?;
+        let found: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(found == 1)
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        changes: &KeyChanges,
+        event: &KeyEvent,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        // Another update between reading and writing makes the script refuse; read again and retry.
+        for _ in 0..16 {
+            let Some((mut record, current)) = self.read(id).await? else {
+                return Ok(None);
+            };
+            changes.apply(&mut record);
+            let keep = || "keep".to_owned();
+            let mut invocation = UPDATE.key(key_of(id));
+            invocation
+                .arg(id)
+                .arg(&current)
+                .arg(record_json(&record)?)
+                .arg(
+                    record
+                        .expires_at
+                        .map(|at| micros(at).to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(
+                    changes
+                        .remaining
+                        .map_or_else(keep, |n| n.map(|n| n.to_string()).unwrap_or_default()),
+                )
+                .arg(changes.refill.map_or_else(keep, |_| {
+                    record
+                        .refilled_at
+                        .map(|at| micros(at).to_string())
+                        .unwrap_or_default()
+                }));
+            event_args(&mut invocation, std::slice::from_ref(event))?;
+            let outcome: i64 = invocation
+                .invoke_async(&mut self.connection.clone())
                 .await
                 .map_err(unavailable)?;
+            match outcome {
+                1 => return self.get(id).await,
+                0 => return Ok(None),
+                _ => continue,
+            }
         }
-        Ok(exists)
+        Err(StoreError::Unavailable(format!(
+            "key {id} is being changed by others; try again"
+        )))
+    }
+
+    async fn rotate(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        retires_at: DateTime<Utc>,
+        events: &[KeyEvent],
+    ) -> Result<bool, StoreError> {
+        let mut invocation = ROTATE.key(key_of(old_id));
+        invocation.key(key_of(&new.id)).arg(micros(retires_at));
+        put_key_args(&mut invocation, new)?;
+        event_args(&mut invocation, events)?;
+        let outcome: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        match outcome {
+            -1 => Err(StoreError::Duplicate),
+            rotated => Ok(rotated == 1),
+        }
+    }
+
+    async fn use_quota(
+        &self,
+        id: &str,
+        refill_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<QuotaUse, StoreError> {
+        let left: i64 = redis::cmd("EVAL")
+            .arg(USE_QUOTA)
+            .arg(1)
+            .arg(key_of(id))
+            .arg(
+                refill_before
+                    .map(|at| micros(at).to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(micros(now))
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(match left {
+            -1 => QuotaUse::Unlimited,
+            -2 => QuotaUse::Exhausted,
+            left => QuotaUse::Taken {
+                remaining: u64::try_from(left).unwrap_or(0),
+            },
+        })
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
+        let index = query.key_id.as_deref().map_or_else(
+            || EVENTS.to_owned(),
+            |id| format!("apikeys:events:key:{id}"),
+        );
+        let (ids, total) = self.page_of(&index, query.limit, query.offset).await?;
+        if ids.is_empty() {
+            return Ok(Page {
+                items: Vec::new(),
+                total,
+            });
+        }
+        let names: Vec<String> = ids.iter().map(|id| format!("apikeys:event:{id}")).collect();
+        let found: Vec<Option<String>> = self
+            .connection
+            .clone()
+            .mget(names)
+            .await
+            .map_err(unavailable)?;
+        let items = found
+            .into_iter()
+            .flatten()
+            .map(|json| serde_json::from_str(&json).map_err(corrupt))
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, total })
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {

@@ -71,7 +71,7 @@ pub async fn harness_with(
     all.extend_from_slice(vars);
     let config = Config::from_vars(all).unwrap();
     // The same stack as `store::open` builds: the in-process cache in front of the backend.
-    let state = AppState::new(config.clone(), Arc::new(CachedBackend::new(store)));
+    let state = AppState::new(config.clone(), Arc::new(CachedBackend::new(store))).unwrap();
     let admin = mint(
         &state,
         NewKey {

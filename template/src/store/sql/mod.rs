@@ -11,15 +11,18 @@ use chrono::{DateTime, Utc};
 use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{Nullable, Timestamp};
+use diesel::sql_types::{BigInt, Nullable, Timestamp};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use self::models::ApiKeyRow;
-use self::schema::api_keys;
-use super::{ApiKeyRecord, Backend, ListQuery, Page, StoreError, Usage};
+use self::models::{ApiKeyRow, ChangesRow, EventRow};
+use self::schema::{api_key_events, api_keys};
+use super::{
+    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, Page, QuotaUse, StoreError,
+    Usage,
+};
 
 #[cfg(feature = "sqlite")]
 type SqliteConnection =
@@ -201,16 +204,32 @@ fn query_failed(err: DieselError) -> StoreError {
     }
 }
 
+/// How many rows a page skips and takes, in SQL's signed integers.
+fn window(limit: u32, offset: u64) -> (i64, i64) {
+    (i64::from(limit), i64::try_from(offset).unwrap_or(i64::MAX))
+}
+
+fn converted<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {
+    rows.into_iter().map(T::try_from).collect()
+}
+
 #[async_trait]
 impl Backend for SqlBackend {
-    async fn insert(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let row = ApiKeyRow::from(key);
+    async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
+        let (row, event) = (ApiKeyRow::from(key), EventRow::from(event));
         with_conn!(self, |conn| {
-            diesel::insert_into(api_keys::table)
-                .values(&row)
-                .execute(&mut conn)
-                .await
-                .map_err(query_failed)?;
+            conn.transaction(async |conn| {
+                diesel::insert_into(api_keys::table)
+                    .values(&row)
+                    .execute(conn)
+                    .await?;
+                diesel::insert_into(api_key_events::table)
+                    .values(&event)
+                    .execute(conn)
+                    .await
+            })
+            .await
+            .map_err(query_failed)?;
         });
         Ok(())
     }
@@ -229,8 +248,7 @@ impl Backend for SqlBackend {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
-        let limit = i64::from(query.limit);
-        let offset = i64::try_from(query.offset).unwrap_or(i64::MAX);
+        let (limit, offset) = window(query.limit, query.offset);
         let (rows, total): (Vec<ApiKeyRow>, i64) = with_conn!(self, |conn| {
             let mut page = api_keys::table
                 .select(ApiKeyRow::as_select())
@@ -243,41 +261,218 @@ impl Backend for SqlBackend {
                 page = page.filter(api_keys::owner_id.eq(owner));
                 count = count.filter(api_keys::owner_id.eq(owner));
             }
+            if let Some((after, by)) = query.expiring {
+                let expiring = || {
+                    api_keys::revoked_at
+                        .is_null()
+                        .and(api_keys::expires_at.gt(after.naive_utc()))
+                        .and(api_keys::expires_at.le(by.naive_utc()))
+                };
+                page = page.filter(expiring());
+                count = count.filter(expiring());
+            }
             let rows = page.load(&mut conn).await.map_err(query_failed)?;
             let total = count.get_result(&mut conn).await.map_err(query_failed)?;
             (rows, total)
         });
         Ok(Page {
-            items: rows
-                .into_iter()
-                .map(ApiKeyRecord::try_from)
-                .collect::<Result<_, _>>()?,
+            items: converted(rows)?,
             total: u64::try_from(total).unwrap_or(0),
         })
     }
 
-    async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        let at = at.naive_utc();
+    async fn revoke(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        event: &KeyEvent,
+    ) -> Result<bool, StoreError> {
+        let (at, event) = (at.naive_utc(), EventRow::from(event));
         with_conn!(self, |conn| {
-            let updated = diesel::update(
-                api_keys::table
-                    .find(id)
-                    .filter(api_keys::revoked_at.is_null()),
-            )
-            .set(api_keys::revoked_at.eq(at))
-            .execute(&mut conn)
+            conn.transaction(async |conn| {
+                let updated = diesel::update(
+                    api_keys::table
+                        .find(id)
+                        .filter(api_keys::revoked_at.is_null()),
+                )
+                .set(api_keys::revoked_at.eq(at))
+                .execute(conn)
+                .await?;
+                if updated > 0 {
+                    diesel::insert_into(api_key_events::table)
+                        .values(&event)
+                        .execute(conn)
+                        .await?;
+                    return Ok(true);
+                }
+                let existing: i64 = api_keys::table.find(id).count().get_result(conn).await?;
+                Ok(existing > 0)
+            })
             .await
-            .map_err(query_failed)?;
-            if updated > 0 {
-                return Ok(true);
+            .map_err(query_failed)
+        })
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        changes: &KeyChanges,
+        event: &KeyEvent,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        if changes.is_empty() {
+            return self.get(id).await;
+        }
+        let (changes, event) = (ChangesRow::from(changes), EventRow::from(event));
+        let row: Option<ApiKeyRow> = with_conn!(self, |conn| {
+            conn.transaction(async |conn| {
+                let row = diesel::update(api_keys::table.find(id))
+                    .set(&changes)
+                    .returning(ApiKeyRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+                if row.is_some() {
+                    diesel::insert_into(api_key_events::table)
+                        .values(&event)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok::<_, DieselError>(row)
+            })
+            .await
+            .map_err(query_failed)?
+        });
+        row.map(ApiKeyRecord::try_from).transpose()
+    }
+
+    async fn rotate(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        retires_at: DateTime<Utc>,
+        events: &[KeyEvent],
+    ) -> Result<bool, StoreError> {
+        let row = ApiKeyRow::from(new);
+        let events: Vec<EventRow> = events.iter().map(EventRow::from).collect();
+        with_conn!(self, |conn| {
+            conn.transaction(async |conn| {
+                let replaced = diesel::update(
+                    api_keys::table
+                        .find(old_id)
+                        .filter(api_keys::revoked_at.is_null())
+                        .filter(api_keys::replaced_by.is_null()),
+                )
+                .set((
+                    api_keys::replaced_by.eq(&row.id),
+                    api_keys::retires_at.eq(retires_at.naive_utc()),
+                ))
+                .execute(conn)
+                .await?;
+                if replaced == 0 {
+                    return Ok(false);
+                }
+                diesel::insert_into(api_keys::table)
+                    .values(&row)
+                    .execute(conn)
+                    .await?;
+                // One statement per event: SQLite has no multi-row insert in Diesel.
+                for event in &events {
+                    diesel::insert_into(api_key_events::table)
+                        .values(event)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(true)
+            })
+            .await
+            .map_err(query_failed)
+        })
+    }
+
+    async fn use_quota(
+        &self,
+        id: &str,
+        refill_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<QuotaUse, StoreError> {
+        use self::schema::api_keys::{refill_amount, refilled_at, remaining};
+
+        let now = now.naive_utc();
+        // One UPDATE: the row lock (PostgreSQL) or the write lock (SQLite) makes concurrent uses
+        // queue, and each re-checks `remaining > 0` after the one before it.
+        let left: Option<Option<i64>> = with_conn!(self, |conn| {
+            let quota = api_keys::table.find(id).filter(remaining.is_not_null());
+            let taken = match refill_before {
+                None => {
+                    diesel::update(quota.filter(remaining.gt(0)))
+                        .set(remaining.eq(remaining - 1i64))
+                        .returning(remaining)
+                        .get_result(&mut conn)
+                        .await
+                }
+                Some(before) => {
+                    let due = || {
+                        refill_amount
+                            .is_not_null()
+                            .and(refilled_at.is_null().or(refilled_at.lt(before.naive_utc())))
+                    };
+                    diesel::update(quota.filter(remaining.gt(0).or(due())))
+                        .set((
+                            remaining.eq(case_when::<_, _, Nullable<BigInt>>(
+                                due(),
+                                refill_amount - 1i64,
+                            )
+                            .otherwise(remaining - 1i64)),
+                            refilled_at.eq(case_when::<_, _, Nullable<Timestamp>>(
+                                due(),
+                                Some(now),
+                            )
+                            .otherwise(refilled_at)),
+                        ))
+                        .returning(remaining)
+                        .get_result(&mut conn)
+                        .await
+                }
+            };
+            taken.optional().map_err(query_failed)?
+        });
+        if let Some(left) = left {
+            return Ok(QuotaUse::Taken {
+                remaining: left.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            });
+        }
+        let has_quota = self
+            .get(id)
+            .await?
+            .is_some_and(|key| key.remaining.is_some());
+        Ok(if has_quota {
+            QuotaUse::Exhausted
+        } else {
+            QuotaUse::Unlimited
+        })
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
+        let (limit, offset) = window(query.limit, query.offset);
+        let (rows, total): (Vec<EventRow>, i64) = with_conn!(self, |conn| {
+            let mut page = api_key_events::table
+                .select(EventRow::as_select())
+                .order_by((api_key_events::at.desc(), api_key_events::id.desc()))
+                .limit(limit)
+                .offset(offset)
+                .into_boxed();
+            let mut count = api_key_events::table.count().into_boxed();
+            if let Some(key_id) = &query.key_id {
+                page = page.filter(api_key_events::key_id.eq(key_id));
+                count = count.filter(api_key_events::key_id.eq(key_id));
             }
-            let existing: i64 = api_keys::table
-                .find(id)
-                .count()
-                .get_result(&mut conn)
-                .await
-                .map_err(query_failed)?;
-            Ok(existing > 0)
+            let rows = page.load(&mut conn).await.map_err(query_failed)?;
+            let total = count.get_result(&mut conn).await.map_err(query_failed)?;
+            (rows, total)
+        });
+        Ok(Page {
+            items: converted(rows)?,
+            total: u64::try_from(total).unwrap_or(0),
         })
     }
 

@@ -1,13 +1,17 @@
-//! Rows of `api_keys` as Diesel sees them, and their conversion to and from [`ApiKeyRecord`].
+//! Rows of `api_keys` and `api_key_events` as Diesel sees them, and their conversion to and from the
+//! store's records.
 //!
-//! Times are stored as UTC `TIMESTAMP`s and scopes as one space-separated string, so the same
-//! columns work on SQLite and PostgreSQL.
+//! Times are stored as UTC `TIMESTAMP`s, scopes as one space-separated string and JSON as text, so
+//! the same columns work on SQLite and PostgreSQL.
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use serde_json::{Map, Value};
 
-use super::schema::api_keys;
-use crate::store::{ApiKeyRecord, StoreError};
+use super::schema::{api_key_events, api_keys};
+use crate::store::{
+    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, RateLimit, Refill, RefillInterval, StoreError,
+};
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = api_keys)]
@@ -23,22 +27,114 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<NaiveDateTime>,
     pub last_used_at: Option<NaiveDateTime>,
     pub request_count: i64,
+    pub enabled: bool,
+    pub rate_limit_requests: Option<i32>,
+    pub rate_limit_window: Option<i32>,
+    pub remaining: Option<i64>,
+    pub refill_interval: Option<String>,
+    pub refill_amount: Option<i64>,
+    pub refilled_at: Option<NaiveDateTime>,
+    pub rotated_from: Option<String>,
+    pub replaced_by: Option<String>,
+    pub retires_at: Option<NaiveDateTime>,
+}
+
+/// The columns a [`KeyChanges`] sets; `None` leaves a column alone.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = api_keys)]
+pub struct ChangesRow {
+    pub name: Option<String>,
+    pub scopes: Option<String>,
+    pub metadata: Option<String>,
+    pub expires_at: Option<Option<NaiveDateTime>>,
+    pub enabled: Option<bool>,
+    pub rate_limit_requests: Option<Option<i32>>,
+    pub rate_limit_window: Option<Option<i32>>,
+    pub remaining: Option<Option<i64>>,
+    pub refill_interval: Option<Option<String>>,
+    pub refill_amount: Option<Option<i64>>,
+    pub refilled_at: Option<Option<NaiveDateTime>>,
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = api_key_events)]
+pub struct EventRow {
+    pub id: String,
+    pub key_id: String,
+    pub action: String,
+    pub actor_key_id: Option<String>,
+    pub client: Option<String>,
+    pub changes: String,
+    pub at: NaiveDateTime,
+}
+
+fn naive(at: DateTime<Utc>) -> NaiveDateTime {
+    at.naive_utc()
+}
+
+/// Counts are unsigned in Rust and signed in SQL; nothing valid comes near the edge.
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn unsigned(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn limit_columns(limit: Option<RateLimit>) -> (Option<i32>, Option<i32>) {
+    let column = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    (
+        limit.map(|l| column(l.requests)),
+        limit.map(|l| column(l.window)),
+    )
+}
+
+fn refill_columns(refill: Option<Refill>) -> (Option<String>, Option<i64>) {
+    (
+        refill.map(|r| r.interval.as_str().to_owned()),
+        refill.map(|r| signed(r.amount)),
+    )
+}
+
+fn json_object(
+    text: &str,
+    what: impl FnOnce() -> String,
+) -> Result<Map<String, Value>, StoreError> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(StoreError::Corrupt(format!(
+            "{} is not a JSON object",
+            what()
+        ))),
+    }
 }
 
 impl From<&ApiKeyRecord> for ApiKeyRow {
     fn from(key: &ApiKeyRecord) -> Self {
+        let (rate_limit_requests, rate_limit_window) = limit_columns(key.rate_limit);
+        let (refill_interval, refill_amount) = refill_columns(key.refill);
         Self {
             id: key.id.clone(),
             key_hash: key.key_hash.to_string(),
             name: key.name.clone(),
             owner_id: key.owner_id.clone(),
             scopes: key.scopes.join(" "),
-            metadata: serde_json::Value::Object(key.metadata.clone()).to_string(),
-            created_at: key.created_at.naive_utc(),
-            expires_at: key.expires_at.map(|t| t.naive_utc()),
-            revoked_at: key.revoked_at.map(|t| t.naive_utc()),
-            last_used_at: key.last_used_at.map(|t| t.naive_utc()),
-            request_count: i64::try_from(key.request_count).unwrap_or(i64::MAX),
+            metadata: Value::Object(key.metadata.clone()).to_string(),
+            created_at: naive(key.created_at),
+            expires_at: key.expires_at.map(naive),
+            revoked_at: key.revoked_at.map(naive),
+            last_used_at: key.last_used_at.map(naive),
+            request_count: signed(key.request_count),
+            enabled: key.enabled,
+            rate_limit_requests,
+            rate_limit_window,
+            remaining: key.remaining.map(signed),
+            refill_interval,
+            refill_amount,
+            refilled_at: key.refilled_at.map(naive),
+            rotated_from: key.rotated_from.clone(),
+            replaced_by: key.replaced_by.clone(),
+            retires_at: key.retires_at.map(naive),
         }
     }
 }
@@ -47,18 +143,26 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
     type Error = StoreError;
 
     fn try_from(row: ApiKeyRow) -> Result<Self, StoreError> {
-        let metadata = match serde_json::from_str(&row.metadata) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => {
-                return Err(StoreError::Corrupt(format!(
-                    "metadata of key {} is not a JSON object",
-                    row.id
-                )));
-            }
-        };
+        let metadata = json_object(&row.metadata, || format!("metadata of key {}", row.id))?;
         let key_hash = row.key_hash.parse().map_err(|_| {
             StoreError::Corrupt(format!("digest of key {} is not 64 hex digits", row.id))
         })?;
+        let rate_limit = match (row.rate_limit_requests, row.rate_limit_window) {
+            (Some(requests), Some(window)) => Some(RateLimit {
+                requests: u32::try_from(requests).unwrap_or(0),
+                window: u32::try_from(window).unwrap_or(0),
+            }),
+            _ => None,
+        };
+        let refill = match (&row.refill_interval, row.refill_amount) {
+            (Some(interval), Some(amount)) => Some(Refill {
+                interval: RefillInterval::parse(interval).ok_or_else(|| {
+                    StoreError::Corrupt(format!("refill interval of key {}: {interval:?}", row.id))
+                })?,
+                amount: unsigned(amount),
+            }),
+            _ => None,
+        };
         Ok(Self {
             key_hash,
             scopes: row.scopes.split_whitespace().map(str::to_owned).collect(),
@@ -67,10 +171,73 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
             expires_at: row.expires_at.map(|t| t.and_utc()),
             revoked_at: row.revoked_at.map(|t| t.and_utc()),
             last_used_at: row.last_used_at.map(|t| t.and_utc()),
-            request_count: u64::try_from(row.request_count).unwrap_or(0),
+            request_count: unsigned(row.request_count),
+            enabled: row.enabled,
+            rate_limit,
+            remaining: row.remaining.map(unsigned),
+            refill,
+            refilled_at: row.refilled_at.map(|t| t.and_utc()),
+            rotated_from: row.rotated_from,
+            replaced_by: row.replaced_by,
+            retires_at: row.retires_at.map(|t| t.and_utc()),
             id: row.id,
             name: row.name,
             owner_id: row.owner_id,
+        })
+    }
+}
+
+impl From<&KeyChanges> for ChangesRow {
+    fn from(changes: &KeyChanges) -> Self {
+        let limit = changes.rate_limit.map(limit_columns);
+        let refill = changes.refill.map(|(refill, _)| refill_columns(refill));
+        Self {
+            name: changes.name.clone(),
+            scopes: changes.scopes.as_ref().map(|scopes| scopes.join(" ")),
+            metadata: changes
+                .metadata
+                .as_ref()
+                .map(|m| Value::Object(m.clone()).to_string()),
+            expires_at: changes.expires_at.map(|at| at.map(naive)),
+            enabled: changes.enabled,
+            rate_limit_requests: limit.map(|(requests, _)| requests),
+            rate_limit_window: limit.map(|(_, window)| window),
+            remaining: changes.remaining.map(|n| n.map(signed)),
+            refill_interval: refill.clone().map(|(interval, _)| interval),
+            refill_amount: refill.map(|(_, amount)| amount),
+            refilled_at: changes.refill.map(|(refill, at)| refill.map(|_| naive(at))),
+        }
+    }
+}
+
+impl From<&KeyEvent> for EventRow {
+    fn from(event: &KeyEvent) -> Self {
+        Self {
+            id: event.id.clone(),
+            key_id: event.key_id.clone(),
+            action: event.action.as_str().to_owned(),
+            actor_key_id: event.actor_key_id.clone(),
+            client: event.client.clone(),
+            changes: Value::Object(event.changes.clone()).to_string(),
+            at: naive(event.at),
+        }
+    }
+}
+
+impl TryFrom<EventRow> for KeyEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            action: EventAction::parse(&row.action).ok_or_else(|| {
+                StoreError::Corrupt(format!("event {}: unknown action {:?}", row.id, row.action))
+            })?,
+            changes: json_object(&row.changes, || format!("changes of event {}", row.id))?,
+            at: row.at.and_utc(),
+            id: row.id,
+            key_id: row.key_id,
+            actor_key_id: row.actor_key_id,
+            client: row.client,
         })
     }
 }

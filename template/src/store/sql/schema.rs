@@ -13,5 +13,27 @@ diesel::table! {
         revoked_at -> Nullable<Timestamp>,
         last_used_at -> Nullable<Timestamp>,
         request_count -> BigInt,
+        enabled -> Bool,
+        rate_limit_requests -> Nullable<Integer>,
+        rate_limit_window -> Nullable<Integer>,
+        remaining -> Nullable<BigInt>,
+        refill_interval -> Nullable<Text>,
+        refill_amount -> Nullable<BigInt>,
+        refilled_at -> Nullable<Timestamp>,
+        rotated_from -> Nullable<Text>,
+        replaced_by -> Nullable<Text>,
+        retires_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    api_key_events (id) {
+        id -> Text,
+        key_id -> Text,
+        action -> Text,
+        actor_key_id -> Nullable<Text>,
+        client -> Nullable<Text>,
+        changes -> Text,
+        at -> Timestamp,
     }
 }

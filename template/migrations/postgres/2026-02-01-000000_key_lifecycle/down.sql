@@ -1,0 +1,12 @@
+DROP TABLE api_key_events;
+DROP INDEX api_keys_expires;
+ALTER TABLE api_keys DROP COLUMN retires_at;
+ALTER TABLE api_keys DROP COLUMN replaced_by;
+ALTER TABLE api_keys DROP COLUMN rotated_from;
+ALTER TABLE api_keys DROP COLUMN refilled_at;
+ALTER TABLE api_keys DROP COLUMN refill_amount;
+ALTER TABLE api_keys DROP COLUMN refill_interval;
+ALTER TABLE api_keys DROP COLUMN remaining;
+ALTER TABLE api_keys DROP COLUMN rate_limit_window;
+ALTER TABLE api_keys DROP COLUMN rate_limit_requests;
+ALTER TABLE api_keys DROP COLUMN enabled;

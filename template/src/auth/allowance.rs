@@ -1,0 +1,247 @@
+//! Per-key limits: a key's rate limit and quota, applied by the guards to every guarded request of a
+//! key that has either. Keys without limits never reach this module.
+//!
+//! Rate limits are GCRA, like the failure limits: `requests` at once after a pause, then one every
+//! `window / requests` seconds. With Redis configured (`REDIS_URL`, or Redis as the store), every
+//! instance shares one count per key, kept by a Lua script on Redis's clock; otherwise, or while
+//! Redis cannot be reached, each instance counts on its own (`governor`).
+//!
+//! Quotas are taken from the store, one atomic decrement per admitted request
+//! ([`Backend::use_quota`]), so instances never overspend a quota between them.
+//!
+//! A rotated key in its grace period is charged to its replacement: rotating a key never doubles
+//! what it may do.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+use super::guard::ApiKey;
+use crate::store::{Backend, QuotaUse, RateLimit, Refill};
+
+/// How many keys' rate-limit states an instance keeps.
+const CAPACITY: usize = 65_536;
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// Where a key stands against its rate limit after a request: what the `RateLimit-*` headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    pub limit: RateLimit,
+    pub remaining: u32,
+    /// Until the key may send `limit.requests` at once again.
+    pub reset: Duration,
+}
+
+/// Why a key's request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    RateLimited {
+        state: LimitState,
+        retry_after: Duration,
+    },
+    /// The quota is used up; with a refill, it fills again after `retry_after`.
+    UsageExceeded { retry_after: Option<Duration> },
+    /// The store could not take a use from the quota.
+    Unavailable,
+}
+
+pub struct Allowance {
+    store: Arc<dyn Backend>,
+    local: quick_cache::sync::Cache<(String, RateLimit), Arc<Limiter>>,
+    #[cfg(feature = "redis")]
+    shared: Option<redis::aio::ConnectionManager>,
+}
+
+impl Allowance {
+    /// Limits counted in this process, quotas taken from `store`.
+    pub fn new(store: Arc<dyn Backend>) -> Self {
+        Self {
+            store,
+            local: quick_cache::sync::Cache::new(CAPACITY),
+            #[cfg(feature = "redis")]
+            shared: None,
+        }
+    }
+
+    /// Counts rate limits in the Redis at `url`, shared by every instance using it.
+    #[cfg(feature = "redis")]
+    pub fn shared_through(mut self, url: &str) -> Result<Self, crate::store::StoreError> {
+        self.shared = Some(crate::store::redis::connect(url)?);
+        Ok(self)
+    }
+
+    /// Admits one request of `key`, or says why not. The rate-limit state comes back for the
+    /// response headers when the key has a rate limit.
+    pub async fn admit(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
+        let record = key.record();
+        let account = record.replaced_by.as_deref().unwrap_or(&record.id);
+        let state = match record.rate_limit {
+            Some(limit) => Some(self.rate(account, limit).await?),
+            None => None,
+        };
+        if record.remaining.is_some() {
+            self.take_quota(account, record.refill).await?;
+        }
+        Ok(state)
+    }
+
+    async fn rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {
+        #[cfg(feature = "redis")]
+        if let Some(connection) = &self.shared {
+            match shared_rate(connection, account, limit).await {
+                Ok(verdict) => return verdict,
+                Err(err) => {
+                    tracing::warn!(error = %err, "Redis unavailable for rate limits; counting in this instance");
+                }
+            }
+        }
+        self.local_rate(account, limit)
+    }
+
+    fn local_rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {
+        let Some(limiter) = self
+            .local
+            .get_or_insert_with(&(account.to_owned(), limit), || {
+                limiter(limit).map(Arc::new).ok_or(())
+            })
+            .ok()
+        else {
+            // Validation keeps limits positive; a stored zero admits nothing.
+            return Err(Refusal::UsageExceeded { retry_after: None });
+        };
+        let interval = interval(limit);
+        match limiter.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Ok(LimitState {
+                    limit,
+                    remaining,
+                    reset: interval * (limit.requests - remaining),
+                })
+            }
+            Err(not_until) => {
+                let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+                Err(Refusal::RateLimited {
+                    state: LimitState {
+                        limit,
+                        remaining: 0,
+                        reset: retry_after + interval * (limit.requests - 1),
+                    },
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    async fn take_quota(&self, account: &str, refill: Option<Refill>) -> Result<(), Refusal> {
+        let now = Utc::now().trunc_subsecs(6);
+        let refill_before = refill.map(|refill| refill.interval.period_start(now));
+        match self.store.use_quota(account, refill_before, now).await {
+            Ok(QuotaUse::Taken { .. } | QuotaUse::Unlimited) => Ok(()),
+            Ok(QuotaUse::Exhausted) => Err(Refusal::UsageExceeded {
+                retry_after: refill
+                    .and_then(|refill| (refill.interval.next_start(now) - now).to_std().ok()),
+            }),
+            Err(err) => {
+                tracing::warn!(error = %err, key_id = account, "cannot take a use from the quota");
+                Err(Refusal::Unavailable)
+            }
+        }
+    }
+}
+
+/// The time between two requests at a steady pace.
+fn interval(limit: RateLimit) -> Duration {
+    Duration::from_secs(u64::from(limit.window)) / limit.requests.max(1)
+}
+
+fn limiter(limit: RateLimit) -> Option<Limiter> {
+    let quota = Quota::with_period(interval(limit))?.allow_burst(NonZeroU32::new(limit.requests)?);
+    Some(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>())
+}
+
+/// GCRA on Redis's clock: one "theoretical arrival time" per key, in microseconds. Returns whether
+/// the request is admitted, the requests left, microseconds until a full burst is allowed again,
+/// and microseconds until the next request is.
+#[cfg(feature = "redis")]
+const GCRA: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local window = interval * burst
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local next_tat = tat + interval
+if next_tat - now > window then
+  return {0, 0, tat - now, next_tat - now - window}
+end
+redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000))
+return {1, math.floor((window - (next_tat - now)) / interval), next_tat - now, 0}
+";
+
+#[cfg(feature = "redis")]
+async fn shared_rate(
+    connection: &redis::aio::ConnectionManager,
+    account: &str,
+    limit: RateLimit,
+) -> Result<Result<LimitState, Refusal>, redis::RedisError> {
+    let interval = interval(limit);
+    let (admitted, remaining, reset, retry): (i64, i64, i64, i64) = redis::cmd("EVAL")
+        .arg(GCRA)
+        .arg(1)
+        .arg(format!("apikeys:rate:{account}"))
+        .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
+        .arg(limit.requests)
+        .query_async(&mut connection.clone())
+        .await?;
+    let micros = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
+    let state = LimitState {
+        limit,
+        remaining: u32::try_from(remaining).unwrap_or(0),
+        reset: micros(reset),
+    };
+    Ok(if admitted == 1 {
+        Ok(state)
+    } else {
+        Err(Refusal::RateLimited {
+            state,
+            retry_after: micros(retry),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryBackend;
+    use crate::store::conformance::sample;
+
+    #[tokio::test]
+    async fn a_burst_then_refusal_with_the_wait() {
+        let allowance = Allowance::new(Arc::new(MemoryBackend::default()));
+        let mut record = sample("owner", Utc::now());
+        record.rate_limit = Some(RateLimit {
+            requests: 3,
+            window: 60,
+        });
+        let key = ApiKey::new(Arc::new(record), None);
+        let remaining: Vec<u32> =
+            futures_util::future::join_all((0..3).map(|_| allowance.admit(&key)))
+                .await
+                .into_iter()
+                .map(|admitted| admitted.unwrap().unwrap().remaining)
+                .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let Err(Refusal::RateLimited { retry_after, state }) = allowance.admit(&key).await else {
+            panic!("the fourth request is refused");
+        };
+        assert!(retry_after > Duration::from_secs(19) && retry_after <= Duration::from_secs(20));
+        assert_eq!(state.remaining, 0);
+    }
+}
