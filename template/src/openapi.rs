@@ -164,18 +164,27 @@ fn protect(operation: &mut Operation, scopes: &[&str], mode: Match) {
     };
     answer(
         "401",
-        problem("Missing, invalid, expired or revoked API key"),
+        problem("Missing, invalid, expired, revoked, disabled or rotated API key"),
     );
     if !scopes.is_empty() {
         answer("403", problem("The API key lacks a required scope"));
     }
     let mut throttled = problem(
-        "Too many failed authentications from this client, or wrong secrets for this key; retry after `Retry-After` seconds",
+        "Too many failed authentications from this client or wrong secrets for this key \
+         (`too_many_failed_attempts`), the key's rate limit is spent (`rate_limit_exceeded`, with \
+         `RateLimit-*` headers), or its quota is (`usage_exceeded`); retry after `Retry-After` seconds",
     );
-    throttled.headers.insert(
-        "Retry-After".into(),
-        Header::new(ObjectBuilder::new().schema_type(Type::Integer).build()),
-    );
+    for header in [
+        "Retry-After",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+    ] {
+        throttled.headers.insert(
+            header.into(),
+            Header::new(ObjectBuilder::new().schema_type(Type::Integer).build()),
+        );
+    }
     answer("429", throttled);
     answer("503", problem("The key store is unavailable"));
 }

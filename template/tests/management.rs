@@ -104,7 +104,12 @@ async fn every_route_against_every_kind_of_caller() {
 
     for caller in CALLERS {
         let key = keys.of(caller);
-        let (target, _) = mint(new_key("target", &["users:read"], "team-a")).await;
+        // The target expires before the managers do, so that they may rotate it.
+        let (target, _) = mint(NewKey {
+            expires_at: Some(Utc::now() + Duration::days(10)),
+            ..new_key("target", &["users:read"], "team-a")
+        })
+        .await;
         let item = format!("{KEYS}/{target}");
 
         let body = json!({"name": "new", "scopes": ["users:read"], "owner_id": "team-a", "expires_in": 3600});
@@ -184,6 +189,46 @@ async fn every_route_against_every_kind_of_caller() {
                 "the same answer as a missing key"
             );
         }
+
+        let patch = TestRequest::patch()
+            .uri(&item)
+            .set_json(json!({"name": "renamed"}));
+        let (status, _, updated) = call(&h.app, request(patch, key)).await;
+        assert_eq!(
+            status,
+            caller.on_a_team_a_key(StatusCode::OK),
+            "update as {caller:?}: {updated}"
+        );
+
+        let events = TestRequest::get().uri(&format!("{item}/events"));
+        let (status, _, _) = call(&h.app, request(events, key)).await;
+        assert_eq!(
+            status,
+            caller.on_a_team_a_key(StatusCode::OK),
+            "key events as {caller:?}"
+        );
+
+        let all = TestRequest::get().uri(&format!("{KEYS}/events"));
+        let (status, _, events) = call(&h.app, request(all, key)).await;
+        let expected = match caller {
+            Caller::Admin => StatusCode::OK,
+            Caller::SameOwner | Caller::OtherOwner | Caller::Plain => StatusCode::FORBIDDEN,
+            Caller::Anonymous => StatusCode::UNAUTHORIZED,
+        };
+        assert_eq!(status, expected, "all events as {caller:?}: {events}");
+        if matches!(caller, Caller::SameOwner | Caller::OtherOwner) {
+            assert_eq!(events["code"], "admin_required");
+        }
+
+        let rotate = TestRequest::post()
+            .uri(&format!("{item}/rotate"))
+            .set_json(json!({}));
+        let (status, _, rotated) = call(&h.app, request(rotate, key)).await;
+        assert_eq!(
+            status,
+            caller.on_a_team_a_key(StatusCode::CREATED),
+            "rotate as {caller:?}: {rotated}"
+        );
 
         let (status, _, _) = call(&h.app, request(TestRequest::delete().uri(&item), key)).await;
         let expected = caller.on_a_team_a_key(StatusCode::NO_CONTENT);

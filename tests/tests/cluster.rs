@@ -1,6 +1,8 @@
 //! Two instances of a generated service on one PostgreSQL and one Redis, as behind a load balancer:
 //! a revocation reaches the other instance within the documented bound, usage counts add up exactly,
-//! and outages of Redis or PostgreSQL degrade the service the documented way, then heal by themselves.
+//! a key's rate limit and quota hold across both instances under parallel load, a rotated key retires
+//! on both, and outages of Redis or PostgreSQL degrade the service the documented way, then heal by
+//! themselves.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,42 @@ fn create_key(client: &Client, admin: &str, name: &str) -> (String, String) {
         created["id"].as_str().unwrap().to_owned(),
         created["key"].as_str().unwrap().to_owned(),
     )
+}
+
+/// `threads` × `each` parallel requests with `key`, alternating between the two instances; how many
+/// were admitted (200) and how many refused with `code` (429).
+fn hammer(urls: [&str; 2], key: &str, threads: usize, each: usize, code: &str) -> (usize, usize) {
+    let outcomes: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let clients = urls.map(Client::new);
+                    (0..each)
+                        .map(|i| {
+                            let (status, body) =
+                                clients[(t + i) % 2].send("GET", "/protected", Some(key), None);
+                            (status, body["code"].as_str().unwrap_or_default().to_owned())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let admitted = outcomes.iter().filter(|(status, _)| *status == 200).count();
+    let refused = outcomes
+        .iter()
+        .filter(|(status, body)| *status == 429 && body == code)
+        .count();
+    assert_eq!(
+        admitted + refused,
+        threads * each,
+        "nothing else: {outcomes:?}"
+    );
+    (admitted, refused)
 }
 
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
@@ -91,6 +129,60 @@ fn two_instances_on_postgres_and_redis() {
         details["request_count"], accepted,
         "every accepted request counted once"
     );
+
+    // A rate limit is shared through Redis: 30 an hour, whichever instance is asked, under load.
+    let urls = [a.base_url.as_str(), b.base_url.as_str()];
+    let limited = json!({"name": "limited", "rate_limit": {"requests": 30, "window": 3600}});
+    let (status, created) = ca.send("POST", KEYS, Some(&admin), Some(limited));
+    assert_eq!(status, 201, "{created}");
+    let (admitted, refused) = hammer(
+        urls,
+        created["key"].as_str().unwrap(),
+        8,
+        15,
+        "rate_limit_exceeded",
+    );
+    println!("rate limit 30/h over two instances: {admitted} admitted, {refused} refused of 120");
+    assert_eq!(admitted, 30, "the limit holds across instances");
+
+    // A quota is taken atomically in PostgreSQL: 50 uses, never more, whoever asks.
+    let metered = json!({"name": "metered", "remaining": 50});
+    let (status, created) = ca.send("POST", KEYS, Some(&admin), Some(metered));
+    assert_eq!(status, 201, "{created}");
+    let (admitted, refused) = hammer(
+        urls,
+        created["key"].as_str().unwrap(),
+        8,
+        20,
+        "usage_exceeded",
+    );
+    println!("quota of 50 over two instances: {admitted} admitted, {refused} refused of 160");
+    assert_eq!(admitted, 50, "the quota is never overspent");
+    let uri = format!("{KEYS}/{}", created["id"].as_str().unwrap());
+    assert_eq!(cb.send("GET", &uri, Some(&admin), None).1["remaining"], 0);
+
+    // A key rotated through A works on B for its grace period, then B refuses it too.
+    let (old_id, old_key) = create_key(&ca, &admin, "rotated");
+    assert_eq!(cb.send("GET", "/protected", Some(&old_key), None).0, 200);
+    let rotate = format!("{KEYS}/{old_id}/rotate");
+    let (status, rotated) = ca.send(
+        "POST",
+        &rotate,
+        Some(&admin),
+        Some(json!({"grace_period": 1})),
+    );
+    assert_eq!(status, 201, "{rotated}");
+    let new_key = rotated["key"].as_str().unwrap();
+    assert_eq!(cb.send("GET", "/protected", Some(new_key), None).0, 200);
+    wait_until(
+        "the old key retires on B",
+        Duration::from_secs(1) + BOUND * 3,
+        || {
+            let (status, problem) = cb.send("GET", "/protected", Some(&old_key), None);
+            status == 401 && problem["code"] == "rotated_api_key"
+        },
+    );
+    assert_eq!(cb.send("GET", "/protected", Some(new_key), None).0, 200);
 
     // Redis down: valid keys still work from the database, revoked ones stay refused, no 5xx.
     let (_, fresh) = create_key(&ca, &admin, "during-outage");
