@@ -148,14 +148,15 @@ impl KeysCommand {
                     "ID", "STATUS", "NAME", "REQUESTS", "EXPIRES IN"
                 );
                 for key in &page.items {
-                    let expires_in = key.expires_at.map_or_else(
-                        || "never".to_owned(),
-                        |at| {
-                            let left = (at - now).to_std().unwrap_or_default();
-                            let rounded = Duration::from_secs(left.as_secs() / 60 * 60);
-                            humantime::format_duration(rounded).to_string()
-                        },
-                    );
+                    let expires_in = match key.expires_at.map(|at| (at - now).to_std()) {
+                        None => "never".to_owned(),
+                        Some(Err(_)) => "expired".to_owned(),
+                        // To the minute: seconds would only make the column wider.
+                        Some(Ok(left)) => humantime::format_duration(Duration::from_secs(
+                            left.as_secs() / 60 * 60,
+                        ))
+                        .to_string(),
+                    };
                     println!(
                         "{:<12}  {:<8}  {:<24}  {:>8}  {:<12}  {}",
                         key.id,
