@@ -478,6 +478,28 @@ async fn wildcards_and_the_docs() {
         json!(["admin:delete"])
     );
     assert!(doc["paths"][KEYS]["post"]["responses"]["401"].is_object());
+    // The lifecycle routes, with their examples and limit headers, are in the document Swagger UI shows.
+    let item = format!("{KEYS}/{{id}}");
+    for (path, method) in [
+        (item.clone(), "patch"),
+        (format!("{item}/rotate"), "post"),
+        (format!("{item}/events"), "get"),
+        (format!("{KEYS}/events"), "get"),
+    ] {
+        let operation = &doc["paths"][path.as_str()][method];
+        assert!(
+            operation["responses"]["429"]["headers"]["RateLimit-Remaining"].is_object(),
+            "{path}"
+        );
+    }
+    assert!(
+        doc["paths"][format!("{item}/rotate").as_str()]["post"]["requestBody"]
+            .to_string()
+            .contains("grace_period")
+    );
+    assert!(doc["components"]["schemas"]["UpdateKeyRequest"]["example"].is_object());
+    let list = doc["paths"][KEYS]["get"]["parameters"].to_string();
+    assert!(list.contains("expiring_within_days"), "{list}");
 }
 
 #[actix_web::test]

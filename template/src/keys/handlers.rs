@@ -591,7 +591,15 @@ pub async fn rotate_key(
     tag = "API keys",
     params(("id" = String, Path, description = "The key's public id"), PageParams),
     responses(
-        (status = 200, description = "A page of events", body = EventList),
+        (status = 200, description = "A page of events", body = EventList, example = json!({
+            "items": [{
+                "id": "9c1f0e4b7a2d3e58", "key_id": "4fTq9ZbX2mKp", "action": "updated",
+                "actor_key_id": "Qm8Jr2VxTn4L", "client": "203.0.113.7",
+                "changes": {"enabled": false}, "at": "2026-11-25T09:30:00Z"
+            }],
+            "total": 1, "limit": 50, "offset": 0
+        })),
+        (status = 400, description = "Bad query string", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "limit out of range", body = Problem, content_type = "application/problem+json"),
     )
@@ -617,6 +625,7 @@ pub async fn list_key_events(
     params(PageParams),
     responses(
         (status = 200, description = "A page of events", body = EventList),
+        (status = 400, description = "Bad query string", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin key (`admin_required`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "limit out of range", body = Problem, content_type = "application/problem+json"),
     )
