@@ -8,10 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::service::{
-    self, ApiKeyService, CreatedKey, DEFAULT_GRACE_SECONDS, KeyStatus, KeyUpdate,
-    MAX_LIFETIME_SECONDS, Manager, Rotation,
-};
+use super::service::{self, ApiKeyService, CreatedKey, KeyStatus, KeyUpdate, Manager, Rotation};
+use super::validation::{DEFAULT_GRACE_SECONDS, MAX_LIFETIME_SECONDS};
 use crate::error::{ApiError, Problem};
 use crate::store::{
     ApiKeyRecord, EventAction, KeyEvent, ListQuery, Page, RateLimit, Refill, RefillInterval,

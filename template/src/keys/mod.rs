@@ -4,6 +4,7 @@
 pub mod handlers;
 pub mod service;
 pub mod usage;
+pub mod validation;
 
 pub use service::{
     ApiKeyService, CreatedKey, KeyStatus, KeyUpdate, Manager, NewKey, Rotation, ServiceError,
