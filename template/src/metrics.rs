@@ -27,6 +27,7 @@ pub struct Metrics {
     storage_operations: Family<Labels<1>, Counter>,
     usage_flushes: Family<Labels<1>, Counter>,
     usage_flushed_keys: Counter,
+    limit_refusals: Family<Labels<1>, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -64,6 +65,11 @@ impl Metrics {
             "usage_flushed_keys",
             "Keys whose usage was written by a flush",
         );
+        let limit_refusals = register(
+            &mut registry,
+            "key_limit_refusals",
+            "Requests of valid keys refused by the key's own rate limit or quota, by code",
+        );
         Self {
             authenticated: auth_attempts.get_or_create_owned(&[("outcome", "authenticated")]),
             auth_failures: AuthError::ALL.map(|err| {
@@ -76,6 +82,7 @@ impl Metrics {
             storage_operations,
             usage_flushes,
             usage_flushed_keys,
+            limit_refusals,
         }
     }
 
@@ -118,6 +125,11 @@ impl Metrics {
         if ok {
             self.usage_flushed_keys.inc_by(keys as u64);
         }
+    }
+
+    /// Counts a request refused by its key's rate limit or quota, by problem `code`.
+    pub fn limit_refusal(&self, code: &'static str) {
+        self.limit_refusals.get_or_create(&[("code", code)]).inc();
     }
 
     /// Every metric, in the OpenMetrics text format.

@@ -278,6 +278,11 @@ async fn a_rate_limit_answers_429_with_its_headers() {
         (11..=12).contains(&retry),
         "one request every 12 s: {retry}"
     );
+    let metrics = {{crate_name}}::metrics::metrics().render();
+    assert!(
+        metrics.contains(r#"key_limit_refusals_total{code="rate_limit_exceeded"}"#),
+        "{metrics}"
+    );
     // Another key is not affected.
     let (status, _, _) = call(
         &h.app,

@@ -23,6 +23,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use super::guard::ApiKey;
+use crate::metrics::metrics;
 use crate::store::{Backend, QuotaUse, RateLimit, Refill};
 
 /// How many keys' rate-limit states an instance keeps.
@@ -80,6 +81,16 @@ impl Allowance {
     /// Admits one request of `key`, or says why not. The rate-limit state comes back for the
     /// response headers when the key has a rate limit.
     pub async fn admit(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
+        let verdict = self.verdict(key).await;
+        match verdict {
+            Err(Refusal::RateLimited { .. }) => metrics().limit_refusal("rate_limit_exceeded"),
+            Err(Refusal::UsageExceeded { .. }) => metrics().limit_refusal("usage_exceeded"),
+            _ => {}
+        }
+        verdict
+    }
+
+    async fn verdict(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
         let record = key.record();
         let account = record.replaced_by.as_deref().unwrap_or(&record.id);
         let state = match record.rate_limit {
