@@ -19,7 +19,7 @@ use crate::error::{ApiError, extractors};
 use crate::keys::{ApiKeyService, Manager, NewKey, UsageTracker, handlers};
 use crate::openapi::AllowedMethods;
 use crate::store::{self, Backend};
-use crate::{metrics, openapi, routes};
+use crate::{health, metrics, observe, openapi, routes};
 
 /// Everything the workers share, built once at start-up.
 #[derive(Clone)]
@@ -105,7 +105,10 @@ pub fn app(
         .app_data(extractors::json_config())
         .app_data(extractors::query_config())
         .app_data(extractors::path_config())
+        .app_data(web::Data::from(state.store))
         .wrap(from_fn(middleware::authenticate))
+        .wrap(from_fn(observe::observe))
+        .configure(health::routes)
         .configure(routes::routes)
         .configure(metrics::routes)
         .configure(|cfg| {

@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 use {{crate_name}}::app;
 use {{crate_name}}::cli::{Cli, Command};
-use {{crate_name}}::config::Config;
+use {{crate_name}}::config::{Config, LogFormat};
 use {{crate_name}}::keys::{ApiKeyService, UsageTracker};
 use {{crate_name}}::store;
 
@@ -20,12 +20,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format() {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
 
     let command = cli.command.unwrap_or(Command::Serve {
         admin_key_file: None,

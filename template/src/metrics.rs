@@ -5,17 +5,23 @@
 //! looked up once and kept, so counting a request is one atomic add.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, get, web};
 use prometheus_client::encoding::text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use utoipa::OpenApi;
 
 use crate::auth::AuthError;
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
+type RequestLabels = [(&'static str, String); 3];
+type Durations = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
@@ -28,6 +34,11 @@ pub struct Metrics {
     usage_flushes: Family<Labels<1>, Counter>,
     usage_flushed_keys: Counter,
     limit_refusals: Family<Labels<1>, Counter>,
+    request_durations: Durations,
+    flush_lag: Gauge<f64, AtomicU64>,
+    /// Milliseconds after `started` of the last successful usage flush.
+    last_flush_ms: AtomicU64,
+    started: Instant,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -70,6 +81,20 @@ impl Metrics {
             "key_limit_refusals",
             "Requests of valid keys refused by the key's own rate limit or quota, by code",
         );
+        let request_durations: Durations = Family::new_with_constructor(|| {
+            // 0.1 ms to about 3 s, doubling.
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer a request, by method, route pattern and status",
+            request_durations.clone(),
+        );
+        let flush_lag = register(
+            &mut registry,
+            "usage_flush_lag_seconds",
+            "Seconds since counted key usage was last written to the store",
+        );
         Self {
             authenticated: auth_attempts.get_or_create_owned(&[("outcome", "authenticated")]),
             auth_failures: AuthError::ALL.map(|err| {
@@ -83,6 +108,10 @@ impl Metrics {
             usage_flushes,
             usage_flushed_keys,
             limit_refusals,
+            request_durations,
+            flush_lag,
+            last_flush_ms: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
@@ -124,7 +153,25 @@ impl Metrics {
             .inc();
         if ok {
             self.usage_flushed_keys.inc_by(keys as u64);
+            let since_start = self.started.elapsed().as_millis();
+            self.last_flush_ms.store(
+                u64::try_from(since_start).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
         }
+    }
+
+    /// Records how long a request took. `route` is the matched pattern (`/api/v1/api-keys/{id}`),
+    /// never the path, so that ids do not become label values.
+    pub fn request_duration(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let labels = [
+            ("method", method.to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        self.request_durations
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a request refused by its key's rate limit or quota, by problem `code`.
@@ -134,6 +181,9 @@ impl Metrics {
 
     /// Every metric, in the OpenMetrics text format.
     pub fn render(&self) -> String {
+        let last_flush = Duration::from_millis(self.last_flush_ms.load(Ordering::Relaxed));
+        let lag = self.started.elapsed().saturating_sub(last_flush);
+        self.flush_lag.set(lag.as_secs_f64());
         let mut out = String::new();
         text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -157,7 +207,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Prometheus metrics
 ///
-/// Counters of authentication outcomes, cache hits and store round trips, for a Prometheus scraper.
+/// Counters of authentication outcomes, cache hits and store round trips, request durations and the
+/// usage flush lag, for a Prometheus scraper.
 /// They carry no key ids or secrets; still, expose this route to your monitoring network only.
 #[utoipa::path(
     tag = "operations",

@@ -21,6 +21,7 @@ use crate::auth::Match;
 use crate::auth::guard::guarded_routes;
 use crate::config::Config;
 use crate::error::Problem;
+use crate::health::HealthApi;
 use crate::keys::handlers::KeysApi;
 use crate::metrics::MetricsApi;
 use crate::routes::ExampleApi;
@@ -40,6 +41,7 @@ pub fn document(config: &Config) -> Document {
     let mut doc = ApiDoc::openapi();
     // utoipa copies the license from Cargo.toml; this service has not chosen one.
     doc.info.license = None;
+    doc.merge(HealthApi::openapi());
     doc.merge(ExampleApi::openapi());
     doc.merge(MetricsApi::openapi());
     if config.api_keys_routes {
@@ -264,8 +266,8 @@ mod tests {
             .collect();
         assert_eq!(
             unguarded,
-            ["health", "metrics"],
-            "only the health check and the metrics are open"
+            ["health", "metrics", "ready"],
+            "only the probes and the metrics are open"
         );
     }
 

@@ -1,5 +1,5 @@
-//! Example routes, as litestar-api-auth documents them: an open health check, routes that need any
-//! valid key, and one that needs a scope. Replace them with your own; keep the attribute order.
+//! Example routes, as litestar-api-auth documents them: routes that need any valid key, and one that
+//! needs a scope. Replace them with your own; keep the attribute order.
 
 use actix_web::{HttpResponse, delete, get, web};
 use serde::Serialize;
@@ -9,15 +9,11 @@ use utoipa::{OpenApi, ToSchema};
 use crate::auth::{ApiKey, require_api_key, require_scope};
 
 #[derive(OpenApi)]
-#[openapi(
-    paths(health, protected, api_data, delete_user),
-    components(schemas(Status))
-)]
+#[openapi(paths(protected, api_data, delete_user), components(schemas(Status)))]
 pub struct ExampleApi;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(health)
-        .service(protected)
+    cfg.service(protected)
         .service(api_data)
         .service(delete_user);
 }
@@ -26,13 +22,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct Status {
     #[schema(example = "ok")]
     pub status: &'static str,
-}
-
-/// Liveness check
-#[utoipa::path(tag = "examples", responses((status = 200, body = Status)))]
-#[get("/health")]
-pub async fn health() -> web::Json<Status> {
-    web::Json(Status { status: "ok" })
 }
 
 /// Any valid key

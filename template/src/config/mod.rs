@@ -49,6 +49,15 @@ pub struct Config {
     pub auth_failures_per_key_per_minute: u32,
     /// Whether client addresses come from `Forwarded` / `X-Forwarded-For` (behind a proxy only).
     pub trust_proxy_headers: bool,
+    /// `text` (for people) or `json` (one object per line, for log collectors).
+    pub log_format: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Default for Config {
@@ -72,6 +81,7 @@ impl Default for Config {
             auth_failures_per_minute: 30,
             auth_failures_per_key_per_minute: 10,
             trust_proxy_headers: false,
+            log_format: "text".into(),
         }
     }
 }
@@ -240,6 +250,12 @@ impl Config {
                 "must be between 1 and 3600",
             ));
         }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            return Err(ConfigError::new(
+                "LOG_FORMAT",
+                format!("must be text or json, got {:?}", self.log_format),
+            ));
+        }
         Ok(())
     }
 
@@ -265,6 +281,14 @@ impl Config {
             let url = self.database_url.as_str();
             (url.starts_with("redis://") || url.starts_with("rediss://")).then_some(url)
         })
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        if self.log_format == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        }
     }
 
     pub fn usage_flush_interval(&self) -> Duration {
@@ -357,6 +381,7 @@ mod tests {
             ("KEY_CACHE_TTL_MS", "60001"),
             ("KEY_CACHE_TTL_MS", "-1"),
             ("USAGE_FLUSH_SECONDS", "0"),
+            ("LOG_FORMAT", "xml"),
             ("API_KEYS_ROUTES", "maybe"),
         ] {
             let message = error(&[(var, value)]);

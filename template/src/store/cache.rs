@@ -275,6 +275,24 @@ impl Backend for CachedBackend {
         self.primary.events(query).await
     }
 
+    async fn health_checks(&self) -> Vec<(&'static str, Result<(), StoreError>)> {
+        let checks = self.primary.health_checks().await;
+        #[cfg(feature = "redis")]
+        let checks = match &self.shared {
+            Some(shared) => {
+                let ping = shared.ping().await;
+                let mut checks = checks;
+                checks.push((
+                    "redis_cache",
+                    ping.map_err(|err| StoreError::Unavailable(err.to_string())),
+                ));
+                checks
+            }
+            None => checks,
+        };
+        checks
+    }
+
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
         // Usage does not change whether a key authenticates, so cached entries stay valid.
         metrics().storage_operation("record_usage");

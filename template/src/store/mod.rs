@@ -392,6 +392,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Recorded changes, newest first (by `at`, then `id`), with the total matching `query`.
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError>;
 
+    /// Whether each thing this backend depends on answers, by name, for the readiness probe. The
+    /// default reads one (absent) key.
+    async fn health_checks(&self) -> Vec<(&'static str, Result<(), StoreError>)> {
+        vec![("store", self.get("readiness-probe").await.map(drop))]
+    }
+
     /// Adds counted requests to each key and moves `last_used_at` forward, never back.
     ///
     /// Increments are relative (`request_count + n`), so instances flushing at once lose nothing.

@@ -62,6 +62,14 @@ impl RedisCache {
         Ok(json.map(|json| serde_json::from_str(&json)).transpose()?)
     }
 
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(())
+    }
+
     /// Caches `record` unless an entry exists: a fill never overwrites a mutation's entry.
     pub async fn fill(&self, record: &ApiKeyRecord) -> Result<(), CacheError> {
         redis::cmd("SET")
@@ -630,6 +638,13 @@ impl Backend for RedisBackend {
             .map(|json| serde_json::from_str(&json).map_err(corrupt))
             .collect::<Result<_, _>>()?;
         Ok(Page { items, total })
+    }
+
+    async fn health_checks(&self) -> Vec<(&'static str, Result<(), StoreError>)> {
+        let ping: Result<String, _> = redis::cmd("PING")
+            .query_async(&mut self.connection.clone())
+            .await;
+        vec![("store", ping.map(drop).map_err(unavailable))]
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {

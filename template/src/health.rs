@@ -1,0 +1,75 @@
+//! Probes for orchestrators: `GET /health` (the process answers) and `GET /ready` (it can do its job:
+//! the key store, and the Redis cache when configured, answer).
+
+use actix_web::{HttpResponse, get, web};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::store::Backend;
+
+#[derive(OpenApi)]
+#[openapi(paths(health, ready), components(schemas(Health, Readiness)))]
+pub struct HealthApi;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(health).service(ready);
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// What the readiness probe found, dependency by dependency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// `ok`, or why a dependency cannot be used.
+    #[schema(example = json!({"store": "ok", "redis_cache": "ok"}))]
+    pub checks: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// Liveness check
+///
+/// Answers while the process serves requests; it checks nothing else, so that a database outage
+/// does not get every instance restarted.
+#[utoipa::path(tag = "operations", responses((status = 200, body = Health)))]
+#[get("/health")]
+pub async fn health() -> web::Json<Health> {
+    web::Json(Health { status: "ok" })
+}
+
+/// Readiness check
+///
+/// 200 when the key store (and the Redis cache, when configured) answers; 503 naming what does not.
+#[utoipa::path(
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "A dependency cannot be reached", body = Readiness),
+    )
+)]
+#[get("/ready")]
+pub async fn ready(store: web::Data<dyn Backend>) -> HttpResponse {
+    let checks = store.health_checks().await;
+    let ready = checks.iter().all(|(_, outcome)| outcome.is_ok());
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        checks: checks
+            .into_iter()
+            .map(|(name, outcome)| {
+                (
+                    name,
+                    outcome.err().map_or("ok".to_owned(), |e| e.to_string()),
+                )
+            })
+            .collect(),
+    };
+    if !ready {
+        tracing::warn!(checks = ?body.checks, "not ready");
+        return HttpResponse::ServiceUnavailable().json(body);
+    }
+    HttpResponse::Ok().json(body)
+}
