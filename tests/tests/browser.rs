@@ -1,0 +1,80 @@
+//! Swagger UI of a generated service in a real browser: Debian's Chromium, driven by Playwright
+//! (`tests/browser/swagger.mjs`). The screenshots land in `<work dir>/screenshots/`.
+//!
+//! Needs `/usr/bin/chromium` (apt package `chromium`) and Node.js; `.ci/run` installs both. Elsewhere
+//! the test says SKIPPED, loudly; under CI (`CI` set) a missing browser is a failure.
+
+use std::path::Path;
+use std::process::Command;
+
+use actix_api_auth_tests::{
+    binary, free_port, generate, mint_admin_key, repo_root, work_dir, Service,
+};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+#[test]
+fn swagger_ui_in_chromium() {
+    if !Path::new(CHROMIUM).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{CHROMIUM} is missing: .ci/run installs it with apt-get install chromium"
+        );
+        eprintln!(
+            "SKIPPED swagger_ui_in_chromium: {CHROMIUM} is missing (apt-get install chromium)"
+        );
+        return;
+    }
+    let scripts = repo_root().join("tests").join("browser");
+    if !scripts
+        .join("node_modules")
+        .join("playwright-core")
+        .exists()
+    {
+        let installed = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&scripts)
+            .status()
+            .expect("npm runs");
+        assert!(installed.success(), "npm ci in {}", scripts.display());
+    }
+
+    let project = generate("browser-svc", &[]);
+    let bin = binary(&project, "browser-svc");
+    let db = work_dir().join("browser.db");
+    let _ = std::fs::remove_file(&db);
+    let database_url = format!("sqlite://{}", db.display());
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("RUST_LOG", "warn"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let service = Service::start(&bin, &env, free_port());
+
+    let screenshots = work_dir().join("screenshots");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    let output = Command::new("node")
+        .arg("swagger.mjs")
+        .current_dir(&scripts)
+        .env("BASE_URL", &service.base_url)
+        .env("DOCS_PATH", "/docs")
+        .env("KEYS_PREFIX", "/api/v1/api-keys")
+        .env("ADMIN_KEY", &admin)
+        .env("SCREENSHOTS", &screenshots)
+        .env("CHROMIUM", CHROMIUM)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the browser walk failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let taken: Vec<_> = std::fs::read_dir(&screenshots)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(taken.len(), 5, "{taken:?}");
+    assert!(service.stop().success());
+}
