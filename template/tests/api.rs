@@ -479,7 +479,7 @@ async fn wildcards_and_the_docs() {
     );
     assert!(doc["paths"][KEYS]["post"]["responses"]["401"].is_object());
     // The lifecycle routes, with their examples and limit headers, are in the document Swagger UI shows.
-    let item = format!("{KEYS}/{{id}}");
+    let item = KEYS.to_owned() + "/{id}";
     for (path, method) in [
         (item.clone(), "patch"),
         (format!("{item}/rotate"), "post"),

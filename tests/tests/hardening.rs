@@ -156,10 +156,63 @@ fn keys_never_leak_into_logs_or_storage() {
         .call()
         .unwrap();
     assert_eq!(repeated.status(), 401);
+    // The key's later life: updated, rotated (a new key, shown once), its audit trail read.
+    let (status, _) = client.send(
+        "PATCH",
+        &format!("{KEYS}/{id}"),
+        Some(&admin),
+        Some(json!({"name": "reader v2", "rate_limit": {"requests": 100, "window": 60}})),
+    );
+    assert_eq!(status, 200);
+    let (status, rotated) = client.send(
+        "POST",
+        &format!("{KEYS}/{doomed_id}/rotate"),
+        Some(&admin),
+        Some(json!({})),
+    );
+    assert_eq!(status, 409, "a revoked key is not rotated: {rotated}");
+    let (status, rotated) = client.send(
+        "POST",
+        &format!("{KEYS}/{id}/rotate"),
+        Some(&admin),
+        Some(json!({"grace_period": 60})),
+    );
+    assert_eq!(status, 201, "{rotated}");
+    let replacement = rotated["key"].as_str().unwrap().to_owned();
+    issued.push(replacement.clone());
+    assert_eq!(
+        client.send("GET", "/protected", Some(&replacement), None).0,
+        200
+    );
+    let (status, events) = client.send("GET", &format!("{KEYS}/{id}/events"), Some(&admin), None);
+    assert_eq!(status, 200);
+    assert_eq!(events["total"], 3, "created, updated, rotated: {events}");
     std::thread::sleep(Duration::from_millis(1500));
     let (_, details) = client.send("GET", &format!("{KEYS}/{id}"), Some(&admin), None);
     assert_eq!(details["request_count"], 3, "the flush ran: {details}");
     assert!(service.stop().success());
+
+    // The CLI's rotation prints the new key alone on stdout, like creation.
+    let cli = std::process::Command::new(&bin)
+        .args([
+            "keys",
+            "rotate",
+            rotated["id"].as_str().unwrap(),
+            "--grace",
+            "1m",
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let again = String::from_utf8(cli.stdout).unwrap().trim().to_owned();
+    assert!(key_shape().is_match(&again), "{again}");
+    issued.push(again);
+    assert_no_key("the CLI's log", &cli.stderr, &issued);
 
     let logged = std::fs::read(&log).unwrap();
     let text = String::from_utf8_lossy(&logged);
@@ -489,4 +542,45 @@ fn schemathesis_finds_no_server_error_and_no_contradiction_of_the_document() {
     println!(
         "schemathesis: {generated}, every check but positive_data_acceptance and use_after_free, all phases"
     );
+}
+
+#[test]
+fn json_logs_carry_the_request_id() {
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("service.log");
+    let database_url = format!("sqlite://{}", scratch.path().join("logs.db").display());
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("RUST_LOG", "info"),
+        ("LOG_FORMAT", "json"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let service = Service::start_logged(&bin, &env, free_port(), &log);
+    let created = ureq::post(format!("{}{KEYS}", service.base_url))
+        .header("X-API-Key", &admin)
+        .header("X-Request-Id", "edge-7f3a9c")
+        .header("Content-Type", "application/json")
+        .send(json!({"name": "logged"}).to_string())
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(
+        created.headers()["x-request-id"].to_str().unwrap(),
+        "edge-7f3a9c"
+    );
+    assert!(service.stop().success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let audit = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "API key created")
+        .unwrap_or_else(|| panic!("no creation event in {text}"));
+    assert_eq!(audit["target"], "audit");
+    assert_eq!(audit["span"]["id"], "edge-7f3a9c", "{audit}");
+    assert_eq!(audit["span"]["method"], "POST");
+    println!("a JSON log line: {audit}");
 }

@@ -251,3 +251,53 @@ fn the_post_hook_prints_next_steps() {
         assert!(printed.contains(line), "{line:?} in:\n{printed}");
     }
 }
+
+/// The files cargo-generate renders (`include` in cargo-generate.toml) use `{{`, `{%` and `{#`
+/// for placeholders only: any other use would be eaten by Liquid, silently.
+#[test]
+fn rendered_files_use_braces_for_placeholders_only() {
+    let root = actix_api_auth_tests::repo_root();
+    let manifest = std::fs::read_to_string(root.join("cargo-generate.toml")).unwrap();
+    let list = manifest
+        .split_once("include = [")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .unwrap()
+        .0;
+    let patterns: Vec<&str> = list
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix('"')?.strip_suffix("\","))
+        .collect();
+    assert!(patterns.len() > 10, "{patterns:?}");
+    let placeholder = regex::Regex::new(r"\{\{\s*([a-z_-]+)\s*\}\}").unwrap();
+    let tag = regex::Regex::new(r"\{%-?\s*(if|endif|else)\b[^%]*%\}").unwrap();
+    for pattern in patterns {
+        let files: Vec<_> = match pattern.split_once('*') {
+            Some((dir, ext)) => std::fs::read_dir(root.join("template").join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().ends_with(ext))
+                .collect(),
+            None => vec![root.join("template").join(pattern)],
+        };
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let rest = tag.replace_all(&text, "");
+            for found in placeholder.captures_iter(&rest) {
+                assert!(
+                    PLACEHOLDERS.contains(&&found[1]),
+                    "{} uses {{{{{}}}}}, which is no placeholder",
+                    file.display(),
+                    &found[1]
+                );
+            }
+            let rest = placeholder.replace_all(&rest, "");
+            for open in ["{{", "{%", "{#"] {
+                assert!(
+                    !rest.contains(open),
+                    "{} contains {open} outside a placeholder",
+                    file.display()
+                );
+            }
+        }
+    }
+}

@@ -175,7 +175,7 @@ impl Authenticator {
                 target: "audit",
                 outcome = err.code(),
                 key_id,
-                client = ?client,
+                client = client.map(tracing::field::display),
                 "authentication failed"
             );
         }

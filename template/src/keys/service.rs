@@ -258,8 +258,8 @@ impl ApiKeyService {
                         target: "audit",
                         action = "create",
                         key_id = %record.id,
-                        owner_id = ?record.owner_id,
-                        by = ?by.key_id(),
+                        owner_id = record.owner_id.as_deref(),
+                        by = by.key_id(),
                         "API key created"
                     );
                     return Ok(CreatedKey { key, record });
@@ -365,7 +365,7 @@ impl ApiKeyService {
                         action = "rotate",
                         key_id = %old.id,
                         replaced_by = %record.id,
-                        by = ?by.key_id(),
+                        by = by.key_id(),
                         "API key rotated"
                     );
                     return Ok(CreatedKey { key, record });
@@ -428,7 +428,7 @@ impl ApiKeyService {
             action = "update",
             key_id = %id,
             fields = ?changes.to_json().keys().collect::<Vec<_>>(),
-            by = ?by.key_id(),
+            by = by.key_id(),
             "API key updated"
         );
         Ok(self.with_unflushed_usage(updated))
@@ -528,7 +528,7 @@ impl ApiKeyService {
                 target: "audit",
                 action = "revoke",
                 key_id = %id,
-                by = ?by.key_id(),
+                by = by.key_id(),
                 "API key revoked"
             );
             Ok(())

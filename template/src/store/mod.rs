@@ -43,6 +43,8 @@ pub struct ApiKeyRecord {
     pub last_used_at: Option<DateTime<Utc>>,
     pub request_count: u64,
     /// A disabled key is refused until enabled again; unlike revocation, this can be undone.
+    /// Records written before this field existed (in Redis) read back enabled.
+    #[serde(default = "enabled_by_default")]
     pub enabled: bool,
     pub rate_limit: Option<RateLimit>,
     /// Uses left, when the key has a quota; taken one per admitted request by [`Backend::use_quota`].
@@ -57,6 +59,10 @@ pub struct ApiKeyRecord {
     pub replaced_by: Option<String>,
     /// When a rotated key stops working: the end of its grace period.
     pub retires_at: Option<DateTime<Utc>>,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 /// At most `requests` requests per `window` seconds, spread evenly: a key that has been idle may
@@ -479,4 +485,31 @@ fn redis_backend(_: &str) -> Result<Arc<dyn Backend>, StoreError> {
     Err(StoreError::Unavailable(
         "DATABASE_URL names Redis, which this build does not include: rebuild with `--features redis`".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_the_lifecycle_fields_read_back_enabled_and_unlimited() {
+        let mut json = serde_json::to_value(conformance::sample("owner", Utc::now())).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        for added in [
+            "enabled",
+            "rate_limit",
+            "remaining",
+            "refill",
+            "refilled_at",
+            "rotated_from",
+            "replaced_by",
+            "retires_at",
+        ] {
+            fields.remove(added);
+        }
+        let record: ApiKeyRecord = serde_json::from_value(json).unwrap();
+        assert!(record.enabled);
+        assert_eq!((record.rate_limit, record.remaining), (None, None));
+        assert_eq!(record.replaced_by, None);
+    }
 }

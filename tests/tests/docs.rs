@@ -1,0 +1,209 @@
+//! The documentation site (`docs/`, an mdBook) stays true: it builds without a warning, every
+//! setting and placeholder the code has is documented (and nothing else), and every Rust example
+//! either compiles in a generated project or is marked as illustrative (`rust,ignore`).
+//!
+//! Building the book needs `mdbook` (`.ci/run` installs it with cargo); without it that one test says
+//! SKIPPED, and fails under CI (`CI` set).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use actix_api_auth_tests::{cargo, generate, repo_root};
+use regex::Regex;
+
+fn docs() -> PathBuf {
+    repo_root().join("docs")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+/// Every page of the book, with its file name.
+fn pages() -> Vec<(String, String)> {
+    let mut pages: Vec<_> = std::fs::read_dir(docs().join("src"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, read(&path))
+        })
+        .collect();
+    pages.sort();
+    pages
+}
+
+#[test]
+fn the_book_builds_without_warnings() {
+    let mdbook = std::env::var_os("MDBOOK").map_or_else(|| PathBuf::from("mdbook"), PathBuf::from);
+    let output = match Command::new(&mdbook)
+        .args(["build", "--dest-dir"])
+        .arg(actix_api_auth_tests::work_dir().join("book"))
+        .current_dir(docs())
+        .output()
+    {
+        Ok(output) => output,
+        Err(err) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "mdbook cannot run ({err}): .ci/run installs it"
+            );
+            eprintln!("SKIPPED the_book_builds_without_warnings: mdbook is not installed ({err})");
+            return;
+        }
+    };
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        .collect();
+    assert!(complaints.is_empty(), "{log}");
+
+    // Every page is in the table of contents, and every link between pages reaches one.
+    let summary = read(&docs().join("src").join("SUMMARY.md"));
+    let link = Regex::new(r"\]\(([a-z0-9-]+\.md)(#[a-z0-9-]+)?\)").unwrap();
+    let names: BTreeSet<String> = pages().into_iter().map(|(name, _)| name).collect();
+    for name in names.iter().filter(|name| *name != "SUMMARY.md") {
+        assert!(
+            summary.contains(&format!("({name})")),
+            "{name} is not in SUMMARY.md"
+        );
+    }
+    for (name, text) in pages() {
+        for target in link.captures_iter(&text) {
+            assert!(
+                names.contains(&target[1]),
+                "{name} links to a missing page {}",
+                &target[1]
+            );
+        }
+    }
+}
+
+/// `FOO_BAR` for every field `foo_bar` of `Config`.
+fn settings_in_code() -> BTreeSet<String> {
+    let code = read(&repo_root().join("template/src/config/mod.rs"));
+    let body = code
+        .split_once("pub struct Config {")
+        .and_then(|(_, rest)| rest.split_once("\n}"))
+        .expect("the Config struct")
+        .0;
+    let field = Regex::new(r"(?m)^    pub ([a-z0-9_]+):").unwrap();
+    field
+        .captures_iter(body)
+        .map(|c| c[1].to_uppercase())
+        .collect()
+}
+
+#[test]
+fn every_setting_is_documented_and_every_documented_setting_exists() {
+    let mut code = settings_in_code();
+    assert!(
+        code.contains("DATABASE_URL") && code.contains("LOG_FORMAT"),
+        "{code:?}"
+    );
+    // Read by tracing-subscriber rather than by Config.
+    code.insert("RUST_LOG".into());
+
+    let page = read(&docs().join("src/configuration.md"));
+    let row = Regex::new(r"(?m)^\| ([^|]+) \|").unwrap();
+    let variable = Regex::new(r"`([A-Z][A-Z0-9_]+)`").unwrap();
+    let documented: BTreeSet<String> = row
+        .captures_iter(&page)
+        .flat_map(|c| {
+            variable
+                .captures_iter(&c[1])
+                .map(|v| v[1].to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(documented, code, "docs/src/configuration.md against Config");
+
+    let example = read(&repo_root().join("template/.env.example"));
+    let line = Regex::new(r"(?m)^#? ?([A-Z][A-Z0-9_]+)=").unwrap();
+    let listed: BTreeSet<String> = line
+        .captures_iter(&example)
+        .map(|c| c[1].to_owned())
+        .collect();
+    assert_eq!(listed, code, "template/.env.example against Config");
+}
+
+#[test]
+fn every_placeholder_is_documented() {
+    let manifest = read(&repo_root().join("cargo-generate.toml"));
+    let table = Regex::new(r"(?m)^\[placeholders\.([a-z_]+)\]").unwrap();
+    let mut placeholders: BTreeSet<String> = table
+        .captures_iter(&manifest)
+        .map(|c| c[1].to_owned())
+        .collect();
+    placeholders.insert("project-name".into());
+    let page = read(&docs().join("src/placeholders.md"));
+    let row = Regex::new(r"(?m)^\| `([a-z_-]+)` \|").unwrap();
+    let documented: BTreeSet<String> = row.captures_iter(&page).map(|c| c[1].to_owned()).collect();
+    assert_eq!(documented, placeholders);
+}
+
+/// The Rust code blocks of a page: (info string, code).
+fn rust_blocks(text: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let fence = line.trim_start();
+        let Some(info) = fence.strip_prefix("```rust") else {
+            continue;
+        };
+        let indent = line.len() - fence.len();
+        let code: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| l.trim_start() != "```")
+            .map(|l| l.get(indent..).unwrap_or(l.trim_start()))
+            .collect();
+        blocks.push((info.to_owned(), code.join("\n")));
+    }
+    blocks
+}
+
+#[test]
+fn rust_examples_compile_or_say_they_are_illustrative() {
+    let mut compiled = Vec::new();
+    for (page, text) in pages() {
+        for (n, (info, code)) in rust_blocks(&text).into_iter().enumerate() {
+            match info.as_str() {
+                ",ignore" => {}
+                "" => compiled.push((format!("{}_{n}", page.trim_end_matches(".md").replace('-', "_")), code)),
+                other => panic!("{page}: a rust block is either ```rust (compiled) or ```rust,ignore (illustrative), not ```rust{other}"),
+            }
+        }
+    }
+    assert!(!compiled.is_empty(), "some examples are compiled");
+
+    // Each example becomes a module of a generated service; lines hidden in the book (`# `) are kept.
+    let project = generate("docs-svc", &[]);
+    let mut lib = read(&project.join("src/lib.rs"));
+    for (module, code) in &compiled {
+        let source: Vec<&str> = code
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(hidden) => hidden,
+                None if line == "#" => "",
+                None => line,
+            })
+            .collect();
+        std::fs::write(
+            project.join("src").join(format!("doc_{module}.rs")),
+            source.join("\n") + "\n",
+        )
+        .unwrap();
+        lib.push_str(&format!("#[allow(dead_code)]\nmod doc_{module};\n"));
+    }
+    std::fs::write(project.join("src/lib.rs"), lib).unwrap();
+    cargo(&project, &["build", "--locked", "--lib"]);
+    println!(
+        "compiled {} examples: {:?}",
+        compiled.len(),
+        compiled.iter().map(|(m, _)| m).collect::<Vec<_>>()
+    );
+}
