@@ -122,6 +122,22 @@ fn every_setting_is_documented_and_every_documented_setting_exists() {
         .collect();
     assert_eq!(documented, code, "docs/src/configuration.md against Config");
 
+    let readme = read(&repo_root().join("template/README.md"));
+    let table = readme
+        .split_once("## Configuration")
+        .expect("the generated README has a Configuration section")
+        .1;
+    let in_readme: BTreeSet<String> = row
+        .captures_iter(table)
+        .flat_map(|c| {
+            variable
+                .captures_iter(&c[1])
+                .map(|v| v[1].to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(in_readme, code, "template/README.md against Config");
+
     let example = read(&repo_root().join("template/.env.example"));
     let line = Regex::new(r"(?m)^#? ?([A-Z][A-Z0-9_]+)=").unwrap();
     let listed: BTreeSet<String> = line
@@ -181,7 +197,18 @@ fn rust_examples_compile_or_say_they_are_illustrative() {
     assert!(!compiled.is_empty(), "some examples are compiled");
 
     // Each example becomes a module of a generated service; lines hidden in the book (`# `) are kept.
+    // The generated README's examples are compiled too.
     let project = generate("docs-svc", &[]);
+    for (n, (info, code)) in rust_blocks(&read(&project.join("README.md")))
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            info, "",
+            "the generated README's rust blocks are all compiled"
+        );
+        compiled.push((format!("readme_{n}"), code));
+    }
     let mut lib = read(&project.join("src/lib.rs"));
     for (module, code) in &compiled {
         let source: Vec<&str> = code
