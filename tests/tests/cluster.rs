@@ -161,6 +161,23 @@ fn two_instances_on_postgres_and_redis() {
     let uri = format!("{KEYS}/{}", created["id"].as_str().unwrap());
     assert_eq!(cb.send("GET", &uri, Some(&admin), None).1["remaining"], 0);
 
+    // A key disabled through A is refused by B within the bound, and works again once enabled.
+    let (switch_id, switch) = create_key(&ca, &admin, "switched");
+    assert_eq!(cb.send("GET", "/protected", Some(&switch), None).0, 200);
+    let uri = format!("{KEYS}/{switch_id}");
+    let (status, _) = ca.send("PATCH", &uri, Some(&admin), Some(json!({"enabled": false})));
+    assert_eq!(status, 200);
+    let took = wait_until("the update reaches B", BOUND * 3, || {
+        let (status, problem) = cb.send("GET", "/protected", Some(&switch), None);
+        status == 401 && problem["code"] == "disabled_api_key"
+    });
+    println!("an update reached instance B in {took:?}");
+    assert!(took <= BOUND + Duration::from_millis(300), "took {took:?}");
+    ca.send("PATCH", &uri, Some(&admin), Some(json!({"enabled": true})));
+    wait_until("enabled again on B", BOUND * 3, || {
+        cb.send("GET", "/protected", Some(&switch), None).0 == 200
+    });
+
     // A key rotated through A works on B for its grace period, then B refuses it too.
     let (old_id, old_key) = create_key(&ca, &admin, "rotated");
     assert_eq!(cb.send("GET", "/protected", Some(&old_key), None).0, 200);

@@ -41,6 +41,18 @@ fn seed_flow_over_http() {
     let service = Service::start(&bin, &env, free_port());
     let client = Client::new(&service.base_url);
 
+    // The bootstrap from the shell is in the audit log, made by the operator (no acting key).
+    let (status, events) = client.send("GET", "/api/v1/api-keys/events", Some(&admin), None);
+    assert_eq!(status, 200, "{events}");
+    let bootstrap = &events["items"][0];
+    assert_eq!(bootstrap["action"], "created");
+    assert_eq!(
+        bootstrap["key_id"].as_str(),
+        admin.get(4..16),
+        "{bootstrap}"
+    );
+    assert!(bootstrap["actor_key_id"].is_null() && bootstrap["client"].is_null());
+
     let (status, created) = client.send(
         "POST",
         "/api/v1/api-keys",
