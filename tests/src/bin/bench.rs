@@ -698,6 +698,9 @@ fn build_times(dir: &Path) -> Result<String> {
             .current_dir(&project)
             .env("CARGO_TARGET_DIR", &target)
             .env_remove("RUSTFLAGS")
+            // What a user's build does, whatever the harness's run turned off.
+            .env_remove("CARGO_INCREMENTAL")
+            .env_remove("CARGO_PROFILE_DEV_DEBUG")
             .status()?;
         if !status.success() {
             return Err("cargo build failed".into());
