@@ -136,85 +136,15 @@ impl Flusher {
 
 #[cfg(test)]
 mod tests {
-    use async_trait::async_trait;
-    use chrono::DateTime;
-
     use super::*;
-    use crate::store::{
-        ApiKeyRecord, EventQuery, KeyChanges, KeyEvent, ListQuery, MemoryBackend, Page, QuotaUse,
-        conformance,
-    };
-
-    /// A store whose usage writes fail (as when the database is down) or take a while (as over a
-    /// network); everything else is kept in memory.
-    #[derive(Default)]
-    struct UsageStore {
-        inner: MemoryBackend,
-        fails: bool,
-        delay: Duration,
-    }
-
-    #[async_trait]
-    impl Backend for UsageStore {
-        async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
-            self.inner.insert(key, event).await
-        }
-        async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-            self.inner.get(id).await
-        }
-        async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
-            self.inner.list(query).await
-        }
-        async fn revoke(
-            &self,
-            id: &str,
-            at: DateTime<Utc>,
-            event: &KeyEvent,
-        ) -> Result<bool, StoreError> {
-            self.inner.revoke(id, at, event).await
-        }
-        async fn update(
-            &self,
-            id: &str,
-            changes: &KeyChanges,
-            event: &KeyEvent,
-        ) -> Result<Option<ApiKeyRecord>, StoreError> {
-            self.inner.update(id, changes, event).await
-        }
-        async fn rotate(
-            &self,
-            old_id: &str,
-            new: &ApiKeyRecord,
-            retires_at: DateTime<Utc>,
-            events: &[KeyEvent],
-        ) -> Result<bool, StoreError> {
-            self.inner.rotate(old_id, new, retires_at, events).await
-        }
-        async fn use_quota(
-            &self,
-            id: &str,
-            refill_before: Option<DateTime<Utc>>,
-            now: DateTime<Utc>,
-        ) -> Result<QuotaUse, StoreError> {
-            self.inner.use_quota(id, refill_before, now).await
-        }
-        async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
-            self.inner.events(query).await
-        }
-        async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
-            tokio::time::sleep(self.delay).await;
-            if self.fails {
-                return Err(StoreError::Unavailable("down".into()));
-            }
-            self.inner.record_usage(batch).await
-        }
-    }
+    use crate::store::testing::FlakyStore;
+    use crate::store::{MemoryBackend, conformance};
 
     #[tokio::test]
     async fn finishing_the_flusher_during_a_flush_loses_no_counts() {
-        let store = Arc::new(UsageStore {
-            delay: Duration::from_millis(100),
-            ..UsageStore::default()
+        let store = Arc::new(FlakyStore {
+            usage_delay: Duration::from_millis(100),
+            ..FlakyStore::default()
         });
         let key = conformance::sample("owner", Utc::now());
         store
@@ -255,9 +185,9 @@ mod tests {
         for _ in 0..3 {
             tracker.record("a", Utc::now());
         }
-        let down = UsageStore {
-            fails: true,
-            ..UsageStore::default()
+        let down = FlakyStore {
+            usage_fails: true,
+            ..FlakyStore::default()
         };
         assert!(tracker.flush(&down).await.is_err());
         tracker.record("a", Utc::now());

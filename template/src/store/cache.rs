@@ -305,86 +305,15 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-    use crate::store::MemoryBackend;
     use crate::store::conformance::{event, sample};
-
-    /// A store whose lookups read at once but answer only when told to: a slow database.
-    struct Slow {
-        inner: MemoryBackend,
-        answer: Notify,
-    }
-
-    #[async_trait]
-    impl Backend for Slow {
-        async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
-            self.inner.insert(key, event).await
-        }
-
-        async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-            self.inner.get(id).await
-        }
-
-        async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
-            let read = self.inner.lookup(id).await;
-            self.answer.notified().await;
-            read
-        }
-
-        async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
-            self.inner.list(query).await
-        }
-
-        async fn revoke(
-            &self,
-            id: &str,
-            at: DateTime<Utc>,
-            event: &KeyEvent,
-        ) -> Result<bool, StoreError> {
-            self.inner.revoke(id, at, event).await
-        }
-
-        async fn update(
-            &self,
-            id: &str,
-            changes: &KeyChanges,
-            event: &KeyEvent,
-        ) -> Result<Option<ApiKeyRecord>, StoreError> {
-            self.inner.update(id, changes, event).await
-        }
-
-        async fn rotate(
-            &self,
-            old_id: &str,
-            new: &ApiKeyRecord,
-            retires_at: DateTime<Utc>,
-            events: &[KeyEvent],
-        ) -> Result<bool, StoreError> {
-            self.inner.rotate(old_id, new, retires_at, events).await
-        }
-
-        async fn use_quota(
-            &self,
-            id: &str,
-            refill_before: Option<DateTime<Utc>>,
-            now: DateTime<Utc>,
-        ) -> Result<QuotaUse, StoreError> {
-            self.inner.use_quota(id, refill_before, now).await
-        }
-
-        async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
-            self.inner.events(query).await
-        }
-
-        async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
-            self.inner.record_usage(batch).await
-        }
-    }
+    use crate::store::testing::FlakyStore;
 
     #[tokio::test]
     async fn a_lookup_overtaken_by_a_revocation_does_not_cache_the_old_key() {
-        let slow = Arc::new(Slow {
-            inner: MemoryBackend::default(),
-            answer: Notify::new(),
+        // A slow database: lookups read at once but answer only when told to.
+        let slow = Arc::new(FlakyStore {
+            held_lookups: Some(Notify::new()),
+            ..FlakyStore::default()
         });
         let cache = Arc::new(CachedBackend::new(slow.clone()));
         let key = sample("owner", Utc::now());
@@ -398,7 +327,7 @@ mod tests {
         tokio::task::yield_now().await;
         let revoked = event(&key.id);
         assert!(cache.revoke(&key.id, Utc::now(), &revoked).await.unwrap());
-        slow.answer.notify_one();
+        slow.held_lookups.as_ref().unwrap().notify_one();
         let answered = lookup.await.unwrap().unwrap().unwrap();
         assert!(
             answered.revoked_at.is_none(),
@@ -409,7 +338,7 @@ mod tests {
             cache.cached(&key.id).is_none(),
             "but did not cache what it read"
         );
-        slow.answer.notify_one();
+        slow.held_lookups.as_ref().unwrap().notify_one();
         let now = cache.lookup(&key.id).await.unwrap().unwrap();
         assert!(now.revoked_at.is_some());
     }

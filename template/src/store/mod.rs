@@ -10,6 +10,8 @@ pub mod memory;
 pub mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::sync::Arc;
 

@@ -209,8 +209,18 @@ fn window(limit: u32, offset: u64) -> (i64, i64) {
     (i64::from(limit), i64::try_from(offset).unwrap_or(i64::MAX))
 }
 
-fn converted<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {
-    rows.into_iter().map(T::try_from).collect()
+/// One page of `rows`, with `total` as SQL counted it.
+fn paged<R, T: TryFrom<R, Error = StoreError>>(
+    rows: Vec<R>,
+    total: i64,
+) -> Result<Page<T>, StoreError> {
+    Ok(Page {
+        items: rows
+            .into_iter()
+            .map(T::try_from)
+            .collect::<Result<_, _>>()?,
+        total: u64::try_from(total).unwrap_or(0),
+    })
 }
 
 #[async_trait]
@@ -275,10 +285,7 @@ impl Backend for SqlBackend {
             let total = count.get_result(&mut conn).await.map_err(query_failed)?;
             (rows, total)
         });
-        Ok(Page {
-            items: converted(rows)?,
-            total: u64::try_from(total).unwrap_or(0),
-        })
+        paged(rows, total)
     }
 
     async fn revoke(
@@ -470,10 +477,7 @@ impl Backend for SqlBackend {
             let total = count.get_result(&mut conn).await.map_err(query_failed)?;
             (rows, total)
         });
-        Ok(Page {
-            items: converted(rows)?,
-            total: u64::try_from(total).unwrap_or(0),
-        })
+        paged(rows, total)
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {

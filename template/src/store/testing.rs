@@ -1,0 +1,97 @@
+//! A store for the service's own unit tests: the memory store, with the delays and failures of a
+//! real database where a test needs them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use super::{
+    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, MemoryBackend, Page,
+    QuotaUse, StoreError, Usage,
+};
+
+#[derive(Default)]
+pub struct FlakyStore {
+    pub inner: MemoryBackend,
+    /// When set, a lookup reads at once but answers only once this is notified: a slow query.
+    pub held_lookups: Option<Notify>,
+    /// How long each usage write takes, as over a network.
+    pub usage_delay: Duration,
+    /// Whether usage writes fail, as when the database is down.
+    pub usage_fails: bool,
+}
+
+#[async_trait]
+impl Backend for FlakyStore {
+    async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
+        self.inner.insert(key, event).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.get(id).await
+    }
+
+    async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
+        let read = self.inner.lookup(id).await;
+        if let Some(held) = &self.held_lookups {
+            held.notified().await;
+        }
+        read
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
+        self.inner.list(query).await
+    }
+
+    async fn revoke(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        event: &KeyEvent,
+    ) -> Result<bool, StoreError> {
+        self.inner.revoke(id, at, event).await
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        changes: &KeyChanges,
+        event: &KeyEvent,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.update(id, changes, event).await
+    }
+
+    async fn rotate(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        retires_at: DateTime<Utc>,
+        events: &[KeyEvent],
+    ) -> Result<bool, StoreError> {
+        self.inner.rotate(old_id, new, retires_at, events).await
+    }
+
+    async fn use_quota(
+        &self,
+        id: &str,
+        refill_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<QuotaUse, StoreError> {
+        self.inner.use_quota(id, refill_before, now).await
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
+        self.inner.events(query).await
+    }
+
+    async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
+        tokio::time::sleep(self.usage_delay).await;
+        if self.usage_fails {
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        self.inner.record_usage(batch).await
+    }
+}
