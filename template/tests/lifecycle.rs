@@ -292,6 +292,34 @@ async fn a_rate_limit_answers_429_with_its_headers() {
     assert_eq!(status, StatusCode::OK);
 }
 
+#[actix_web::test]
+async fn a_used_up_quota_still_reports_the_rate_limit() {
+    let h = memory_harness().await;
+    let key = h
+        .mint(NewKey {
+            name: "metered and limited".into(),
+            rate_limit: Some(RateLimit {
+                requests: 5,
+                window: 60,
+            }),
+            remaining: Some(1),
+            ..NewKey::default()
+        })
+        .await
+        .key
+        .to_string();
+    let (status, _, _) = call(&h.app, with_key(TestRequest::get().uri("/protected"), &key)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, headers, problem) =
+        call(&h.app, with_key(TestRequest::get().uri("/protected"), &key)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(problem["code"], "usage_exceeded");
+    let remaining = headers
+        .get("ratelimit-remaining")
+        .map(|v| v.to_str().unwrap());
+    assert_eq!(remaining, Some("3"), "the refused request was counted too");
+}
+
 /// `requests` parallel calls of `uri` with `key`; how many got each status.
 async fn in_parallel<S, B>(app: &S, key: &str, uri: &str, requests: usize) -> Vec<StatusCode>
 where

@@ -47,8 +47,12 @@ pub enum Refusal {
         state: LimitState,
         retry_after: Duration,
     },
-    /// The quota is used up; with a refill, it fills again after `retry_after`.
-    UsageExceeded { retry_after: Option<Duration> },
+    /// The quota is used up; with a refill, it fills again after `retry_after`. `state` is the
+    /// key's standing against its rate limit, when it has one too.
+    UsageExceeded {
+        retry_after: Option<Duration>,
+        state: Option<LimitState>,
+    },
     /// The store could not take a use from the quota.
     Unavailable,
 }
@@ -98,7 +102,7 @@ impl Allowance {
             None => None,
         };
         if record.remaining.is_some() {
-            self.take_quota(account, record.refill).await?;
+            self.take_quota(account, record.refill, state).await?;
         }
         Ok(state)
     }
@@ -125,7 +129,10 @@ impl Allowance {
             .ok()
         else {
             // Validation keeps limits positive; a stored zero admits nothing.
-            return Err(Refusal::UsageExceeded { retry_after: None });
+            return Err(Refusal::UsageExceeded {
+                retry_after: None,
+                state: None,
+            });
         };
         let interval = interval(limit);
         match limiter.check() {
@@ -151,7 +158,12 @@ impl Allowance {
         }
     }
 
-    async fn take_quota(&self, account: &str, refill: Option<Refill>) -> Result<(), Refusal> {
+    async fn take_quota(
+        &self,
+        account: &str,
+        refill: Option<Refill>,
+        state: Option<LimitState>,
+    ) -> Result<(), Refusal> {
         let now = Utc::now().trunc_subsecs(6);
         let refill_before = refill.map(|refill| refill.interval.period_start(now));
         match self.store.use_quota(account, refill_before, now).await {
@@ -159,6 +171,7 @@ impl Allowance {
             Ok(QuotaUse::Exhausted) => Err(Refusal::UsageExceeded {
                 retry_after: refill
                     .and_then(|refill| (refill.interval.next_start(now) - now).to_std().ok()),
+                state,
             }),
             Err(err) => {
                 tracing::warn!(error = %err, key_id = account, "cannot take a use from the quota");
@@ -182,7 +195,9 @@ fn limiter(limit: RateLimit) -> Option<Limiter> {
 /// the request is admitted, the requests left, microseconds until a full burst is allowed again,
 /// and microseconds until the next request is.
 #[cfg(feature = "redis")]
-const GCRA: &str = r"
+static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -194,7 +209,9 @@ if next_tat - now > window then
 end
 redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000))
 return {1, math.floor((window - (next_tat - now)) / interval), next_tat - now, 0}
-";
+",
+    )
+});
 
 #[cfg(feature = "redis")]
 async fn shared_rate(
@@ -203,13 +220,12 @@ async fn shared_rate(
     limit: RateLimit,
 ) -> Result<Result<LimitState, Refusal>, redis::RedisError> {
     let interval = interval(limit);
-    let (admitted, remaining, reset, retry): (i64, i64, i64, i64) = redis::cmd("EVAL")
-        .arg(GCRA)
-        .arg(1)
-        .arg(format!("apikeys:rate:{account}"))
+    // EVALSHA: the script travels once per connection, not with every request.
+    let (admitted, remaining, reset, retry): (i64, i64, i64, i64) = GCRA
+        .key(format!("apikeys:rate:{account}"))
         .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
         .arg(limit.requests)
-        .query_async(&mut connection.clone())
+        .invoke_async(&mut connection.clone())
         .await?;
     let micros = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
     let state = LimitState {

@@ -113,7 +113,8 @@ impl Admission {
         match self.0.get()? {
             Ok(state) => *state,
             Err(Refusal::RateLimited { state, .. }) => Some(*state),
-            Err(_) => None,
+            Err(Refusal::UsageExceeded { state, .. }) => *state,
+            Err(Refusal::Unavailable) => None,
         }
     }
 }
@@ -164,7 +165,7 @@ impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::RateLimited { retry_after, .. } => Self::RateLimited { retry_after },
-            Refusal::UsageExceeded { retry_after } => Self::UsageExceeded { retry_after },
+            Refusal::UsageExceeded { retry_after, .. } => Self::UsageExceeded { retry_after },
             Refusal::Unavailable => Self::StorageUnavailable,
         }
     }
