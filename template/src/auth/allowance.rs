@@ -4,7 +4,8 @@
 //! Rate limits are GCRA, like the failure limits: `requests` at once after a pause, then one every
 //! `window / requests` seconds. With Redis configured (`REDIS_URL`, or Redis as the store), every
 //! instance shares one count per key, kept by a Lua script on Redis's clock; otherwise, or while
-//! Redis cannot be reached, each instance counts on its own (`governor`).
+//! Redis cannot be reached, each instance counts on its own (`governor`), asking Redis again after a
+//! second.
 //!
 //! Quotas are taken from the store, one atomic decrement per admitted request
 //! ([`Backend::use_quota`]), so instances never overspend a quota between them.
@@ -24,6 +25,8 @@ use governor::{Quota, RateLimiter};
 
 use super::guard::ApiKey;
 use crate::metrics::metrics;
+#[cfg(feature = "redis")]
+use crate::store::redis::{Breaker, CacheError};
 use crate::store::{Backend, QuotaUse, RateLimit, Refill};
 
 /// How many keys' rate-limit states an instance keeps.
@@ -61,7 +64,7 @@ pub struct Allowance {
     store: Arc<dyn Backend>,
     local: quick_cache::sync::Cache<(String, RateLimit), Arc<Limiter>>,
     #[cfg(feature = "redis")]
-    shared: Option<redis::aio::ConnectionManager>,
+    shared: Option<(redis::aio::ConnectionManager, Breaker)>,
 }
 
 impl Allowance {
@@ -78,7 +81,7 @@ impl Allowance {
     /// Counts rate limits in the Redis at `url`, shared by every instance using it.
     #[cfg(feature = "redis")]
     pub fn shared_through(mut self, url: &str) -> Result<Self, crate::store::StoreError> {
-        self.shared = Some(crate::store::redis::connect(url)?);
+        self.shared = Some((crate::store::redis::connect(url)?, Breaker::default()));
         Ok(self)
     }
 
@@ -109,9 +112,10 @@ impl Allowance {
 
     async fn rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {
         #[cfg(feature = "redis")]
-        if let Some(connection) = &self.shared {
-            match shared_rate(connection, account, limit).await {
+        if let Some((connection, breaker)) = &self.shared {
+            match breaker.call(shared_rate(connection, account, limit)).await {
                 Ok(verdict) => return verdict,
+                Err(CacheError::Resting) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "Redis unavailable for rate limits; counting in this instance");
                 }
@@ -270,5 +274,25 @@ mod tests {
         };
         assert!(retry_after > Duration::from_secs(19) && retry_after <= Duration::from_secs(20));
         assert_eq!(state.remaining, 0);
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn without_redis_each_instance_counts_on_its_own() {
+        let allowance = Allowance::new(Arc::new(MemoryBackend::default()))
+            .shared_through("redis://127.0.0.1:1/")
+            .unwrap();
+        let mut record = sample("owner", Utc::now());
+        record.rate_limit = Some(RateLimit {
+            requests: 2,
+            window: 60,
+        });
+        let key = ApiKey::new(Arc::new(record), None);
+        assert!(allowance.admit(&key).await.is_ok());
+        assert!(allowance.admit(&key).await.is_ok());
+        assert!(matches!(
+            allowance.admit(&key).await,
+            Err(Refusal::RateLimited { .. })
+        ));
     }
 }

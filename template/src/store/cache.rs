@@ -189,6 +189,7 @@ impl Backend for CachedBackend {
                         return Ok(Some(record));
                     }
                 }
+                Err(super::redis::CacheError::Resting) => metrics().key_cache("redis", false),
                 Err(err) => {
                     metrics().key_cache("redis", false);
                     tracing::warn!(error = %err, "Redis cache unavailable; reading the database");

@@ -5,8 +5,8 @@
 //! lazily, so the service starts while Redis is down.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -36,6 +36,50 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
     #[error("a cached entry is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("Redis failed a moment ago; not asked again yet")]
+    Resting,
+}
+
+/// For calls that can do without Redis (cache reads and fills, shared rate limits): after Redis
+/// fails to answer, they skip it for a second. An outage then costs such a path one timeout a
+/// second, not one per request. Mutations never skip Redis: their cache entries must be rewritten.
+#[derive(Debug, Default)]
+pub(crate) struct Breaker {
+    resting_until: Mutex<Option<Instant>>,
+}
+
+impl Breaker {
+    const REST: Duration = Duration::from_secs(1);
+
+    /// Runs `call` unless Redis is resting; a connection failure or timeout starts a rest.
+    pub(crate) async fn call<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, CacheError> {
+        if self.resting() {
+            return Err(CacheError::Resting);
+        }
+        let result = call.await;
+        if let Err(err) = &result
+            && (err.is_io_error()
+                || err.is_timeout()
+                || err.is_connection_refusal()
+                || err.is_connection_dropped())
+        {
+            *self.lock() = Some(Instant::now() + Self::REST);
+        }
+        Ok(result?)
+    }
+
+    fn resting(&self) -> bool {
+        self.lock().is_some_and(|until| Instant::now() < until)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.resting_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The shared cache: one JSON entry per key, `apikey:v1:{id}`, with a TTL.
@@ -43,6 +87,7 @@ pub enum CacheError {
 pub struct RedisCache {
     connection: ConnectionManager,
     ttl: Duration,
+    breaker: Arc<Breaker>,
 }
 
 impl RedisCache {
@@ -50,6 +95,7 @@ impl RedisCache {
         Ok(Self {
             connection: connect(url)?,
             ttl,
+            breaker: Arc::default(),
         })
     }
 
@@ -58,7 +104,8 @@ impl RedisCache {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, CacheError> {
-        let json: Option<String> = self.connection.clone().get(Self::key(id)).await?;
+        let mut connection = self.connection.clone();
+        let json: Option<String> = self.breaker.call(connection.get(Self::key(id))).await?;
         Ok(json.map(|json| serde_json::from_str(&json)).transpose()?)
     }
 
@@ -72,15 +119,14 @@ impl RedisCache {
 
     /// Caches `record` unless an entry exists: a fill never overwrites a mutation's entry.
     pub async fn fill(&self, record: &ApiKeyRecord) -> Result<(), CacheError> {
-        redis::cmd("SET")
-            .arg(Self::key(&record.id))
+        let mut set = redis::cmd("SET");
+        set.arg(Self::key(&record.id))
             .arg(serde_json::to_string(record)?)
             .arg("NX")
             .arg("EX")
-            .arg(self.ttl.as_secs().max(1))
-            .exec_async(&mut self.connection.clone())
-            .await?;
-        Ok(())
+            .arg(self.ttl.as_secs().max(1));
+        let mut connection = self.connection.clone();
+        self.breaker.call(set.exec_async(&mut connection)).await
     }
 
     /// Replaces the entry for `id` with the current record, or removes it when there is none.
@@ -663,5 +709,35 @@ impl Backend for RedisBackend {
         pipe.exec_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_rests_redis_and_other_errors_do_not() {
+        let breaker = Breaker::default();
+        let refused = redis::RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let failed = breaker.call(async { Err::<(), _>(refused) }).await;
+        assert!(matches!(failed, Err(CacheError::Redis(_))));
+        let mut asked = false;
+        let skipped = breaker
+            .call(async {
+                asked = true;
+                Ok(())
+            })
+            .await;
+        assert!(matches!(skipped, Err(CacheError::Resting)));
+        assert!(!asked, "Redis is not asked while resting");
+
+        let answered = Breaker::default();
+        let wrong_type =
+            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not a number"));
+        let _ = answered.call(async { Err::<(), _>(wrong_type) }).await;
+        assert!(answered.call(async { Ok(()) }).await.is_ok());
     }
 }
