@@ -424,6 +424,31 @@ async fn a_rotated_key_in_its_grace_period_shares_the_new_keys_quota() {
 }
 
 #[actix_web::test]
+async fn a_key_rotated_twice_in_its_grace_period_charges_the_newest() {
+    let h = memory_harness().await;
+    let (_, first) = create(&h.app, &h.admin, json!({"name": "metered", "remaining": 4})).await;
+    let (_, second) = rotate(&h.app, &h.admin, first["id"].as_str().unwrap(), json!({})).await;
+    let (status, third) = rotate(&h.app, &h.admin, second["id"].as_str().unwrap(), json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{third}");
+    let mut statuses = Vec::new();
+    for key in [&first, &second, &third] {
+        statuses.extend(in_parallel(&h.app, key["key"].as_str().unwrap(), "/protected", 2).await);
+    }
+    assert_eq!(
+        count(&statuses, StatusCode::OK),
+        4,
+        "three keys, one quota: {statuses:?}"
+    );
+    let (_, newest) = get(
+        &h.app,
+        &h.admin,
+        &format!("{KEYS}/{}", third["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(newest["remaining"], 0);
+}
+
+#[actix_web::test]
 async fn rotation_while_requests_use_the_old_key() {
     let h = memory_harness().await;
     let (_, created) = create(&h.app, &h.admin, json!({"name": "busy"})).await;

@@ -10,9 +10,10 @@
 //! Quotas are taken from the store, one atomic decrement per admitted request
 //! ([`Backend::use_quota`]), so instances never overspend a quota between them.
 //!
-//! A rotated key in its grace period is charged to its replacement: rotating a key never doubles
-//! what it may do.
+//! A rotated key in its grace period is charged to its replacement, or to the newest key when the
+//! replacement was rotated too: rotating a key never multiplies what it may do.
 
+use std::borrow::Cow;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +28,14 @@ use super::guard::ApiKey;
 use crate::metrics::metrics;
 #[cfg(feature = "redis")]
 use crate::store::redis::{Breaker, CacheError};
-use crate::store::{Backend, QuotaUse, RateLimit, Refill};
+use crate::store::{ApiKeyRecord, Backend, QuotaUse, RateLimit, Refill};
 
 /// How many keys' rate-limit states an instance keeps.
 const CAPACITY: usize = 65_536;
+
+/// How far a rotated key's charges follow later rotations; more would mean a key rotated that often
+/// within one grace period.
+const MAX_ROTATIONS_FOLLOWED: usize = 8;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -99,15 +104,33 @@ impl Allowance {
 
     async fn verdict(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
         let record = key.record();
-        let account = record.replaced_by.as_deref().unwrap_or(&record.id);
+        let account = self.account(record).await;
         let state = match record.rate_limit {
-            Some(limit) => Some(self.rate(account, limit).await?),
+            Some(limit) => Some(self.rate(&account, limit).await?),
             None => None,
         };
         if record.remaining.is_some() {
-            self.take_quota(account, record.refill, state).await?;
+            self.take_quota(&account, record.refill, state).await?;
         }
         Ok(state)
+    }
+
+    /// The key whose limits `record`'s requests use: itself, or the newest key of its rotations.
+    async fn account<'r>(&self, record: &'r ApiKeyRecord) -> Cow<'r, str> {
+        let Some(mut account) = record.replaced_by.clone() else {
+            return Cow::Borrowed(&record.id);
+        };
+        for _ in 1..MAX_ROTATIONS_FOLLOWED {
+            // A lookup that fails leaves the charge on the last key known; the store decides.
+            match self.store.lookup(&account).await {
+                Ok(Some(replacement)) => match &replacement.replaced_by {
+                    Some(next) => account.clone_from(next),
+                    None => break,
+                },
+                _ => break,
+            }
+        }
+        Cow::Owned(account)
     }
 
     async fn rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {
