@@ -319,6 +319,8 @@ pub struct KeyList {
     pub offset: u64,
 }
 
+// `limit` and `offset` repeat `PageParams` rather than flatten it: serde cannot flatten into a
+// struct that denies unknown fields, and flattened query numbers arrive as strings.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
