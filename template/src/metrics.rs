@@ -4,6 +4,7 @@
 //! The registry is process-wide, like the process it describes. Counters on the request path are
 //! looked up once and kept, so counting a request is one atomic add.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ type Durations = Family<RequestLabels, Histogram, fn() -> Histogram>;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: &'static str,
-    route: String,
+    route: Cow<'static, str>,
     status: u16,
 }
 
@@ -180,7 +181,7 @@ impl Metrics {
     ) {
         let labels = RequestLabels {
             method: method_label(method),
-            route: route.unwrap_or_else(|| "unmatched".to_owned()),
+            route: route.map_or(Cow::Borrowed("unmatched"), Cow::Owned),
             status,
         };
         self.request_durations

@@ -4,6 +4,7 @@
 //! The id is the caller's `X-Request-Id` when it is short printable ASCII (a proxy's id, so logs of
 //! both join up), or a new one; the response carries it back either way.
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -16,7 +17,6 @@ use actix_web::middleware::Next;
 use tracing::Instrument;
 
 use crate::metrics::metrics;
-use crate::store::random_id;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_ID_LEN: usize = 64;
@@ -58,13 +58,14 @@ pub async fn observe(
     Ok(res)
 }
 
-/// A new id: a random prefix chosen when the process starts, and a count. Unique across instances
-/// and restarts without asking the OS for randomness per request (that was 3 % of throughput).
+/// A new id: a count, keyed-hashed with a key chosen when the process starts. Unique across
+/// instances and restarts, reveals nothing of the request rate, and asks the OS for no randomness
+/// per request (that was 3 % of throughput).
 fn new_id() -> HeaderValue {
-    static PREFIX: LazyLock<String> = LazyLock::new(random_id);
+    static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let count = COUNT.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("{}-{count:x}", *PREFIX)).expect("hex is a valid header")
+    HeaderValue::try_from(format!("{:016x}", KEY.hash_one(count))).expect("hex is a valid header")
 }
 
 /// An id worth keeping: 1 to 64 visible ASCII characters, so that it can go into logs as it is.

@@ -144,8 +144,8 @@ pub fn cargo_with_env(project: &Path, args: &[&str], env: &[(&str, &str)]) -> St
         .current_dir(project)
         .env("CARGO_TARGET_DIR", shared_target_dir())
         .env_remove("RUSTFLAGS")
-        // Without debug info and incremental state a full run writes a few GB instead of
-        // ~16 GB; CI machines share their disk and have run out (No space left on device).
+        // Without debug info and incremental state a full run writes ~3 GB instead of
+        // ~18 GB; CI machines share their disk and have run out (No space left on device).
         .env("CARGO_PROFILE_DEV_DEBUG", "0")
         .env("CARGO_INCREMENTAL", "0")
         .output()

@@ -120,8 +120,10 @@ impl Allowance {
         let Some(mut account) = record.replaced_by.clone() else {
             return Cow::Borrowed(&record.id);
         };
+        // The first hop is `record.replaced_by` itself; each further one costs a lookup.
         for _ in 1..MAX_ROTATIONS_FOLLOWED {
-            // A lookup that fails leaves the charge on the last key known; the store decides.
+            // A failed lookup leaves the charge on the last key known: taking the quota from the
+            // store then fails too, if the store is down, and the request is refused.
             match self.store.lookup(&account).await {
                 Ok(Some(replacement)) => match &replacement.replaced_by {
                     Some(next) => account.clone_from(next),
@@ -247,7 +249,7 @@ async fn shared_rate(
     limit: RateLimit,
 ) -> Result<Result<LimitState, Refusal>, redis::RedisError> {
     let interval = interval(limit);
-    // EVALSHA: the script travels once per connection, not with every request.
+    // EVALSHA: Redis keeps the script after its first use (it is sent again after a restart).
     let (admitted, remaining, reset, retry): (i64, i64, i64, i64) = GCRA
         .key(format!("apikeys:rate:{account}"))
         .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))

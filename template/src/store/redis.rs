@@ -41,38 +41,61 @@ pub enum CacheError {
 }
 
 /// For calls that can do without Redis (cache reads and fills, shared rate limits): after Redis
-/// fails to answer, they skip it for a second. An outage then costs such a path one timeout a
-/// second, not one per request. Mutations never skip Redis: their cache entries must be rewritten.
-#[derive(Debug, Default)]
+/// fails to answer, they skip it, and once a second one call tries it again, alone, until one
+/// succeeds. An outage then costs such a path one slow call a second, not one per request.
+/// Mutations never skip Redis: their cache entries must be rewritten.
+#[derive(Debug)]
 pub(crate) struct Breaker {
+    rest: Duration,
+    /// Set after a failure: until when every call skips Redis.
     resting_until: Mutex<Option<Instant>>,
 }
 
-impl Breaker {
-    const REST: Duration = Duration::from_secs(1);
+impl Default for Breaker {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(1))
+    }
+}
 
-    /// Runs `call` unless Redis is resting; a connection failure or timeout starts a rest.
+impl Breaker {
+    pub(crate) fn new(rest: Duration) -> Self {
+        Self {
+            rest,
+            resting_until: Mutex::new(None),
+        }
+    }
+
+    /// Runs `call` unless Redis is resting. A connection failure or timeout starts a rest; a
+    /// success ends it.
     pub(crate) async fn call<T>(
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, CacheError> {
-        if self.resting() {
+        if !self.may_call() {
             return Err(CacheError::Resting);
         }
         let result = call.await;
-        if let Err(err) = &result
-            && (err.is_io_error()
-                || err.is_timeout()
-                || err.is_connection_refusal()
-                || err.is_connection_dropped())
-        {
-            *self.lock() = Some(Instant::now() + Self::REST);
+        match &result {
+            Ok(_) => *self.lock() = None,
+            // Connection refused, dropped or timed out: all I/O errors in redis-rs.
+            Err(err) if err.is_io_error() => *self.lock() = Some(Instant::now() + self.rest),
+            Err(_) => {}
         }
         Ok(result?)
     }
 
-    fn resting(&self) -> bool {
-        self.lock().is_some_and(|until| Instant::now() < until)
+    /// Whether this call goes to Redis. When a rest ends, the first caller probes and the rest
+    /// restarts for everyone else: if Redis is still away, only that caller waits for it.
+    fn may_call(&self) -> bool {
+        let mut resting_until = self.lock();
+        match *resting_until {
+            None => true,
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                *resting_until = Some(Instant::now() + self.rest);
+                true
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Instant>> {
@@ -256,7 +279,9 @@ return 1
 });
 
 /// Uses left after taking one; `-1` for no quota, `-2` for none left.
-const USE_QUOTA: &str = r"
+static USE_QUOTA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 local left = redis.call('HGET', KEYS[1], 'remaining')
 if not left then return -1 end
 left = tonumber(left)
@@ -276,7 +301,9 @@ if left <= 0 then
 end
 redis.call('HSET', KEYS[1], 'remaining', left - 1)
 return left - 1
-";
+",
+    )
+});
 
 /// Adds to the count and moves `last_used_at` forward, in one step, for a key that still exists.
 const RECORD_USAGE: &str = r"
@@ -637,17 +664,15 @@ impl Backend for RedisBackend {
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
-        let left: i64 = redis::cmd("EVAL")
-            .arg(USE_QUOTA)
-            .arg(1)
-            .arg(key_of(id))
+        let left: i64 = USE_QUOTA
+            .key(key_of(id))
             .arg(
                 refill_before
                     .map(|at| micros(at).to_string())
                     .unwrap_or_default(),
             )
             .arg(micros(now))
-            .query_async(&mut self.connection.clone())
+            .invoke_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;
         Ok(match left {
@@ -697,6 +722,8 @@ impl Backend for RedisBackend {
         // MULTI/EXEC: a batch that fails to reach Redis applies nothing.
         let mut pipe = redis::pipe();
         pipe.atomic();
+        // EVAL with the source: a NOSCRIPT answer inside MULTI could not be retried with EVALSHA,
+        // and this runs once per flush interval, not per request.
         for usage in batch {
             pipe.cmd("EVAL")
                 .arg(RECORD_USAGE)
@@ -716,13 +743,18 @@ impl Backend for RedisBackend {
 mod tests {
     use std::io;
 
+    use tokio::sync::Notify;
+
     use super::*;
+
+    fn refused() -> redis::RedisError {
+        redis::RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused))
+    }
 
     #[tokio::test]
     async fn a_refused_connection_rests_redis_and_other_errors_do_not() {
         let breaker = Breaker::default();
-        let refused = redis::RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
-        let failed = breaker.call(async { Err::<(), _>(refused) }).await;
+        let failed = breaker.call(async { Err::<(), _>(refused()) }).await;
         assert!(matches!(failed, Err(CacheError::Redis(_))));
         let mut asked = false;
         let skipped = breaker
@@ -739,5 +771,32 @@ mod tests {
             redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not a number"));
         let _ = answered.call(async { Err::<(), _>(wrong_type) }).await;
         assert!(answered.call(async { Ok(()) }).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn after_a_rest_one_call_tries_redis_alone() {
+        let breaker = Breaker::new(Duration::from_millis(20));
+        let _ = breaker.call(async { Err::<(), _>(refused()) }).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+
+        // The probe is still waiting for Redis when another call comes: that one skips it.
+        let answer = Notify::new();
+        let probe = breaker.call(async {
+            answer.notified().await;
+            Ok(())
+        });
+        let other = async {
+            tokio::task::yield_now().await;
+            let skipped = breaker.call(async { Ok(()) }).await;
+            answer.notify_one();
+            skipped
+        };
+        let (probed, skipped) = tokio::join!(probe, other);
+        assert!(probed.is_ok());
+        assert!(matches!(skipped, Err(CacheError::Resting)));
+        assert!(
+            breaker.call(async { Ok(()) }).await.is_ok(),
+            "a success ends the rest"
+        );
     }
 }
