@@ -109,34 +109,22 @@ fn every_setting_is_documented_and_every_documented_setting_exists() {
     code.insert("RUST_LOG".into());
 
     let page = read(&docs().join("src/configuration.md"));
-    let row = Regex::new(r"(?m)^\| ([^|]+) \|").unwrap();
-    let variable = Regex::new(r"`([A-Z][A-Z0-9_]+)`").unwrap();
-    let documented: BTreeSet<String> = row
-        .captures_iter(&page)
-        .flat_map(|c| {
-            variable
-                .captures_iter(&c[1])
-                .map(|v| v[1].to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(documented, code, "docs/src/configuration.md against Config");
+    assert_eq!(
+        table_variables(&page),
+        code,
+        "docs/src/configuration.md against Config"
+    );
 
     let readme = read(&repo_root().join("template/README.md"));
     let table = readme
         .split_once("## Configuration")
         .expect("the generated README has a Configuration section")
         .1;
-    let in_readme: BTreeSet<String> = row
-        .captures_iter(table)
-        .flat_map(|c| {
-            variable
-                .captures_iter(&c[1])
-                .map(|v| v[1].to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(in_readme, code, "template/README.md against Config");
+    assert_eq!(
+        table_variables(table),
+        code,
+        "template/README.md against Config"
+    );
 
     let example = read(&repo_root().join("template/.env.example"));
     let line = Regex::new(r"(?m)^#? ?([A-Z][A-Z0-9_]+)=").unwrap();
@@ -145,6 +133,20 @@ fn every_setting_is_documented_and_every_documented_setting_exists() {
         .map(|c| c[1].to_owned())
         .collect();
     assert_eq!(listed, code, "template/.env.example against Config");
+}
+
+/// The `UPPER_CASE` names in the first column of the Markdown tables in `text`.
+fn table_variables(text: &str) -> BTreeSet<String> {
+    let row = Regex::new(r"(?m)^\| ([^|]+) \|").unwrap();
+    let variable = Regex::new(r"`([A-Z][A-Z0-9_]+)`").unwrap();
+    row.captures_iter(text)
+        .flat_map(|c| {
+            variable
+                .captures_iter(&c[1])
+                .map(|v| v[1].to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[test]

@@ -48,7 +48,7 @@ fn seed_flow_over_http() {
     assert_eq!(bootstrap["action"], "created");
     assert_eq!(
         bootstrap["key_id"].as_str(),
-        admin.get(4..16),
+        admin.get(4..16), // the 12-character id after `e2e_`
         "{bootstrap}"
     );
     assert!(bootstrap["actor_key_id"].is_null() && bootstrap["client"].is_null());

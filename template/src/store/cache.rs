@@ -189,10 +189,13 @@ impl Backend for CachedBackend {
                         return Ok(Some(record));
                     }
                 }
-                Err(super::redis::CacheError::Resting) => metrics().key_cache("redis", false),
                 Err(err) => {
                     metrics().key_cache("redis", false);
-                    tracing::warn!(error = %err, "Redis cache unavailable; reading the database");
+                    // A resting Redis was skipped, not asked; the failure that started the rest
+                    // was logged.
+                    if !matches!(err, super::redis::CacheError::Resting) {
+                        tracing::warn!(error = %err, "Redis cache unavailable; reading the database");
+                    }
                 }
             }
         }
