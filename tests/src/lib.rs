@@ -2,6 +2,7 @@
 //! cargo in it on one shared target directory, and run the generated service.
 
 pub mod servers;
+pub mod tools;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,20 @@ pub fn generate(name: &str, defines: &[&str]) -> PathBuf {
     project
 }
 
+/// `cargo`, to run in `project` on the shared target directory.
+pub fn cargo_command(project: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(project)
+        .env("CARGO_TARGET_DIR", shared_target_dir())
+        .env_remove("RUSTFLAGS")
+        // Without debug info and incremental state a full run writes ~3 GB instead of
+        // ~18 GB; CI machines share their disk and have run out (No space left on device).
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .env("CARGO_INCREMENTAL", "0");
+    command
+}
+
 /// Runs `cargo <args>` in `project` on the shared target directory and asserts it succeeds.
 pub fn cargo(project: &Path, args: &[&str]) -> String {
     cargo_with_env(project, args, &[])
@@ -138,16 +153,9 @@ pub fn cargo(project: &Path, args: &[&str]) -> String {
 /// [`cargo`] with extra environment variables.
 pub fn cargo_with_env(project: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let _lock = build_lock();
-    let output = Command::new(env!("CARGO"))
+    let output = cargo_command(project)
         .args(args)
         .envs(env.iter().copied())
-        .current_dir(project)
-        .env("CARGO_TARGET_DIR", shared_target_dir())
-        .env_remove("RUSTFLAGS")
-        // Without debug info and incremental state a full run writes ~3 GB instead of
-        // ~18 GB; CI machines share their disk and have run out (No space left on device).
-        .env("CARGO_PROFILE_DEV_DEBUG", "0")
-        .env("CARGO_INCREMENTAL", "0")
         .output()
         .expect("cargo runs");
     let text = format!(

@@ -3,10 +3,11 @@
 //! PostgreSQL refuses to run as root, so when the tests run as root the cluster is created and
 //! started as the `postgres` user.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::free_port;
+use crate::tools::{self, is_root};
 
 fn run(description: &str, command: &mut Command) {
     let output = command
@@ -18,13 +19,6 @@ fn run(description: &str, command: &mut Command) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// A folder every user (`postgres` included) can traverse, removed on drop.
@@ -148,12 +142,8 @@ fn pg_bindir() -> PathBuf {
     if let Some(dir) = from_pg_config.filter(|dir| dir.join("initdb").exists()) {
         return dir;
     }
-    let fallback = Path::new("/usr/lib/postgresql/15/bin");
-    assert!(
-        fallback.join("initdb").exists(),
-        "PostgreSQL 15 server binaries are not installed"
-    );
-    fallback.to_path_buf()
+    let initdb = tools::require("/usr/lib/postgresql/15/bin/initdb");
+    initdb.parent().unwrap().to_path_buf()
 }
 
 pub struct Redis {
@@ -182,7 +172,7 @@ impl Redis {
         let (dir, port) = (self.dir.path(), self.port);
         run(
             "redis-server",
-            Command::new("redis-server")
+            Command::new(tools::require("redis-server"))
                 .args([
                     "--port",
                     &port.to_string(),
@@ -212,7 +202,7 @@ impl Redis {
 
     /// Runs a `redis-cli` command against this server and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
+        Command::new(tools::require("redis-cli"))
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()

@@ -1,43 +1,20 @@
 //! Swagger UI of a generated service in a real browser: Debian's Chromium, driven by Playwright
 //! (`tests/browser/swagger.mjs`). The screenshots land in `<work dir>/screenshots/`.
 //!
-//! Needs `/usr/bin/chromium` (apt package `chromium`) and Node.js; `.ci/run` installs both. Elsewhere
-//! the test says SKIPPED, loudly; under CI (`CI` set) a missing browser is a failure.
+//! Needs Debian's Chromium and Node.js; the test installs Chromium (as root) and the npm packages
+//! when they are missing.
 
-use std::path::Path;
 use std::process::Command;
 
 use actix_api_auth_tests::{
-    binary, free_port, generate, mint_admin_key, repo_root, work_dir, Service,
+    binary, free_port, generate, mint_admin_key, repo_root, tools, work_dir, Service,
 };
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 #[test]
 fn swagger_ui_in_chromium() {
-    if !Path::new(CHROMIUM).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{CHROMIUM} is missing: .ci/run installs it with apt-get install chromium"
-        );
-        eprintln!(
-            "SKIPPED swagger_ui_in_chromium: {CHROMIUM} is missing (apt-get install chromium)"
-        );
-        return;
-    }
+    let chromium = tools::require("chromium");
     let scripts = repo_root().join("tests").join("browser");
-    if !scripts
-        .join("node_modules")
-        .join("playwright-core")
-        .exists()
-    {
-        let installed = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&scripts)
-            .status()
-            .expect("npm runs");
-        assert!(installed.success(), "npm ci in {}", scripts.display());
-    }
+    tools::npm_ci(&scripts);
 
     let project = generate("browser-svc", &[]);
     let bin = binary(&project, "browser-svc");
@@ -61,7 +38,7 @@ fn swagger_ui_in_chromium() {
         .env("KEYS_PREFIX", "/api/v1/api-keys")
         .env("ADMIN_KEY", &admin)
         .env("SCREENSHOTS", &screenshots)
-        .env("CHROMIUM", CHROMIUM)
+        .env("CHROMIUM", &chromium)
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

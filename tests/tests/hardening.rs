@@ -461,10 +461,13 @@ fn under_load_with_faults_only_valid_keys_get_in() {
     );
 }
 
-/// schemathesis, pinned, in a virtual environment of its own under the tests' work directory.
+/// schemathesis, pinned, in a virtual environment of its own under the tests' work directory; installed
+/// once, as the other tools are.
 fn schemathesis() -> PathBuf {
     const VERSION: &str = "4.32.5";
-    let venv = work_dir().join(format!("schemathesis-{VERSION}"));
+    let venv = work_dir()
+        .join("tools")
+        .join(format!("schemathesis-{VERSION}"));
     let st = venv.join("bin").join("st");
     if !st.exists() {
         let run = |program: &Path, args: &[&str]| {

@@ -1,13 +1,13 @@
 //! `cargo generate` as a person runs it: in a terminal (a tmux pane), answering every prompt. Bad
 //! answers get a clear message, and the post hook's next steps are printed and work as printed.
 //!
-//! Needs tmux (on the machine; `.ci/run` installs it where it is missing).
+//! Needs tmux, installed with apt-get (as root) when missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use actix_api_auth_tests::{binary, free_port, repo_root, work_dir, Client, Service};
+use actix_api_auth_tests::{binary, free_port, repo_root, tools, work_dir, Client, Service};
 
 /// A tmux session running one command, read through its screen.
 struct Terminal {
@@ -16,12 +16,12 @@ struct Terminal {
 
 impl Terminal {
     fn start(session: &str, cwd: &Path, command: &str) -> Self {
-        let _ = Command::new("tmux")
+        let _ = Command::new(tools::require("tmux"))
             .args(["kill-session", "-t", session])
             .output();
         // The pane stays open after the command, showing how it ended.
         let shell = format!("cd {} && {command}; echo EXIT=$?; sleep 600", cwd.display());
-        let started = Command::new("tmux")
+        let started = Command::new(tools::require("tmux"))
             .args([
                 "new-session",
                 "-d",
@@ -45,7 +45,7 @@ impl Terminal {
 
     /// Everything shown so far, wrapped lines joined.
     fn screen(&self) -> String {
-        let output = Command::new("tmux")
+        let output = Command::new(tools::require("tmux"))
             .args([
                 "capture-pane",
                 "-p",
@@ -81,7 +81,7 @@ impl Terminal {
     }
 
     fn keys(&self, keys: &[&str]) {
-        let status = Command::new("tmux")
+        let status = Command::new(tools::require("tmux"))
             .args(["send-keys", "-t", &self.session])
             .args(keys)
             .status()
@@ -98,7 +98,7 @@ impl Terminal {
 
 impl Drop for Terminal {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
+        let _ = Command::new(tools::require("tmux"))
             .args(["kill-session", "-t", &self.session])
             .output();
     }

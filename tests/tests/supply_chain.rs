@@ -1,39 +1,14 @@
 //! The generated project's dependencies, checked by cargo-deny against its `deny.toml`: permissive
-//! licences only, no wildcard versions, crates.io only, and the RustSec advisories when the advisory
-//! database can be fetched.
+//! licences only, no wildcard versions, crates.io only. The RustSec advisories are not checked here:
+//! their database is fetched from GitHub, which this machine cannot reach.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use actix_api_auth_tests::{generate, work_dir};
-
-/// cargo-deny, pinned, installed once under the tests' work directory.
-fn cargo_deny() -> PathBuf {
-    const VERSION: &str = "0.20.2";
-    let root = work_dir().join(format!("cargo-deny-{VERSION}"));
-    let bin = root.join("bin").join("cargo-deny");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "install",
-                "cargo-deny",
-                "--locked",
-                "--version",
-                VERSION,
-                "--root",
-            ])
-            .arg(&root)
-            .env_remove("RUSTFLAGS")
-            .status()
-            .unwrap();
-        assert!(status.success(), "installing cargo-deny {VERSION} failed");
-    }
-    bin
-}
+use actix_api_auth_tests::{generate, tools};
 
 #[test]
 fn dependencies_have_permissive_licences_and_known_sources() {
-    let deny = cargo_deny();
+    let deny = tools::cargo_tool("cargo-deny", "0.20.2", "cargo-deny");
     let project = generate("deny-svc", &["redis_cache=true"]);
     let check = |what: &[&str]| {
         let output = Command::new(&deny)
@@ -56,16 +31,4 @@ fn dependencies_have_permissive_licences_and_known_sources() {
         report.contains("bans ok, licenses ok, sources ok"),
         "{report}"
     );
-
-    let (passed, report) = check(&["advisories"]);
-    if report.contains("failed to fetch advisory database") {
-        // Offline (this CI reaches crates.io, not GitHub): said loudly, not passed off as a pass.
-        println!(
-            "cargo deny: advisories SKIPPED, the RustSec database on github.com is unreachable here; \
-             run `cargo deny check advisories` where it is"
-        );
-    } else {
-        assert!(passed, "{report}");
-        println!("cargo deny: advisories ok");
-    }
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use actix_api_auth_tests::servers::{Postgres, Redis};
 use actix_api_auth_tests::{
-    cargo, free_port, generate_in_process, repo_root, shared_target_dir, work_dir, Client, Service,
+    cargo, free_port, generate_in_process, repo_root, shared_target_dir, tools, work_dir, Client,
+    Service,
 };
 use clap::{Parser, ValueEnum};
 use serde_json::json;
@@ -211,7 +212,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    ensure_wrk()?;
+    tools::require("wrk");
     let dir = work_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("wrk-rotate.lua"), WRK_SCRIPT)?;
@@ -278,23 +279,6 @@ fn run(args: &Args) -> Result<()> {
     std::fs::write(&out, &table)?;
     eprintln!("bench: table written to {}", out.display());
     Ok(())
-}
-
-/// wrk from Debian's packages, installed when missing and we may.
-fn ensure_wrk() -> Result<()> {
-    if Command::new("wrk").arg("-v").output().is_ok() {
-        return Ok(());
-    }
-    eprintln!("bench: installing wrk with apt-get...");
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "wrk"])
-        .status();
-    match status {
-        Ok(status) if status.success() => Ok(()),
-        _ => {
-            Err("wrk is not installed and `apt-get install -y wrk` failed: install wrk 4.x".into())
-        }
-    }
 }
 
 fn generate(dir: &Path, name: &str, defines: &[&str]) -> Result<PathBuf> {
