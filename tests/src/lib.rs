@@ -225,7 +225,7 @@ impl Service {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Self {
-        let mut child = command
+        let child = command
             .envs(env.iter().copied())
             .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")
@@ -233,6 +233,11 @@ impl Service {
             .stderr(stderr)
             .spawn()
             .expect("the service starts");
+        Self::adopt(child, port)
+    }
+
+    /// Takes charge of `child`, a process that serves on `port`, once it listens there.
+    pub fn adopt(mut child: Child, port: u16) -> Self {
         let base_url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -258,10 +263,9 @@ impl Service {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill has no memory preconditions; the pid is our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -142,8 +142,12 @@ fn pg_bindir() -> PathBuf {
     if let Some(dir) = from_pg_config.filter(|dir| dir.join("initdb").exists()) {
         return dir;
     }
-    let initdb = tools::require("/usr/lib/postgresql/15/bin/initdb");
-    initdb.parent().unwrap().to_path_buf()
+    let fallback = PathBuf::from("/usr/lib/postgresql/15/bin");
+    assert!(
+        fallback.join("initdb").exists(),
+        "PostgreSQL 15's server programs are missing: apt-get install postgresql-15"
+    );
+    fallback
 }
 
 pub struct Redis {

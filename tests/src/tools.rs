@@ -10,28 +10,27 @@ use std::process::{Command, Stdio};
 use crate::work_dir;
 
 /// Every program the tests and the benchmark take from Debian, with its package. They are installed
-/// together, so that a fresh machine pays for one `apt-get update`.
-const PACKAGES: &[(&str, &str)] = &[
+/// together, so that a fresh machine pays for one `apt-get update`. (PostgreSQL 15 is not among
+/// them: it comes with the machine, see `servers::Postgres`.)
+const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("redis-cli", "redis-tools"),
     ("chromium", "chromium"),
     ("tmux", "tmux"),
     ("wrk", "wrk"),
-    ("/usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
 ];
 
-/// The path of `program` (a name from [`PACKAGES`], or its absolute path there), installing the
-/// missing Debian packages first.
+/// The path of `program` (one of [`DEBIAN_PROGRAMS`]), installing the missing Debian packages first.
 pub fn require(program: &str) -> PathBuf {
     assert!(
-        PACKAGES.iter().any(|(known, _)| *known == program),
-        "{program} is not in tools::PACKAGES"
+        DEBIAN_PROGRAMS.iter().any(|(known, _)| *known == program),
+        "{program} is not in tools::DEBIAN_PROGRAMS"
     );
     if let Some(path) = find(program) {
         return path;
     }
     let _lock = install_lock();
-    let missing: Vec<&str> = PACKAGES
+    let missing: Vec<&str> = DEBIAN_PROGRAMS
         .iter()
         .filter(|(program, _)| find(program).is_none())
         .map(|(_, package)| *package)
@@ -44,12 +43,8 @@ pub fn require(program: &str) -> PathBuf {
     find(program).unwrap_or_else(|| panic!("{program} is still missing after apt-get install"))
 }
 
-/// `program`'s path: itself when absolute, otherwise looked up on `PATH`.
+/// `program`'s path, looked up on `PATH`.
 fn find(program: &str) -> Option<PathBuf> {
-    let path = Path::new(program);
-    if path.is_absolute() {
-        return path.exists().then(|| path.to_path_buf());
-    }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
@@ -59,7 +54,7 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
     let by_hand = format!("apt-get install {}", packages.join(" "));
     if !is_root() {
         return Err(format!(
-            "the tests need Debian packages that are missing; run them as root, or install them by hand: sudo {by_hand}"
+            "the tests need Debian packages that are missing: run the tests as root, or install them by hand: sudo {by_hand}"
         ));
     }
     eprintln!("tests: installing {} (once)...", packages.join(", "));
@@ -85,10 +80,8 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
 
 /// Whether this process runs as root (apt-get needs it; PostgreSQL refuses it).
 pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The binary `bin` of the crate `krate` at `version`, `cargo install`ed once under the work directory.
@@ -119,10 +112,14 @@ pub fn cargo_tool(krate: &str, version: &str, bin: &str) -> PathBuf {
 pub fn npm_ci(dir: &Path) {
     let lockfile = std::fs::read(dir.join("package-lock.json")).unwrap();
     let stamp = dir.join("node_modules").join(".installed-from-lockfile");
-    if std::fs::read(&stamp).is_ok_and(|installed| installed == lockfile) {
+    let installed = || std::fs::read(&stamp).is_ok_and(|installed| installed == lockfile);
+    if installed() {
         return;
     }
     let _lock = install_lock();
+    if installed() {
+        return;
+    }
     eprintln!("tests: npm ci in {} (once)...", dir.display());
     let status = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund"])
@@ -135,6 +132,44 @@ pub fn npm_ci(dir: &Path) {
         dir.display()
     );
     std::fs::write(stamp, lockfile).unwrap();
+}
+
+/// The program `bin` of the PyPI package `package` at `version`, in a virtual environment of its own
+/// under the work directory, installed once.
+pub fn pip_tool(package: &str, version: &str, bin: &str) -> PathBuf {
+    let venv = work_dir()
+        .join("tools")
+        .join(format!("{package}-{version}"));
+    let path = venv.join("bin").join(bin);
+    if path.exists() {
+        return path;
+    }
+    let _lock = install_lock();
+    if !path.exists() {
+        eprintln!("tests: installing {package} {version} with pip (once)...");
+        let run = |program: &Path, args: &[&str]| {
+            let status = Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "{} {args:?} failed: installing {package} needs python3 with venv \
+                 (apt-get install python3-venv)",
+                program.display()
+            );
+        };
+        run(
+            Path::new("python3"),
+            &["-m", "venv", venv.to_str().unwrap()],
+        );
+        let requirement = format!("{package}=={version}");
+        run(
+            &venv.join("bin").join("pip"),
+            &["install", "--quiet", &requirement],
+        );
+    }
+    path
 }
 
 /// Held while installing: test binaries and their threads install one thing at a time.

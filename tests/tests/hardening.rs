@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix_api_auth_tests::servers::Redis;
-use actix_api_auth_tests::{
-    binary, free_port, generate, mint_admin_key, work_dir, Client, Service,
-};
+use actix_api_auth_tests::{binary, free_port, generate, mint_admin_key, tools, Client, Service};
 use regex::Regex;
 use serde_json::json;
 
@@ -461,38 +459,9 @@ fn under_load_with_faults_only_valid_keys_get_in() {
     );
 }
 
-/// schemathesis, pinned, in a virtual environment of its own under the tests' work directory; installed
-/// once, as the other tools are.
-fn schemathesis() -> PathBuf {
-    const VERSION: &str = "4.32.5";
-    let venv = work_dir()
-        .join("tools")
-        .join(format!("schemathesis-{VERSION}"));
-    let st = venv.join("bin").join("st");
-    if !st.exists() {
-        let run = |program: &Path, args: &[&str]| {
-            let status = std::process::Command::new(program).args(args).status();
-            assert!(
-                status.is_ok_and(|s| s.success()),
-                "{} {args:?} failed: installing schemathesis needs python3 with venv and PyPI",
-                program.display()
-            );
-        };
-        run(
-            Path::new("python3"),
-            &["-m", "venv", venv.to_str().unwrap()],
-        );
-        run(
-            &venv.join("bin").join("pip"),
-            &["install", "--quiet", &format!("schemathesis=={VERSION}")],
-        );
-    }
-    st
-}
-
 #[test]
 fn schemathesis_finds_no_server_error_and_no_contradiction_of_the_document() {
-    let st = schemathesis();
+    let st = tools::pip_tool("schemathesis", "4.32.5", "st");
     let bin = service_binary();
     let scratch = tempfile::tempdir().unwrap();
     let database_url = format!("sqlite://{}", scratch.path().join("schema.db").display());

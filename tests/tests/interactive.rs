@@ -11,17 +11,19 @@ use actix_api_auth_tests::{binary, free_port, repo_root, tools, work_dir, Client
 
 /// A tmux session running one command, read through its screen.
 struct Terminal {
+    tmux: PathBuf,
     session: String,
 }
 
 impl Terminal {
     fn start(session: &str, cwd: &Path, command: &str) -> Self {
-        let _ = Command::new(tools::require("tmux"))
+        let tmux = tools::require("tmux");
+        let _ = Command::new(&tmux)
             .args(["kill-session", "-t", session])
             .output();
         // The pane stays open after the command, showing how it ended.
         let shell = format!("cd {} && {command}; echo EXIT=$?; sleep 600", cwd.display());
-        let started = Command::new(tools::require("tmux"))
+        let started = Command::new(&tmux)
             .args([
                 "new-session",
                 "-d",
@@ -39,13 +41,14 @@ impl Terminal {
             .expect("tmux runs");
         assert!(started.success());
         Self {
+            tmux,
             session: session.to_owned(),
         }
     }
 
     /// Everything shown so far, wrapped lines joined.
     fn screen(&self) -> String {
-        let output = Command::new(tools::require("tmux"))
+        let output = Command::new(&self.tmux)
             .args([
                 "capture-pane",
                 "-p",
@@ -81,7 +84,7 @@ impl Terminal {
     }
 
     fn keys(&self, keys: &[&str]) {
-        let status = Command::new(tools::require("tmux"))
+        let status = Command::new(&self.tmux)
             .args(["send-keys", "-t", &self.session])
             .args(keys)
             .status()
@@ -98,7 +101,7 @@ impl Terminal {
 
 impl Drop for Terminal {
     fn drop(&mut self) {
-        let _ = Command::new(tools::require("tmux"))
+        let _ = Command::new(&self.tmux)
             .args(["kill-session", "-t", &self.session])
             .output();
     }

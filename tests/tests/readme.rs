@@ -3,12 +3,12 @@
 //! SIGTERM must stop it and free its port), and the test command is the one `.ci/run` runs.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_api_auth_tests::{repo_root, Client};
+use actix_api_auth_tests::{repo_root, work_dir, Client, Service};
 
 const DEMO_PORT: u16 = 8080;
 
@@ -51,62 +51,52 @@ fn the_demo_serves_a_working_admin_key_and_stops_on_sigterm() {
         TcpListener::bind(("127.0.0.1", DEMO_PORT)).is_ok(),
         "port {DEMO_PORT} is in use: the demo serves there"
     );
+    // cargo's progress and the service's logs, read when something fails.
+    let log = work_dir().join("demo.log");
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!("exec {demo}"))
         .current_dir(repo_root())
+        // As a newcomer's shell has them: none of the service's settings.
+        .env_remove("PORT")
+        .env_remove("HOST")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("sh runs");
-
-    // What the demo prints, line by line; a closed stdout ends the channel.
-    let (lines, printed) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
+    let lines = BufReader::new(stdout).lines().map_while(Result::ok);
+
+    // What the demo prints, line by line, until the key; the reader thread keeps the pipe drained.
+    let (keys, printed) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("demo: {line}");
-            if lines.send(line).is_err() {
-                break;
+        for line in lines {
+            if let Some(key) = line.strip_prefix("Admin key (shown once): ") {
+                let _ = keys.send(key.to_owned());
             }
         }
     });
-    let key = loop {
-        match printed.recv_timeout(Duration::from_secs(900)) {
-            Ok(line) => {
-                if let Some(key) = line.strip_prefix("Admin key (shown once): ") {
-                    break key.to_owned();
-                }
-            }
-            Err(err) => panic!("the demo printed no admin key ({err})"),
-        }
-    };
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", DEMO_PORT)).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "the demo exited");
-        assert!(Instant::now() < deadline, "the demo never listened");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let client = Client::new(&format!("http://127.0.0.1:{DEMO_PORT}"));
+    let key = printed
+        .recv_timeout(Duration::from_secs(900))
+        .unwrap_or_else(|err| {
+            let _ = child.kill();
+            panic!(
+                "the demo printed no admin key ({err}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    // From here on, a failing assertion still stops the demo: the Service does when dropped.
+    let demo = Service::adopt(child, DEMO_PORT);
+    let client = Client::new(&demo.base_url);
     let (status, body) = client.send("GET", "/api/v1/api-keys", Some(&key), None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["total"], 1, "{body}");
 
-    // The process started for the README's command is the one that gets the signal.
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the demo ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // The process started for the README's command is the one that gets the SIGTERM.
+    let status = demo.stop();
     assert!(status.success(), "the demo ended with {status}");
     assert!(
         TcpListener::bind(("127.0.0.1", DEMO_PORT)).is_ok(),

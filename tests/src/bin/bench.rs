@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use actix_api_auth_tests::servers::{Postgres, Redis};
 use actix_api_auth_tests::{
-    cargo, free_port, generate_in_process, repo_root, shared_target_dir, tools, work_dir, Client,
-    Service,
+    cargo, cargo_command, free_port, generate_in_process, repo_root, shared_target_dir, tools,
+    work_dir, Client, Service,
 };
 use clap::{Parser, ValueEnum};
 use serde_json::json;
@@ -677,12 +677,10 @@ fn build_times(dir: &Path) -> Result<String> {
     }
     let build = || -> Result<Duration> {
         let started = Instant::now();
-        let status = Command::new(env!("CARGO"))
+        let status = cargo_command(&project)
             .args(["build", "--locked", "--quiet"])
-            .current_dir(&project)
             .env("CARGO_TARGET_DIR", &target)
-            .env_remove("RUSTFLAGS")
-            // What a user's build does, whatever the harness's run turned off.
+            // What a user's build does, whatever the harness's builds turn off.
             .env_remove("CARGO_INCREMENTAL")
             .env_remove("CARGO_PROFILE_DEV_DEBUG")
             .status()?;
