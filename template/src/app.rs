@@ -70,7 +70,7 @@ impl AppState {
                         config.auth_failures_per_key_per_minute,
                     ),
                 )
-                .trusting_proxy_headers(config.trust_proxy_headers),
+                .behind(config.trusted_proxies().expect("validated by Config")),
             ),
             allowance: web::Data::new(allowance),
             allowed_methods: web::Data::new(AllowedMethods::of(&document)),
@@ -110,7 +110,11 @@ pub fn app(
         .wrap(from_fn(observe::observe))
         .configure(health::routes)
         .configure(routes::routes)
-        .configure(metrics::routes)
+        .configure(|cfg| {
+            if state.config.metrics_addr.is_empty() {
+                metrics::routes(cfg);
+            }
+        })
         .configure(|cfg| {
             if let Some(scope) = key_routes {
                 cfg.service(scope);
@@ -162,7 +166,15 @@ pub async fn serve(
     for addr in server.addrs() {
         tracing::info!("listening on http://{addr}; Swagger UI at http://{addr}{docs_path}/");
     }
-    server.run().await?;
+    if state.config.metrics_addr.is_empty() {
+        server.run().await?;
+    } else {
+        let metrics_server = HttpServer::new(|| App::new().configure(metrics::routes))
+            .workers(1)
+            .bind(state.config.metrics_addr.as_str())?;
+        tracing::info!("metrics at http://{}/metrics", state.config.metrics_addr);
+        futures_util::future::try_join(server.run(), metrics_server.run()).await?;
+    }
 
     flusher.finish().await;
     Ok(())

@@ -92,9 +92,8 @@ impl KeysCommand {
                     scopes.push(admin_scope.to_owned());
                 }
                 let expires_at = expires_in
-                    .map(|d| chrono::Duration::from_std(d).map(|d| crate::keys::service::now() + d))
-                    .transpose()
-                    .map_err(|_| "--expires-in is too long")?;
+                    .map(|d| later(d).ok_or("--expires-in is too long"))
+                    .transpose()?;
                 let created = service
                     .create_key(
                         &Manager::Operator,
@@ -129,9 +128,12 @@ impl KeysCommand {
             } => {
                 let now = crate::keys::service::now();
                 let expiring = expiring
-                    .map(|within| chrono::Duration::from_std(within).map(|d| (now, now + d)))
-                    .transpose()
-                    .map_err(|_| "--expiring is too long")?;
+                    .map(|within| {
+                        later(within)
+                            .map(|by| (now, by))
+                            .ok_or("--expiring is too long")
+                    })
+                    .transpose()?;
                 let page = service
                     .list_keys(
                         &Manager::Operator,
@@ -193,4 +195,10 @@ impl KeysCommand {
         }
         Ok(())
     }
+}
+
+/// Now plus `duration`, if that is a time chrono can hold.
+fn later(duration: std::time::Duration) -> Option<chrono::DateTime<chrono::Utc>> {
+    let duration = chrono::Duration::from_std(duration).ok()?;
+    crate::keys::service::now().checked_add_signed(duration)
 }

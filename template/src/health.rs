@@ -26,9 +26,10 @@ pub struct Health {
 pub struct Readiness {
     #[schema(example = "ready")]
     pub status: &'static str,
-    /// `ok`, or why a dependency cannot be used.
-    #[schema(example = json!({"store": "ok", "redis_cache": "ok"}))]
-    pub checks: std::collections::BTreeMap<&'static str, String>,
+    /// `ok` or `unavailable` for each dependency; why one is unavailable goes to the log, not to
+    /// whoever asks.
+    #[schema(example = json!({"store": "ok", "redis_cache": "unavailable"}))]
+    pub checks: std::collections::BTreeMap<&'static str, &'static str>,
 }
 
 /// Liveness check
@@ -53,22 +54,24 @@ pub async fn health() -> web::Json<Health> {
 )]
 #[get("/ready")]
 pub async fn ready(store: web::Data<dyn Backend>) -> HttpResponse {
-    let checks = store.health_checks().await;
-    let ready = checks.iter().all(|(_, outcome)| outcome.is_ok());
+    let mut ready = true;
+    let mut checks = std::collections::BTreeMap::new();
+    for (name, outcome) in store.health_checks().await {
+        let verdict = match outcome {
+            Ok(()) => "ok",
+            Err(err) => {
+                tracing::warn!(dependency = name, error = %err, "not ready");
+                ready = false;
+                "unavailable"
+            }
+        };
+        checks.insert(name, verdict);
+    }
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" },
-        checks: checks
-            .into_iter()
-            .map(|(name, outcome)| {
-                (
-                    name,
-                    outcome.err().map_or("ok".to_owned(), |e| e.to_string()),
-                )
-            })
-            .collect(),
+        checks,
     };
     if !ready {
-        tracing::warn!(checks = ?body.checks, "not ready");
         return HttpResponse::ServiceUnavailable().json(body);
     }
     HttpResponse::Ok().json(body)

@@ -43,7 +43,9 @@ pub fn document(config: &Config) -> Document {
     doc.info.license = None;
     doc.merge(HealthApi::openapi());
     doc.merge(ExampleApi::openapi());
-    doc.merge(MetricsApi::openapi());
+    if config.metrics_addr.is_empty() {
+        doc.merge(MetricsApi::openapi());
+    }
     if config.api_keys_routes {
         let mut keys = KeysApi::openapi();
         for operation in operations(&mut keys) {

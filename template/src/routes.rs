@@ -55,6 +55,7 @@ pub async fn api_data(key: ApiKey) -> HttpResponse {
 #[delete("/api/admin/users/{user_id}")]
 #[require_scope("admin:delete")]
 pub async fn delete_user(user_id: web::Path<String>) -> HttpResponse {
-    tracing::info!(user_id = %user_id, "user deleted");
+    // Debug formatting escapes control characters: a path segment cannot forge log lines.
+    tracing::info!(user_id = ?user_id.as_str(), "user deleted");
     HttpResponse::NoContent().finish()
 }

@@ -196,9 +196,10 @@ mod redis {
             .await
             .unwrap();
         assert!(backend.lookup(&key.id).await.unwrap().is_some());
-        // A revocation is saved, reported as not fully propagated, and enforced here at once.
+        // A revocation is saved and enforced here at once; fencing its Redis entry off is retried
+        // in the background until Redis answers (see the harness's fault tests).
         let revoked = conformance::event(&key.id);
-        assert!(backend.revoke(&key.id, Utc::now(), &revoked).await.is_err());
+        assert!(backend.revoke(&key.id, Utc::now(), &revoked).await.unwrap());
         assert!(
             sql.get(&key.id)
                 .await

@@ -179,9 +179,27 @@ fn compose_runs_the_service_on_postgres_and_redis() {
         text(map(postgres, "environment"), "POSTGRES_DB"),
         "composed_svc"
     );
+    // No password is written down: compose refuses to start until both are given.
     let password = text(map(postgres, "environment"), "POSTGRES_PASSWORD");
+    assert_eq!(password, "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}");
     assert!(database.contains(&format!(":{password}@")), "{database}");
-    assert_eq!(text(env, "REDIS_URL"), "redis://redis:6379/");
+    let redis = map(services, "redis");
+    let redis_password = text(map(redis, "environment"), "REDISCLI_AUTH");
+    assert_eq!(redis_password, "${REDIS_PASSWORD:?set REDIS_PASSWORD}");
+    assert_eq!(
+        text(env, "REDIS_URL"),
+        format!("redis://:{redis_password}@redis:6379/")
+    );
+    let command: Vec<&str> = map(redis, "command")
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|part| part.as_str().unwrap())
+        .collect();
+    assert!(
+        command.concat().contains("--requirepass \"$$REDISCLI_AUTH\""),
+        "Redis asks for the password: {command:?}"
+    );
     assert!(text(postgres, "image").starts_with("postgres:15"));
     assert!(text(map(services, "redis"), "image").starts_with("redis:"));
 

@@ -13,7 +13,6 @@
 //! A rotated key in its grace period is charged to its replacement, or to the newest key when the
 //! replacement was rotated too: rotating a key never multiplies what it may do.
 
-use std::borrow::Cow;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,36 +102,38 @@ impl Allowance {
     }
 
     async fn verdict(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
-        let record = key.record();
-        let account = self.account(record).await;
-        let state = match record.rate_limit {
-            Some(limit) => Some(self.rate(&account, limit).await?),
+        let newest = self.account(key.record()).await;
+        let account = newest.as_deref().unwrap_or(key.record());
+        let state = match account.rate_limit {
+            Some(limit) => Some(self.rate(&account.id, limit).await?),
             None => None,
         };
-        if record.remaining.is_some() {
-            self.take_quota(&account, record.refill, state).await?;
+        if account.remaining.is_some() {
+            self.take_quota(&account.id, account.refill, state).await?;
         }
         Ok(state)
     }
 
-    /// The key whose limits `record`'s requests use: itself, or the newest key of its rotations.
-    async fn account<'r>(&self, record: &'r ApiKeyRecord) -> Cow<'r, str> {
-        let Some(mut account) = record.replaced_by.clone() else {
-            return Cow::Borrowed(&record.id);
-        };
-        // The first hop is `record.replaced_by` itself; each further one costs a lookup.
-        for _ in 1..MAX_ROTATIONS_FOLLOWED {
-            // A failed lookup leaves the charge on the last key known: taking the quota from the
-            // store then fails too, if the store is down, and the request is refused.
-            match self.store.lookup(&account).await {
-                Ok(Some(replacement)) => match &replacement.replaced_by {
-                    Some(next) => account.clone_from(next),
-                    None => break,
-                },
-                _ => break,
+    /// The key whose limits `record`'s requests use, with those limits: the newest key of its
+    /// rotations, or `None` for `record` itself. Tightening the replacement's limits therefore binds
+    /// the old key in its grace period too.
+    async fn account(&self, record: &ApiKeyRecord) -> Option<Arc<ApiKeyRecord>> {
+        let mut next = record.replaced_by.clone()?;
+        let mut newest = None;
+        for _ in 0..MAX_ROTATIONS_FOLLOWED {
+            // A failed lookup leaves the charge on the last key known; if the store is down,
+            // taking a quota from it fails as well, and the request is refused.
+            let Ok(Some(replacement)) = self.store.lookup(&next).await else {
+                break;
+            };
+            let further = replacement.replaced_by.clone();
+            newest = Some(replacement);
+            match further {
+                Some(id) => next = id,
+                None => break,
             }
         }
-        Cow::Owned(account)
+        newest
     }
 
     async fn rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {

@@ -14,6 +14,7 @@ use chrono::Utc;
 use super::guard::ApiKey;
 use super::key::{KeyFormat, ParsedKey};
 use super::limits::FailureLimits;
+use super::proxies::TrustedProxies;
 use crate::keys::UsageTracker;
 use crate::store::{ApiKeyRecord, Backend, StoreError};
 
@@ -96,7 +97,7 @@ pub struct Authenticator {
     store: Arc<dyn Backend>,
     usage: Arc<UsageTracker>,
     limits: FailureLimits,
-    trust_proxy_headers: bool,
+    proxies: TrustedProxies,
 }
 
 impl Authenticator {
@@ -115,19 +116,18 @@ impl Authenticator {
             store,
             usage,
             limits,
-            trust_proxy_headers: false,
+            proxies: TrustedProxies::default(),
         }
     }
 
-    /// Takes client addresses from `Forwarded` / `X-Forwarded-For` (`TRUST_PROXY_HEADERS`): only
-    /// behind a proxy that overwrites them, or clients could pick the address they are counted as.
-    pub fn trusting_proxy_headers(mut self, trust: bool) -> Self {
-        self.trust_proxy_headers = trust;
+    /// Believes the client addresses these proxies report (`TRUSTED_PROXIES`).
+    pub fn behind(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = proxies;
         self
     }
 
-    pub fn trusts_proxy_headers(&self) -> bool {
-        self.trust_proxy_headers
+    pub fn proxies(&self) -> &TrustedProxies {
+        &self.proxies
     }
 
     pub fn management_scopes(&self) -> &ManagementScopes {
@@ -143,7 +143,9 @@ impl Authenticator {
     /// sender's address; it is asked only when a key is presented.
     ///
     /// Every failure but a missing key is an audit event (outcome, key id if the key had the right
-    /// shape, client address: never the key) and counts against the client's failure limit.
+    /// shape, client address: never the key). Only a key that is not valid (a wrong secret, or one
+    /// refused for too many of them) counts against the client's failure limit: a revoked, expired, disabled or rotated key proves its holder had the
+    /// secret, and counting it would let one stale key behind a shared address lock out the rest.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -166,7 +168,7 @@ impl Authenticator {
         };
         if let Err(err) = outcome {
             if let Some(address) = client
-                && err != AuthError::Unavailable
+                && matches!(err, AuthError::Invalid | AuthError::Throttled)
                 && self.limits.address_failed(address)
             {
                 outcome = Err(AuthError::Throttled);

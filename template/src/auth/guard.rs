@@ -81,9 +81,12 @@ impl ApiKey {
         &self.record
     }
 
-    /// Whether requests with this key are charged to a rate limit or a quota.
+    /// Whether requests with this key may be charged to a rate limit or a quota: its own, or, in
+    /// its grace period after a rotation, its replacement's.
     fn is_limited(&self) -> bool {
-        self.record.rate_limit.is_some() || self.record.remaining.is_some()
+        self.record.rate_limit.is_some()
+            || self.record.remaining.is_some()
+            || self.record.replaced_by.is_some()
     }
 }
 

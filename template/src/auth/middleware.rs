@@ -3,8 +3,6 @@
 //! On the way out, it reports a rate-limited key's standing in `RateLimit-*` headers
 //! (draft-ietf-httpapi-ratelimit-headers).
 
-use std::net::{IpAddr, SocketAddr};
-
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -23,8 +21,10 @@ pub async fn authenticate(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let outcome = match req.app_data::<web::Data<Authenticator>>() {
         Some(authenticator) => {
-            let trust_proxy_headers = authenticator.trusts_proxy_headers();
-            let client = || client_address(&req, trust_proxy_headers);
+            let client = || {
+                let peer = req.peer_addr().map(|peer| peer.ip());
+                authenticator.proxies().client(peer, req.headers())
+            };
             authenticator.authenticate(req.headers(), client).await
         }
         None => Err(AuthError::NotInstalled),
@@ -63,19 +63,4 @@ fn report(headers: &mut HeaderMap, state: LimitState) {
             headers.insert(HeaderName::from_static(name), value);
         }
     }
-}
-
-/// The client's address: the connection's peer, or, behind a proxy that sets them
-/// (`TRUST_PROXY_HEADERS`), the address `Forwarded` or `X-Forwarded-For` names.
-fn client_address(req: &ServiceRequest, trust_proxy_headers: bool) -> Option<IpAddr> {
-    if !trust_proxy_headers {
-        return req.peer_addr().map(|peer| peer.ip());
-    }
-    let info = req.connection_info();
-    let reported = info.realip_remote_addr()?;
-    reported
-        .parse::<SocketAddr>()
-        .map(|socket| socket.ip())
-        .or_else(|_| reported.parse::<IpAddr>())
-        .ok()
 }

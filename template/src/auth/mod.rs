@@ -10,6 +10,7 @@ pub mod guard;
 pub mod key;
 pub mod limits;
 pub mod middleware;
+pub mod proxies;
 pub mod scope;
 
 pub use allowance::Allowance;

@@ -11,6 +11,7 @@ use actix_web::http::header::HeaderName;
 use serde::Deserialize;
 
 use crate::auth::key::KeyFormat;
+use crate::auth::proxies::TrustedProxies;
 use crate::auth::scope;
 
 /// Settings of the service. Field `foo_bar` is read from the variable `FOO_BAR`.
@@ -27,6 +28,9 @@ pub struct Config {
     pub key_cache_ttl_ms: u64,
     pub host: String,
     pub port: u16,
+    /// Where `/metrics` is served instead of the main listener (`127.0.0.1:9100`, say); empty
+    /// serves it beside the API.
+    pub metrics_addr: String,
     /// Prefix of every issued key, e.g. `acme_`.
     pub api_key_prefix: String,
     /// Header that carries the key; `Authorization: Bearer <key>` is accepted too.
@@ -47,8 +51,11 @@ pub struct Config {
     pub auth_failures_per_minute: u32,
     /// Wrong secrets an existing key id may see per minute (then 429 to wrong secrets); 0 = off.
     pub auth_failures_per_key_per_minute: u32,
-    /// Whether client addresses come from `Forwarded` / `X-Forwarded-For` (behind a proxy only).
-    pub trust_proxy_headers: bool,
+    /// Your proxies' addresses or networks, comma-separated: only a request from one of them has its
+    /// client address taken from `PROXY_HEADER`. Empty: the peer is the client.
+    pub trusted_proxies: String,
+    /// Where trusted proxies report the client: `x-forwarded-for`, `forwarded` or `x-real-ip`.
+    pub proxy_header: String,
     /// `text` (for people) or `json` (one object per line, for log collectors).
     pub log_format: String,
 }
@@ -69,6 +76,7 @@ impl Default for Config {
             key_cache_ttl_ms: 500,
             host: "127.0.0.1".into(),
             port: 8080,
+            metrics_addr: String::new(),
             api_key_prefix: defaults::API_KEY_PREFIX.into(),
             api_key_header: "X-API-Key".into(),
             api_key_pepper: None,
@@ -80,7 +88,8 @@ impl Default for Config {
             usage_flush_seconds: 5,
             auth_failures_per_minute: 30,
             auth_failures_per_key_per_minute: 10,
-            trust_proxy_headers: false,
+            trusted_proxies: String::new(),
+            proxy_header: "x-forwarded-for".into(),
             log_format: "text".into(),
         }
     }
@@ -199,6 +208,17 @@ impl Config {
         if self.host.is_empty() {
             return Err(ConfigError::new("HOST", "must not be empty"));
         }
+        if !self.metrics_addr.is_empty()
+            && self.metrics_addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::new(
+                "METRICS_ADDR",
+                format!(
+                    "must be an address and port like 127.0.0.1:9100, got {:?}",
+                    self.metrics_addr
+                ),
+            ));
+        }
         let prefix = &self.api_key_prefix;
         let body = prefix.strip_suffix('_').unwrap_or_default();
         if !(1..=15).contains(&body.len())
@@ -250,6 +270,7 @@ impl Config {
                 "must be between 1 and 3600",
             ));
         }
+        self.trusted_proxies()?;
         if !["text", "json"].contains(&self.log_format.as_str()) {
             return Err(ConfigError::new(
                 "LOG_FORMAT",
@@ -265,6 +286,16 @@ impl Config {
             self.api_key_prefix.clone(),
             self.api_key_pepper.as_ref().map(Secret::expose),
         )
+    }
+
+    /// The proxies whose reports of the client address are believed.
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, ConfigError> {
+        let header = self
+            .proxy_header
+            .parse()
+            .map_err(|problem| ConfigError::new("PROXY_HEADER", problem))?;
+        TrustedProxies::parse(&self.trusted_proxies, header)
+            .map_err(|problem| ConfigError::new("TRUSTED_PROXIES", problem))
     }
 
     pub fn redis_cache_ttl(&self) -> Duration {
@@ -382,6 +413,10 @@ mod tests {
             ("KEY_CACHE_TTL_MS", "-1"),
             ("USAGE_FLUSH_SECONDS", "0"),
             ("LOG_FORMAT", "xml"),
+            ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("TRUSTED_PROXIES", "nginx"),
+            ("PROXY_HEADER", "via"),
+            ("METRICS_ADDR", "localhost"),
             ("API_KEYS_ROUTES", "maybe"),
         ] {
             let message = error(&[(var, value)]);

@@ -7,6 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, OpenApi, ToSchema};
+use zeroize::Zeroizing;
 
 use super::service::{self, ApiKeyService, CreatedKey, KeyStatus, KeyUpdate, Manager, Rotation};
 use super::validation::{DEFAULT_GRACE_SECONDS, MAX_LIFETIME_SECONDS};
@@ -136,12 +137,14 @@ pub struct RotateKeyRequest {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// A key just created. `key` is shown here once and cannot be retrieved again.
-#[derive(Debug, Serialize, ToSchema)]
+/// A key just created. `key` is shown here once and cannot be retrieved again; this type has no
+/// `Debug`, so it cannot be logged by accident.
+#[derive(Serialize, ToSchema)]
 pub struct KeyCreated {
     pub id: String,
     /// The API key itself. Store it now: only its digest is kept.
-    pub key: String,
+    #[schema(value_type = String)]
+    pub key: Zeroizing<String>,
     pub name: String,
     pub scopes: Vec<String>,
     pub owner_id: Option<String>,
@@ -161,7 +164,7 @@ impl From<CreatedKey> for KeyCreated {
         let record = created.record;
         Self {
             id: record.id,
-            key: created.key.to_string(),
+            key: created.key,
             name: record.name,
             scopes: record.scopes,
             owner_id: record.owner_id,
@@ -571,7 +574,11 @@ pub async fn rotate_key(
     let body = body.into_inner();
     let grace = body.grace_period.unwrap_or(DEFAULT_GRACE_SECONDS);
     let rotation = Rotation {
-        grace_period: Duration::seconds(i64::try_from(grace).unwrap_or(i64::MAX)),
+        // Beyond chrono's range is beyond the service's bound too: it refuses it with 422.
+        grace_period: i64::try_from(grace)
+            .ok()
+            .and_then(Duration::try_seconds)
+            .unwrap_or(Duration::MAX),
         expires_at: expiry(body.expires_in, body.expires_at)?.map(Some),
     };
     let created = service.rotate_key(&by, &id, rotation).await?;

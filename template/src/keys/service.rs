@@ -4,7 +4,9 @@
 //!
 //! Every call names its [`Manager`]: the operator (the command line, your own code) and keys holding
 //! the admin scope reach every key; a key holding the manage scope reaches only keys of its own
-//! owner, and cannot mint a key with more scopes or a longer life than it has itself.
+//! owner. Self-service never loosens what an admin set: a manager key changes only keys whose scopes
+//! it holds, mints no key with more scopes, a longer life or looser limits than its own, raises or
+//! removes no limit, and leaves re-enabling a disabled key to an admin.
 
 use std::sync::Arc;
 
@@ -82,8 +84,8 @@ impl Manager {
         }
     }
 
-    /// Whether `record` is within reach. Out of reach reads as "no such key", so a manager cannot
-    /// learn which ids other owners use.
+    /// Whether `record` is within reach for reading. Out of reach reads as "no such key", so a
+    /// manager cannot learn which ids other owners use.
     fn reaches(&self, record: &ApiKeyRecord) -> bool {
         match self {
             Self::Operator | Self::Admin(_) => true,
@@ -93,9 +95,39 @@ impl Manager {
         }
     }
 
-    /// Fits a new key to what an owner-bound manager may grant: its own owner, scopes it holds,
-    /// an expiry no later than its own.
+    /// Whether this manager may change `record`, which it reaches: a manager key only changes keys
+    /// whose scopes it holds itself.
+    fn may_change(&self, record: &ApiKeyRecord) -> Result<(), ServiceError> {
+        match self {
+            Self::Owner(key) => within_scopes(key, &record.scopes),
+            Self::Operator | Self::Admin(_) => Ok(()),
+        }
+    }
+
+    /// Fits a new key to what an owner-bound manager may grant: its own owner, scopes it holds, an
+    /// expiry no later than its own, and limits no looser than its own (which it inherits when it
+    /// names none).
     fn bound(&self, new: &mut NewKey) -> Result<(), ServiceError> {
+        self.bound_grant(new)?;
+        let Self::Owner(key) = self else {
+            return Ok(());
+        };
+        let own = Limits::of(key.record());
+        if new.rate_limit.is_none() {
+            new.rate_limit = own.rate_limit;
+        }
+        if new.remaining.is_none() && new.refill.is_none() {
+            (new.remaining, new.refill) = (own.remaining, own.refill);
+        }
+        own.admits(&Limits {
+            rate_limit: new.rate_limit,
+            remaining: new.remaining,
+            refill: new.refill,
+        })
+    }
+
+    /// [`Manager::bound`] without the limits: what a rotation, which keeps the key's limits, checks.
+    fn bound_grant(&self, new: &mut NewKey) -> Result<(), ServiceError> {
         let Self::Owner(key) = self else {
             return Ok(());
         };
@@ -114,8 +146,14 @@ impl Manager {
         within_expiry(key, new.expires_at)
     }
 
-    /// Checks an update the way [`Manager::bound`] checks a new key, for the fields it changes.
-    fn bound_changes(&self, changes: &KeyChanges) -> Result<(), ServiceError> {
+    /// Checks an update of `current` into `after` the way [`Manager::bound`] checks a new key, for
+    /// the fields it changes; limits may only tighten, and a disabled key stays disabled.
+    fn bound_changes(
+        &self,
+        current: &ApiKeyRecord,
+        changes: &KeyChanges,
+        after: &ApiKeyRecord,
+    ) -> Result<(), ServiceError> {
         let Self::Owner(key) = self else {
             return Ok(());
         };
@@ -125,7 +163,83 @@ impl Manager {
         if let Some(expires_at) = changes.expires_at {
             within_expiry(key, expires_at)?;
         }
-        Ok(())
+        if !current.enabled && after.enabled {
+            return Err(forbidden(
+                "admin_required",
+                "only an admin key or the operator re-enables a disabled key",
+            ));
+        }
+        Limits::of(current).admits(&Limits::of(after))
+    }
+
+    /// `event` as this manager may read it: a manager key does not learn which keys outside its
+    /// owner acted (an admin's, say), nor from where.
+    async fn redacted(&self, store: &dyn Backend, mut event: KeyEvent) -> KeyEvent {
+        if let (Self::Owner(_), Some(actor)) = (self, &event.actor_key_id) {
+            let own = matches!(store.get(actor).await, Ok(Some(record)) if self.reaches(&record));
+            if !own {
+                event.actor_key_id = None;
+                event.client = None;
+            }
+        }
+        event
+    }
+}
+
+/// A key's rate limit and quota, to compare what a manager asks for with what it may grant.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    rate_limit: Option<RateLimit>,
+    remaining: Option<u64>,
+    refill: Option<Refill>,
+}
+
+impl Limits {
+    fn of(record: &ApiKeyRecord) -> Self {
+        Self {
+            rate_limit: record.rate_limit,
+            remaining: record.remaining,
+            refill: record.refill,
+        }
+    }
+
+    /// Refuses `wanted` where it is looser than `self`: a faster rate or a larger burst, a larger
+    /// quota, or no limit where there is one; refills larger, more frequent, or added to a finite
+    /// quota. Where `self` has no limit, any is tighter.
+    fn admits(&self, wanted: &Limits) -> Result<(), ServiceError> {
+        let rate_ok = match (self.rate_limit, wanted.rate_limit) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(bound), Some(w)) => {
+                w.requests <= bound.requests
+                    && u64::from(w.requests) * u64::from(bound.window)
+                        <= u64::from(bound.requests) * u64::from(w.window)
+            }
+        };
+        let quota_ok = match (self.remaining, wanted.remaining) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(bound), Some(w)) => w <= bound,
+        };
+        let refill_ok = match (self.refill, wanted.refill) {
+            (_, None) => true,
+            (None, Some(_)) => self.remaining.is_none(),
+            (Some(bound), Some(w)) => w.interval == bound.interval && w.amount <= bound.amount,
+        };
+        if rate_ok && quota_ok && refill_ok {
+            return Ok(());
+        }
+        let field = if !rate_ok {
+            "rate_limit"
+        } else if !quota_ok {
+            "remaining"
+        } else {
+            "refill"
+        };
+        Err(forbidden(
+            "limit_escalation",
+            format!("{field}: a manager key cannot raise or remove a limit an admin set"),
+        ))
     }
 }
 
@@ -147,8 +261,13 @@ fn within_scopes(key: &ApiKey, wanted: &[String]) -> Result<(), ServiceError> {
     ))
 }
 
+/// A manager key's grants end when it does: at its expiry, or when a rotation retires it.
 fn within_expiry(key: &ApiKey, expires_at: Option<DateTime<Utc>>) -> Result<(), ServiceError> {
-    match key.expires_at() {
+    let ends = match (key.expires_at(), key.record().retires_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match ends {
         Some(limit) if expires_at.is_none_or(|at| at > limit) => Err(forbidden(
             "expiry_escalation",
             format!("the key must expire by {limit}, as this key does"),
@@ -245,10 +364,10 @@ impl ApiKeyService {
     ) -> Result<CreatedKey, ServiceError> {
         let now = now();
         validate(&new, now, &self.format)?;
-        by.bound(&mut new)?;
         if new.remaining.is_none() {
             new.remaining = new.refill.map(|refill| refill.amount);
         }
+        by.bound(&mut new)?;
         loop {
             let (key, record) = self.mint(&new, now, None);
             let event = by.event(&record.id, EventAction::Created, described(&record));
@@ -320,6 +439,7 @@ impl ApiKeyService {
             ));
         }
         let old = self.reachable(by, id).await?;
+        by.may_change(&old)?;
         if old.revoked_at.is_some() {
             return Err(conflict("key_revoked", "a revoked key cannot be rotated"));
         }
@@ -341,11 +461,12 @@ impl ApiKeyService {
             refill: old.refill,
         };
         validate(&new, now, &self.format)?;
-        by.bound(&mut new)?;
+        by.bound_grant(&mut new)?;
         let retires_at = now + rotation.grace_period;
         loop {
             let (key, mut record) = self.mint(&new, now, Some(&old.id));
             record.refilled_at = old.refilled_at;
+            record.enabled = old.enabled;
             let events = [
                 by.event(
                     &old.id,
@@ -390,6 +511,7 @@ impl ApiKeyService {
         update: KeyUpdate,
     ) -> Result<ApiKeyRecord, ServiceError> {
         let current = self.reachable(by, id).await?;
+        by.may_change(&current)?;
         let now = now();
         validate_update(&update, now, &self.format)?;
         let mut changes = KeyChanges {
@@ -412,8 +534,9 @@ impl ApiKeyService {
                 ));
             }
             changes.remaining = Some(after.refill.map(|refill| refill.amount));
+            after.remaining = after.refill.map(|refill| refill.amount);
         }
-        by.bound_changes(&changes)?;
+        by.bound_changes(&current, &changes, &after)?;
         if changes.is_empty() {
             return Ok(self.with_unflushed_usage(current));
         }
@@ -449,7 +572,15 @@ impl ApiKeyService {
             limit,
             offset,
         };
-        Ok(self.store.events(&query).await?)
+        let page = self.store.events(&query).await?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for event in page.items {
+            items.push(by.redacted(self.store.as_ref(), event).await);
+        }
+        Ok(Page {
+            items,
+            total: page.total,
+        })
     }
 
     /// Every key's audit log, newest first: for the operator and admin keys only.
@@ -518,9 +649,11 @@ impl ApiKeyService {
 
     /// Revokes a key. Revoking a revoked key succeeds and keeps the first revocation time.
     pub async fn revoke_key(&self, by: &Manager, id: &str) -> Result<(), ServiceError> {
-        // Owners never change, so checking reach first and revoking second cannot race.
+        // Checked first, revoked second: a key's owner never changes, and at worst a scope change
+        // racing this lets a manager revoke a key of its own owner, which loosens nothing.
         if let Manager::Owner(_) = by {
-            self.reachable(by, id).await?;
+            let record = self.reachable(by, id).await?;
+            by.may_change(&record)?;
         }
         let event = by.event(id, EventAction::Revoked, Map::new());
         if self.store.revoke(id, event.at, &event).await? {

@@ -5,12 +5,15 @@
 //! backend. How stale a lookup can be:
 //! - on the instance that revoked a key, not at all (its entry is dropped at once);
 //! - on other instances, at most the in-process TTL (`KEY_CACHE_TTL_MS`, [`DEFAULT_LOCAL_TTL`] unless
-//!   configured): the revocation rewrites the Redis entry before it returns, and an in-process entry
-//!   lives no longer than that.
+//!   configured): the revocation fences the Redis entry off before it returns (see
+//!   [`super::redis::FENCE`]), and an in-process entry lives no longer than that;
+//! - if Redis cannot be reached when a key changes, the change is saved, this instance stops reading
+//!   that key from Redis, and it retries the fence twice a second: other instances may read the old
+//!   entry from the moment Redis answers again until that retry lands, or, should this instance stop
+//!   first, until the entry expires (`REDIS_CACHE_TTL_SECONDS`).
 //!
 //! A Redis error is a cache miss, never an answer: the primary decides, so an outage makes lookups
-//! slower, not wrong. Entries are filled with `SET NX`, and mutations overwrite them, so a fill that
-//! read the database just before a revocation cannot overwrite the revoked entry.
+//! slower, not wrong.
 //!
 //! Every call that reaches the primary is counted in the `storage_operations` metric, and every cache
 //! lookup in `key_cache_lookups`.
@@ -85,6 +88,9 @@ pub struct CachedBackend {
     local: Option<LocalCache>,
     #[cfg(feature = "redis")]
     shared: Option<super::redis::RedisCache>,
+    /// Keys changed while Redis could not fence their entries: read from the primary until it can.
+    #[cfg(feature = "redis")]
+    unfenced: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl CachedBackend {
@@ -95,6 +101,8 @@ impl CachedBackend {
             local: Some(LocalCache::new(DEFAULT_LOCAL_TTL)),
             #[cfg(feature = "redis")]
             shared: None,
+            #[cfg(feature = "redis")]
+            unfenced: Arc::default(),
         }
     }
 
@@ -118,37 +126,55 @@ impl CachedBackend {
     }
 
     /// Brings the caches in line with the primary after a mutation of `id`: Redis first, then the
-    /// in-process cache, so a lookup that read the old entry from Redis before the overwrite is still
+    /// in-process cache, so a lookup that read the old entry from Redis before the fence is still
     /// caught by the invalidation (see [`LocalCache::insert`]).
-    async fn refresh(&self, id: &str) -> Result<(), StoreError> {
+    async fn refresh(&self, id: &str) {
         #[cfg(feature = "redis")]
-        let shared = match &self.shared {
-            Some(shared) => self.overwrite_shared(shared, id).await,
-            None => Ok(()),
-        };
+        if let Some(shared) = &self.shared {
+            self.fence(shared, id).await;
+        }
         if let Some(local) = &self.local {
             local.invalidate(id);
         }
-        #[cfg(feature = "redis")]
-        shared?;
-        Ok(())
     }
 
+    /// Fences off the Redis entry of `id`; if Redis cannot be reached, keeps trying in the
+    /// background, and meanwhile reads `id` from the primary only.
     #[cfg(feature = "redis")]
-    async fn overwrite_shared(
-        &self,
-        shared: &super::redis::RedisCache,
-        id: &str,
-    ) -> Result<(), StoreError> {
-        metrics().storage_operation("get");
-        let current = self.primary.get(id).await?;
-        shared.overwrite(id, current.as_ref()).await.map_err(|err| {
-            StoreError::Unavailable(format!(
-                "the change is saved, but the shared cache could not be updated ({err}); other \
-                 instances may use the old entry until it expires"
-            ))
-        })
+    async fn fence(&self, shared: &super::redis::RedisCache, id: &str) {
+        let Err(err) = shared.fence(id).await else {
+            return;
+        };
+        tracing::warn!(error = %err, key_id = id, "the change is saved; fencing its Redis cache entry off is retried until Redis answers");
+        if !lock(&self.unfenced).insert(id.to_owned()) {
+            return; // a retry for this key is running already
+        }
+        let (shared, unfenced, id) = (shared.clone(), self.unfenced.clone(), id.to_owned());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if shared.fence(&id).await.is_ok() {
+                    lock(&unfenced).remove(&id);
+                    tracing::info!(key_id = %id, "Redis cache entry fenced off after the outage");
+                    return;
+                }
+            }
+        });
     }
+
+    /// Whether lookups of `id` may read the Redis cache.
+    #[cfg(feature = "redis")]
+    fn shared_for(&self, id: &str) -> Option<&super::redis::RedisCache> {
+        let shared = self.shared.as_ref()?;
+        (!lock(&self.unfenced).contains(id)).then_some(shared)
+    }
+}
+
+#[cfg(feature = "redis")]
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[async_trait]
@@ -179,7 +205,7 @@ impl Backend for CachedBackend {
             metrics().key_cache("local", false);
         }
         #[cfg(feature = "redis")]
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = self.shared_for(id) {
             match shared.get(id).await {
                 Ok(found) => {
                     metrics().key_cache("redis", found.is_some());
@@ -200,14 +226,16 @@ impl Backend for CachedBackend {
             }
         }
         metrics().storage_operation("lookup");
+        #[cfg(feature = "redis")]
+        let read_at = Instant::now();
         let Some(record) = self.primary.lookup(id).await? else {
             // Unknown ids are not cached: a key must pass its checksum to get here, and a later
             // insert would otherwise be hidden.
             return Ok(None);
         };
         #[cfg(feature = "redis")]
-        if let Some(shared) = &self.shared
-            && let Err(err) = shared.fill(&record).await
+        if let Some(shared) = self.shared_for(id)
+            && let Err(err) = shared.fill(&record, read_at).await
         {
             tracing::debug!(error = %err, "could not fill the Redis cache");
         }
@@ -229,7 +257,7 @@ impl Backend for CachedBackend {
         metrics().storage_operation("revoke");
         let found = self.primary.revoke(id, at, event).await?;
         if found {
-            self.refresh(id).await?;
+            self.refresh(id).await;
         }
         Ok(found)
     }
@@ -243,7 +271,7 @@ impl Backend for CachedBackend {
         metrics().storage_operation("update");
         let updated = self.primary.update(id, changes, event).await?;
         if updated.is_some() {
-            self.refresh(id).await?;
+            self.refresh(id).await;
         }
         Ok(updated)
     }
@@ -258,7 +286,7 @@ impl Backend for CachedBackend {
         metrics().storage_operation("rotate");
         let rotated = self.primary.rotate(old_id, new, retires_at, events).await?;
         if rotated {
-            self.refresh(old_id).await?;
+            self.refresh(old_id).await;
         }
         Ok(rotated)
     }

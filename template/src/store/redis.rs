@@ -105,7 +105,17 @@ impl Breaker {
     }
 }
 
-/// The shared cache: one JSON entry per key, `apikey:v1:{id}`, with a TTL.
+/// How long a changed key's entry stays fenced off: no fill lands in that time, and a fill that read
+/// the database longer than half of it ago is dropped, so no fill can bring back what a change
+/// replaced, however the two interleave.
+pub const FENCE: Duration = Duration::from_secs(10);
+
+/// The entry of a key changed less than [`FENCE`] ago: a miss that is not filled.
+const FENCED: &str = "fenced";
+
+/// The shared cache: one JSON entry per key, `apikey:v1:{id}`, with a TTL. Fills only add entries;
+/// a change fences the key's entry off instead of writing its new state, so two changes racing
+/// each other cannot leave the older one cached.
 #[derive(Clone)]
 pub struct RedisCache {
     connection: ConnectionManager,
@@ -129,7 +139,10 @@ impl RedisCache {
     pub async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, CacheError> {
         let mut connection = self.connection.clone();
         let json: Option<String> = self.breaker.call(connection.get(Self::key(id))).await?;
-        Ok(json.map(|json| serde_json::from_str(&json)).transpose()?)
+        Ok(json
+            .filter(|json| json != FENCED)
+            .map(|json| serde_json::from_str(&json))
+            .transpose()?)
     }
 
     /// Whether Redis answers.
@@ -140,8 +153,11 @@ impl RedisCache {
         Ok(())
     }
 
-    /// Caches `record` unless an entry exists: a fill never overwrites a mutation's entry.
-    pub async fn fill(&self, record: &ApiKeyRecord) -> Result<(), CacheError> {
+    /// Caches `record`, read from the database at `read_at`, unless an entry (or a fence) exists.
+    pub async fn fill(&self, record: &ApiKeyRecord, read_at: Instant) -> Result<(), CacheError> {
+        if read_at.elapsed() > FENCE / 2 {
+            return Ok(());
+        }
         let mut set = redis::cmd("SET");
         set.arg(Self::key(&record.id))
             .arg(serde_json::to_string(record)?)
@@ -152,24 +168,13 @@ impl RedisCache {
         self.breaker.call(set.exec_async(&mut connection)).await
     }
 
-    /// Replaces the entry for `id` with the current record, or removes it when there is none.
-    pub async fn overwrite(
-        &self,
-        id: &str,
-        record: Option<&ApiKeyRecord>,
-    ) -> Result<(), CacheError> {
+    /// Fences off the entry of `id`, which just changed (see [`FENCE`]). Never skipped while Redis
+    /// rests: a change must reach the cache.
+    pub async fn fence(&self, id: &str) -> Result<(), CacheError> {
         let mut connection = self.connection.clone();
-        match record {
-            Some(record) => {
-                let json = serde_json::to_string(record)?;
-                let () = connection
-                    .set_ex(Self::key(id), json, self.ttl.as_secs().max(1))
-                    .await?;
-            }
-            None => {
-                let () = connection.del(Self::key(id)).await?;
-            }
-        }
+        let () = connection
+            .set_ex(Self::key(id), FENCED, FENCE.as_secs())
+            .await?;
         Ok(())
     }
 }
@@ -500,20 +505,39 @@ impl RedisBackend {
         Ok((ids, total))
     }
 
-    /// Keys expiring in the window, filtered and ordered here: the expiry index holds every key with
-    /// an expiry, and few fall in any one window.
+    /// Keys expiring in the window, filtered and ordered here. One owner's keys are found by
+    /// intersecting the expiry index with that owner's index in Redis, so an owner's listing costs
+    /// what that owner has, never what every owner has.
     async fn list_expiring(
         &self,
         query: &ListQuery,
         after: DateTime<Utc>,
         by: DateTime<Utc>,
     ) -> Result<Page<ApiKeyRecord>, StoreError> {
-        let ids: Vec<String> = self
-            .connection
-            .clone()
-            .zrangebyscore(EXPIRES, format!("({}", micros(after)), micros(by))
-            .await
-            .map_err(unavailable)?;
+        let mut conn = self.connection.clone();
+        let (after, by) = (micros(after), micros(by));
+        let ids: Vec<String> = match &query.owner_id {
+            None => conn
+                .zrangebyscore(EXPIRES, format!("({after}"), by)
+                .await
+                .map_err(unavailable)?,
+            Some(owner) => {
+                // Weights 1 and 0 keep the expiry as the score (microseconds fit an f64 exactly).
+                let scored: Vec<(String, f64)> = redis::cmd("ZINTER")
+                    .arg(2)
+                    .arg(EXPIRES)
+                    .arg(owner_index(owner))
+                    .arg(&["WEIGHTS", "1", "0", "WITHSCORES"])
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                scored
+                    .into_iter()
+                    .filter(|(_, at)| (after as f64) < *at && *at <= by as f64)
+                    .map(|(id, _)| id)
+                    .collect()
+            }
+        };
         let mut matching: Vec<ApiKeyRecord> = self
             .records(&ids)
             .await?
