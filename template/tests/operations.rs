@@ -33,9 +33,7 @@ async fn readiness_fails_while_the_store_is_unreachable() {
 
     // A database in a directory that does not exist: every connection attempt fails.
     let url = "sqlite:///nonexistent-directory/keys.db";
-    let store = {{crate_name}}::store::SqlBackend::connect(url)
-        .await
-        .unwrap();
+    let store = {{crate_name}}::store::SqlBackend::connect(url).await.unwrap();
     let state = AppState::new(Config::from_vars([]).unwrap(), Arc::new(store)).unwrap();
     let app = test::init_service(app(state)).await;
     let (status, _, body) = call(&app, TestRequest::get().uri("/ready")).await;
