@@ -51,9 +51,9 @@ async fn readiness_fails_while_the_store_is_unreachable() {
 #[cfg(feature = "redis")]
 #[actix_web::test]
 async fn readiness_names_an_unreachable_redis_cache() {
-    use std::time::Duration;
     use {{crate_name}}::store::redis::RedisCache;
     use {{crate_name}}::store::{Backend, CachedBackend};
+    use std::time::Duration;
 
     // Nothing listens on port 1.
     let redis = RedisCache::connect("redis://127.0.0.1:1/", Duration::from_secs(60)).unwrap();
