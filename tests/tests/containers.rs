@@ -197,7 +197,9 @@ fn compose_runs_the_service_on_postgres_and_redis() {
         .map(|part| part.as_str().unwrap())
         .collect();
     assert!(
-        command.concat().contains("--requirepass \"$$REDISCLI_AUTH\""),
+        command
+            .concat()
+            .contains("--requirepass \"$$REDISCLI_AUTH\""),
         "Redis asks for the password: {command:?}"
     );
     assert!(text(postgres, "image").starts_with("postgres:15"));

@@ -473,7 +473,9 @@ fn schemathesis_finds_no_server_error_and_no_contradiction_of_the_document() {
         ("AUTH_FAILURES_PER_KEY_PER_MINUTE", "0"),
     ];
     let admin = mint_admin_key(&bin, &env);
-    let service = Service::start(&bin, &env, free_port());
+    // Panics are printed whatever RUST_LOG says; they are counted in this log below.
+    let log = scratch.path().join("service.log");
+    let service = Service::start_logged(&bin, &env, free_port(), &log);
     // A key holding every scope, so every operation can succeed.
     let (_, all) = create(
         &Client::new(&service.base_url),
@@ -511,9 +513,243 @@ fn schemathesis_finds_no_server_error_and_no_contradiction_of_the_document() {
         .unwrap_or_default()
         .trim();
     assert!(generated.contains("generated"), "{report}");
+
+    // Numbers beyond every bound, where a conversion could overflow: each a 4xx, none a panic.
+    let client = Client::new(&service.base_url);
+    let (target, _) = create(&client, &admin, json!({"name": "target"}));
+    let huge = [
+        u64::MAX.to_string(),
+        "10000000000000000".into(),
+        "1e300".into(),
+    ];
+    for number in &huge {
+        let body = |json: &str| serde_json::from_str::<serde_json::Value>(json).ok();
+        for (method, path, payload) in [
+            (
+                "POST",
+                format!("{KEYS}/{target}/rotate"),
+                body(&format!(r#"{{"grace_period": {number}}}"#)),
+            ),
+            (
+                "POST",
+                KEYS.to_owned(),
+                body(&format!(r#"{{"name": "n", "expires_in": {number}}}"#)),
+            ),
+            (
+                "POST",
+                KEYS.to_owned(),
+                body(&format!(r#"{{"name": "n", "remaining": {number}}}"#)),
+            ),
+            (
+                "POST",
+                KEYS.to_owned(),
+                body(&format!(
+                    r#"{{"name": "n", "rate_limit": {{"requests": {number}, "window": {number}}}}}"#
+                )),
+            ),
+            (
+                "PATCH",
+                format!("{KEYS}/{target}"),
+                body(&format!(
+                    r#"{{"refill": {{"interval": "daily", "amount": {number}}}}}"#
+                )),
+            ),
+            (
+                "GET",
+                format!("{KEYS}?limit={number}&offset={number}&expiring_within_days={number}"),
+                None,
+            ),
+            (
+                "GET",
+                format!("{KEYS}/{target}/events?limit={number}&offset={number}"),
+                None,
+            ),
+        ] {
+            let (status, problem) = client.send(method, &path, Some(&all), payload);
+            assert!(
+                (400..500).contains(&status) || status == 200,
+                "{method} {path} with {number}: {status} {problem}"
+            );
+        }
+    }
+    assert!(service.stop().success());
+    let panics = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("panicked")
+        .count();
+    assert_eq!(panics, 0, "the service panicked; see {}", log.display());
     println!(
-        "schemathesis: {generated}, every check but positive_data_acceptance and use_after_free, all phases"
+        "schemathesis: {generated}, every check but positive_data_acceptance and use_after_free, all phases; \
+         then {} oversized numbers; 0 panics",
+        huge.len() * 7
     );
+}
+
+#[test]
+fn user_input_cannot_forge_log_lines() {
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("service.log");
+    let database_url = format!("sqlite://{}", scratch.path().join("forge.db").display());
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("RUST_LOG", "info"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let service = Service::start_logged(&bin, &env, free_port(), &log);
+    let client = Client::new(&service.base_url);
+    let (_, deleter) = create(
+        &client,
+        &admin,
+        json!({"name": "deleter", "scopes": ["admin:delete"]}),
+    );
+    let forged =
+        "/api/admin/users/42%0D%0A2026-01-01T00:00:00Z%20INFO%20forged:%20admin%20logged%20in";
+    let (status, _) = client.send("DELETE", forged, Some(&deleter), None);
+    assert_eq!(status, 204);
+    assert!(service.stop().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.contains("user deleted"))
+        .unwrap_or_else(|| panic!("no deletion line in {text}"));
+    assert!(
+        line.contains(r"42\r\n2026-01-01"),
+        "escaped in place: {line}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|line| line.starts_with("2026-01-01T00:00:00Z")),
+        "a forged line: {text}"
+    );
+}
+
+#[test]
+fn a_tenants_expiry_listing_reads_only_its_own_keys_from_redis() {
+    let redis = Redis::start();
+    let bin = service_binary();
+    let database_url = redis.url();
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("RUST_LOG", "warn"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let service = Service::start(&bin, &env, free_port());
+    let client = Client::new(&service.base_url);
+    let owned = |owner: &str, name: &str, scopes: &[&str]| json!({"name": name, "owner_id": owner, "scopes": scopes, "expires_in": 86400});
+    for n in 0..200 {
+        create(&client, &admin, owned("team-a", &format!("a{n}"), &[]));
+    }
+    create(&client, &admin, owned("team-b", "b-expiring", &[]));
+    let (_, manager) = create(
+        &client,
+        &admin,
+        owned("team-b", "b-manager", &["api_keys:manage"]),
+    );
+    // Warm the manager's key, so the listing below is the only thing Redis is asked.
+    assert_eq!(client.send("GET", KEYS, Some(&manager), None).0, 200);
+
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let (status, page) = client.send(
+        "GET",
+        &format!("{KEYS}?expiring_within_days=3660"),
+        Some(&manager),
+        None,
+    );
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["total"], 2, "team-b's two keys: {page}");
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls = |command: &str| {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let records_read = calls("hgetall");
+    assert!(
+        records_read <= 2,
+        "a tenant's listing read {records_read} key records, of 202 in Redis:\n{stats}"
+    );
+    println!("a tenant's expiry listing read {records_read} key records of 202");
+}
+
+#[test]
+fn a_change_made_while_redis_is_away_is_fenced_when_it_returns() {
+    let redis = Redis::start();
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", scratch.path().join("fence.db").display());
+    let redis_url = redis.url();
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("RUST_LOG", "warn"),
+        // The second instance keeps keys in memory briefly, so it leans on Redis.
+        ("KEY_CACHE_TTL_MS", "50"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let changer = Service::start(&bin, &env, free_port());
+    let other = Service::start(&bin, &env, free_port());
+    let (changer_client, other_client) =
+        (Client::new(&changer.base_url), Client::new(&other.base_url));
+    let (id, key) = create(&changer_client, &admin, json!({"name": "doomed"}));
+    // The other instance caches the key in Redis.
+    assert_eq!(
+        other_client.try_send("GET", "/protected", Some(&key)),
+        Some(200)
+    );
+    assert!(redis
+        .cli(&["GET", &format!("apikey:v1:{id}")])
+        .contains(&id));
+
+    // Redis stops answering (it keeps its data) while the key is revoked.
+    redis.cli(&["CLIENT", "PAUSE", "2000", "ALL"]);
+    let paused = Instant::now();
+    let (status, _) = changer_client.send("DELETE", &format!("{KEYS}/{id}"), Some(&admin), None);
+    assert_eq!(status, 204, "the revocation is saved");
+    while paused.elapsed() < Duration::from_millis(2000) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Redis answers again with the old entry; the revoking instance fences it within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(other_client.try_send("GET", "/protected", Some(&key)));
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert!(
+        statuses.iter().all(|status| *status == Some(401)),
+        "the other instance, after Redis came back: {statuses:?}"
+    );
+    assert!(redis
+        .cli(&["GET", &format!("apikey:v1:{id}")])
+        .contains("fenced"));
+}
+
+#[test]
+fn metrics_can_have_a_listener_of_their_own() {
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", scratch.path().join("metrics.db").display());
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("RUST_LOG", "warn"),
+        ("METRICS_ADDR", metrics_addr.as_str()),
+    ];
+    let service = Service::start(&bin, &env, free_port());
+    let api = Client::new(&service.base_url);
+    assert_eq!(api.try_send("GET", "/metrics", None), Some(404));
+    assert_eq!(api.try_send("GET", "/health", None), Some(200));
+    let metrics = Client::new(&format!("http://{metrics_addr}")).text("/metrics");
+    assert!(
+        metrics.contains("http_request_duration_seconds"),
+        "{metrics}"
+    );
+    assert!(service.stop().success(), "both listeners stop on SIGTERM");
 }
 
 #[test]
