@@ -4,6 +4,7 @@
 //! how to get it, never a skipped check. A second run finds everything in place and installs nothing.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -57,7 +58,7 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
             "the tests need Debian packages that are missing: run the tests as root, or install them by hand: sudo {by_hand}"
         ));
     }
-    eprintln!("tests: installing {} (once)...", packages.join(", "));
+    say(&format!("installing {} with apt-get (once)", packages.join(", ")));
     let apt_get = |args: &[&str]| {
         let output = Command::new("apt-get")
             .args(args)
@@ -93,7 +94,7 @@ pub fn cargo_tool(krate: &str, version: &str, bin: &str) -> PathBuf {
     }
     let _lock = install_lock();
     if !path.exists() {
-        eprintln!("tests: installing {krate} {version} with cargo (once)...");
+        say(&format!("installing {krate} {version} with cargo (once)"));
         let status = Command::new(env!("CARGO"))
             .args(["install", krate, "--locked", "--version", version, "--root"])
             .arg(&root)
@@ -120,7 +121,7 @@ pub fn npm_ci(dir: &Path) {
     if installed() {
         return;
     }
-    eprintln!("tests: npm ci in {} (once)...", dir.display());
+    say(&format!("npm ci in {} (once)", dir.display()));
     let status = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund"])
         .current_dir(dir)
@@ -146,7 +147,7 @@ pub fn pip_tool(package: &str, version: &str, bin: &str) -> PathBuf {
     }
     let _lock = install_lock();
     if !path.exists() {
-        eprintln!("tests: installing {package} {version} with pip (once)...");
+        say(&format!("installing {package} {version} with pip (once)"));
         let run = |program: &Path, args: &[&str]| {
             let status = Command::new(program)
                 .args(args)
@@ -170,6 +171,11 @@ pub fn pip_tool(package: &str, version: &str, bin: &str) -> PathBuf {
         );
     }
     path
+}
+
+/// Tells the person waiting what is being installed; written past the test harness's capture.
+fn say(what: &str) {
+    let _ = writeln!(std::io::stderr(), "tests: {what}...");
 }
 
 /// Held while installing: test binaries and their threads install one thing at a time.
