@@ -153,6 +153,8 @@ fn pg_bindir() -> PathBuf {
 pub struct Redis {
     dir: tempfile::TempDir,
     port: u16,
+    /// TLS only, with a password: see [`Redis::start_tls`].
+    password: Option<String>,
 }
 
 impl Redis {
@@ -161,9 +163,80 @@ impl Redis {
         let redis = Self {
             dir: scratch_dir("redis-"),
             port: free_port(),
+            password: None,
         };
         redis.restart();
         redis
+    }
+
+    /// Starts a Redis server that speaks TLS only, with a certificate for `localhost` signed by a
+    /// CA of its own ([`Redis::ca_file`]), and asks for `password`.
+    pub fn start_tls(password: &str) -> Self {
+        let redis = Self {
+            dir: scratch_dir("redis-tls-"),
+            port: free_port(),
+            password: Some(password.to_owned()),
+        };
+        let dir = redis.dir.path();
+        let openssl = tools::require("openssl");
+        let openssl = |args: &[&str]| {
+            run(
+                "openssl",
+                Command::new(&openssl).args(args).current_dir(dir),
+            );
+        };
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509", "-subj", "/CN=test CA", "-days", "1"],
+                &new_key[..],
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req", "-subj", "/CN=localhost"],
+                &new_key[..],
+                &["-keyout", "server.key", "-out", "server.csr"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("san.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.cnf",
+        ]);
+        redis.restart();
+        redis
+    }
+
+    /// The CA that signed a TLS server's certificate, for clients to trust (`SSL_CERT_FILE`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// Stops the server, as an outage would.
@@ -173,24 +246,35 @@ impl Redis {
 
     /// Starts the server (again) on its port, empty.
     pub fn restart(&self) {
-        let (dir, port) = (self.dir.path(), self.port);
-        run(
-            "redis-server",
-            Command::new(tools::require("redis-server"))
+        let (dir, port) = (self.dir.path(), self.port.to_string());
+        let mut server = Command::new(tools::require("redis-server"));
+        server
+            .args(["--bind", "127.0.0.1", "--daemonize", "yes"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"));
+        match &self.password {
+            None => server.args(["--port", &port]),
+            Some(password) => server
                 .args([
                     "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--daemonize",
-                    "yes",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
                 ])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir)
-                .arg("--logfile")
-                .arg(dir.join("redis.log")),
-        );
+                .args([
+                    "--tls-cert-file",
+                    "server.pem",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.pem", "--requirepass", password]),
+        };
+        run("redis-server", &mut server);
         for _ in 0..100 {
             if self.cli(&["ping"]).starts_with("PONG") {
                 return;
@@ -201,14 +285,22 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.password {
+            None => format!("redis://127.0.0.1:{}/", self.port),
+            Some(password) => format!("rediss://:{password}@localhost:{}/", self.port),
+        }
     }
 
     /// Runs a `redis-cli` command against this server and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
-        Command::new(tools::require("redis-cli"))
-            .args(["-p", &self.port.to_string()])
-            .args(args)
+        let mut cli = Command::new(tools::require("redis-cli"));
+        cli.args(["-p", &self.port.to_string()]);
+        if let Some(password) = &self.password {
+            cli.args(["--tls", "--cacert"])
+                .arg(self.ca_file())
+                .env("REDISCLI_AUTH", password);
+        }
+        cli.args(args)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()

@@ -19,6 +19,7 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("tmux", "tmux"),
     ("wrk", "wrk"),
+    ("openssl", "openssl"),
 ];
 
 /// The path of `program` (one of [`DEBIAN_PROGRAMS`]), installing the missing Debian packages first.
@@ -58,7 +59,10 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
             "the tests need Debian packages that are missing: run the tests as root, or install them by hand: sudo {by_hand}"
         ));
     }
-    say(&format!("installing {} with apt-get (once)", packages.join(", ")));
+    say(&format!(
+        "installing {} with apt-get (once)",
+        packages.join(", ")
+    ));
     let apt_get = |args: &[&str]| {
         let output = Command::new("apt-get")
             .args(args)

@@ -792,3 +792,44 @@ fn json_logs_carry_the_request_id() {
     assert_eq!(audit["span"]["method"], "POST");
     println!("a JSON log line: {audit}");
 }
+
+#[test]
+fn the_redis_cache_works_over_tls_with_a_password() {
+    let redis = Redis::start_tls("a-redis-password");
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", scratch.path().join("tls.db").display());
+    let ca = redis.ca_file().to_str().unwrap().to_owned();
+    let good_url = redis.url();
+    let wrong_url = good_url.replace("a-redis-password", "not-the-password");
+    let env = |redis_url| {
+        [
+            ("DATABASE_URL", database_url.as_str()),
+            ("REDIS_URL", redis_url),
+            ("RUST_LOG", "warn"),
+            // Trust the test's own CA, as a system's CA store would a real one.
+            ("SSL_CERT_FILE", ca.as_str()),
+        ]
+    };
+    let good: [(&str, &str); 4] = env(good_url.as_str());
+    let admin = mint_admin_key(&bin, &good);
+    let service = Service::start(&bin, &good, free_port());
+    let client = Client::new(&service.base_url);
+    let (status, ready) = client.send("GET", "/ready", None, None);
+    assert_eq!(status, 200, "{ready}");
+    let (id, key) = create(&client, &admin, json!({"name": "over-tls"}));
+    assert_eq!(client.try_send("GET", "/protected", Some(&key)), Some(200));
+    assert!(
+        redis
+            .cli(&["GET", &format!("apikey:v1:{id}")])
+            .contains(&id),
+        "the key is cached in Redis, over TLS"
+    );
+    assert!(service.stop().success());
+
+    let wrong = env(wrong_url.as_str());
+    let service = Service::start(&bin, &wrong, free_port());
+    let (status, ready) = Client::new(&service.base_url).send("GET", "/ready", None, None);
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["checks"]["redis_cache"], "unavailable");
+}
