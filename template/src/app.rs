@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -177,6 +178,9 @@ pub async fn serve(
     }
 
     flusher.finish().await;
+    if let Err(err) = state.store.settle(Duration::from_secs(5)).await {
+        tracing::error!(error = %err, "stopping with changes Redis was not told of");
+    }
     Ok(())
 }
 

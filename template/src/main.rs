@@ -1,5 +1,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -54,11 +55,13 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             store::migrate(&config.database_url).await?;
             let store = store::open(&config).await?;
             let service = ApiKeyService::new(
-                store,
+                store.clone(),
                 config.key_format(),
                 Arc::new(UsageTracker::default()),
             );
-            command.run(&service, &config.api_keys_admin_scope).await
+            command.run(&service, &config.api_keys_admin_scope).await?;
+            // A change that could not reach the Redis cache yet is retried by this process only.
+            Ok(store.settle(Duration::from_secs(5)).await?)
         }
     }
 }

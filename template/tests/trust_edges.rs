@@ -122,11 +122,78 @@ async fn a_manager_creates_no_key_looser_than_itself() {
     let (status, _, created) = create(json!({"name": "x", "expires_in": 60})).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["rate_limit"], json!({"requests": 10, "window": 60}));
-    assert_eq!(created["remaining"], 100);
+    // The manager's quota as it stands: its three refused requests and this one used four.
+    assert_eq!(created["remaining"], 96);
     let body = json!({"name": "y", "expires_in": 60, "rate_limit": {"requests": 1, "window": 60}, "remaining": 5});
     let (status, _, created) = create(body).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["remaining"], 5);
+}
+
+#[actix_web::test]
+async fn a_manager_only_tightens_the_keys_it_changes() {
+    let h = memory_harness().await;
+    // A manager with no expiry of its own and wide scopes.
+    let manager = h
+        .mint(NewKey {
+            expires_at: None,
+            ..team_a("manager", &["api_keys:manage", "users:*"])
+        })
+        .await;
+    let manager = manager.key.as_str();
+    let target = h.mint(team_a("narrow", &["users:read"])).await;
+    let id = target.record.id.as_str();
+    for (body, code) in [
+        (json!({"expires_at": null}), "expiry_escalation"),
+        (
+            json!({"expires_at": (Utc::now() + Duration::days(90)).to_rfc3339()}),
+            "expiry_escalation",
+        ),
+        (
+            json!({"scopes": ["users:read", "users:write"]}),
+            "scope_escalation",
+        ),
+    ] {
+        let (status, _, problem) = call(&h.app, patch(id, manager, body.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}: {problem}");
+        assert_eq!(problem["code"], code, "{body}");
+    }
+    let sooner = (Utc::now() + Duration::days(1)).to_rfc3339();
+    let (status, _, details) =
+        call(&h.app, patch(id, manager, json!({"expires_at": sooner}))).await;
+    assert_eq!(status, StatusCode::OK, "{details}");
+
+    // Rotating a key hands out its secret's successor: not for a key looser than the manager.
+    let limited_manager = h
+        .mint(limited(team_a(
+            "limited manager",
+            &["api_keys:manage", "users:read"],
+        )))
+        .await;
+    let rotate = TestRequest::post()
+        .uri(&format!("{KEYS}/{id}/rotate"))
+        .set_json(json!({}));
+    let (status, _, problem) = call(&h.app, with_key(rotate, limited_manager.key.as_str())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert_eq!(problem["code"], "limit_escalation");
+}
+
+#[actix_web::test]
+async fn an_expired_key_is_not_brought_back_by_a_rotation() {
+    let h = memory_harness().await;
+    let expired = h
+        .mint(NewKey {
+            expires_at: Some(Utc::now() + Duration::seconds(1)),
+            ..team_a("short-lived", &["users:read"])
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let rotate = TestRequest::post()
+        .uri(&format!("{KEYS}/{}/rotate", expired.record.id))
+        .set_json(json!({"expires_in": 3600}));
+    let (status, _, problem) = call(&h.app, with_key(rotate, &h.admin)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["code"], "key_expired");
 }
 
 #[actix_web::test]

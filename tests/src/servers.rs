@@ -244,7 +244,13 @@ impl Redis {
         self.cli(&["shutdown", "nosave"]);
     }
 
-    /// Starts the server (again) on its port, empty.
+    /// Stops the server after writing its data to disk, which [`Redis::restart`] then loads: an
+    /// outage after which the old entries are back.
+    pub fn stop_keeping_data(&self) {
+        self.cli(&["shutdown", "save"]);
+    }
+
+    /// Starts the server (again) on its port, empty unless it stopped keeping its data.
     pub fn restart(&self) {
         let (dir, port) = (self.dir.path(), self.port.to_string());
         let mut server = Command::new(tools::require("redis-server"));

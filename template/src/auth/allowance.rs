@@ -34,7 +34,7 @@ const CAPACITY: usize = 65_536;
 
 /// How far a rotated key's charges follow later rotations; more would mean a key rotated that often
 /// within one grace period.
-const MAX_ROTATIONS_FOLLOWED: usize = 8;
+pub(crate) const MAX_ROTATIONS_FOLLOWED: usize = 8;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -102,7 +102,7 @@ impl Allowance {
     }
 
     async fn verdict(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
-        let newest = self.account(key.record()).await;
+        let newest = self.account(key.record()).await?;
         let account = newest.as_deref().unwrap_or(key.record());
         let state = match account.rate_limit {
             Some(limit) => Some(self.rate(&account.id, limit).await?),
@@ -116,15 +116,22 @@ impl Allowance {
 
     /// The key whose limits `record`'s requests use, with those limits: the newest key of its
     /// rotations, or `None` for `record` itself. Tightening the replacement's limits therefore binds
-    /// the old key in its grace period too.
-    async fn account(&self, record: &ApiKeyRecord) -> Option<Arc<ApiKeyRecord>> {
-        let mut next = record.replaced_by.clone()?;
+    /// the old key in its grace period too. A store that cannot say refuses the request: the old
+    /// key's own limits are not the ones that apply.
+    async fn account(&self, record: &ApiKeyRecord) -> Result<Option<Arc<ApiKeyRecord>>, Refusal> {
+        let Some(mut next) = record.replaced_by.clone() else {
+            return Ok(None);
+        };
         let mut newest = None;
         for _ in 0..MAX_ROTATIONS_FOLLOWED {
-            // A failed lookup leaves the charge on the last key known; if the store is down,
-            // taking a quota from it fails as well, and the request is refused.
-            let Ok(Some(replacement)) = self.store.lookup(&next).await else {
-                break;
+            let replacement = match self.store.lookup(&next).await {
+                Ok(Some(replacement)) => replacement,
+                // A replacement deleted behind the store's back: charge the last key known.
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, key_id = %next, "cannot find a rotated key's replacement");
+                    return Err(Refusal::Unavailable);
+                }
             };
             let further = replacement.replaced_by.clone();
             newest = Some(replacement);
@@ -133,7 +140,7 @@ impl Allowance {
                 None => break,
             }
         }
-        newest
+        Ok(newest)
     }
 
     async fn rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {

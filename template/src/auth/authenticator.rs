@@ -144,8 +144,9 @@ impl Authenticator {
     ///
     /// Every failure but a missing key is an audit event (outcome, key id if the key had the right
     /// shape, client address: never the key). Only a key that is not valid (a wrong secret, or one
-    /// refused for too many of them) counts against the client's failure limit: a revoked, expired, disabled or rotated key proves its holder had the
-    /// secret, and counting it would let one stale key behind a shared address lock out the rest.
+    /// refused for too many of them) counts against the client's failure limit: a revoked, expired,
+    /// disabled or rotated key proves its holder had the secret, and counting it would let one stale
+    /// key behind a shared address lock out the rest.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,

@@ -1,8 +1,9 @@
 //! API-key authentication, in the order a request meets it:
 //! [`middleware`] authenticates the key once per request (with [`Authenticator`], which parses it with
-//! [`key`] and looks it up), then the guards in [`guard`] decide: the [`ApiKey`] extractor, and the
-//! `#[require_api_key]` / `#[require_scope(...)]` attributes that inject it, which also charge a
-//! key's rate limit and quota ([`allowance`]).
+//! [`key`], looks it up, and counts failures per client address and key id in [`limits`]; the
+//! client's address comes from the peer or your [`proxies`]), then the guards in [`guard`] decide:
+//! the [`ApiKey`] extractor, and the `#[require_api_key]` / `#[require_scope(...)]` attributes that
+//! inject it, which also charge a key's rate limit and quota ([`allowance`]).
 
 pub mod allowance;
 pub mod authenticator;

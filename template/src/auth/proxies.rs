@@ -66,6 +66,7 @@ impl TrustedProxies {
                 entry
                     .parse::<IpNet>()
                     .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map(canonical)
                     .map_err(|_| format!("{entry:?} is not an IP address or network"))
             })
             .collect::<Result<_, _>>()?;
@@ -108,11 +109,13 @@ impl TrustedProxies {
         };
         let mut chain = Vec::new();
         for value in headers.get_all(HeaderName::from_static(name)) {
-            let Ok(value) = value.to_str() else {
-                chain.push(None);
-                continue;
-            };
-            for element in value.split(',') {
+            // Element by element: bytes a client wrote on the left must not spoil what the proxies
+            // appended on the right.
+            for element in value.as_bytes().split(|byte| *byte == b',') {
+                let Ok(element) = std::str::from_utf8(element) else {
+                    chain.push(None);
+                    continue;
+                };
                 let entry = match parameter {
                     None => Some(element),
                     Some(parameter) => element.split(';').find_map(|pair| {
@@ -126,6 +129,18 @@ impl TrustedProxies {
             }
         }
         (!chain.is_empty()).then_some(chain)
+    }
+}
+
+/// An IPv4 network written as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) as the IPv4 network it is,
+/// since addresses are compared in their canonical form.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
     }
 }
 
@@ -231,6 +246,26 @@ mod tests {
         let real = [("x-real-ip", "198.51.100.7")];
         assert_eq!(
             client(NGINX, ProxyHeader::XRealIp, NGINX, &real),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn bytes_a_client_wrote_do_not_hide_what_the_proxy_appended() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap(),
+        );
+        let proxies = TrustedProxies::parse(NGINX, XFF).unwrap();
+        assert_eq!(
+            proxies.client(Some(ip(NGINX)), &headers),
+            Some(ip("198.51.100.7"))
+        );
+        // A network written IPv4-mapped trusts the IPv4 proxy it names.
+        let sent = [("x-forwarded-for", "198.51.100.7")];
+        assert_eq!(
+            client("::ffff:10.0.0.0/104", XFF, "10.0.0.5", &sent),
             ip("198.51.100.7")
         );
     }

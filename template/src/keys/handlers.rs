@@ -559,7 +559,7 @@ pub async fn update_key(
         (status = 400, description = "Malformed JSON or unknown field", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A manager key asked for a later expiry than its own, or the key holds scopes it lacks", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The key is revoked (`key_revoked`) or already rotated (`already_rotated`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The key is revoked (`key_revoked`), expired (`key_expired`) or already rotated (`already_rotated`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is out of bounds", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -5,8 +5,9 @@
 //! Every call names its [`Manager`]: the operator (the command line, your own code) and keys holding
 //! the admin scope reach every key; a key holding the manage scope reaches only keys of its own
 //! owner. Self-service never loosens what an admin set: a manager key changes only keys whose scopes
-//! it holds, mints no key with more scopes, a longer life or looser limits than its own, raises or
-//! removes no limit, and leaves re-enabling a disabled key to an admin.
+//! it holds, mints no key with more scopes, a longer life or looser limits than its own, only
+//! tightens the keys it changes (fewer scopes, an earlier expiry, stricter limits), and leaves
+//! re-enabling a disabled key to an admin.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use super::UsageTracker;
 use super::validation::{
     DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, invalid, page_bounds, validate, validate_update,
 };
+use crate::auth::allowance::MAX_ROTATIONS_FOLLOWED;
 use crate::auth::key::KeyFormat;
 use crate::auth::{ApiKey, scope};
 use crate::store::{
@@ -99,20 +101,19 @@ impl Manager {
     /// whose scopes it holds itself.
     fn may_change(&self, record: &ApiKeyRecord) -> Result<(), ServiceError> {
         match self {
-            Self::Owner(key) => within_scopes(key, &record.scopes),
+            Self::Owner(key) => granted(key.scopes(), &record.scopes),
             Self::Operator | Self::Admin(_) => Ok(()),
         }
     }
 
     /// Fits a new key to what an owner-bound manager may grant: its own owner, scopes it holds, an
-    /// expiry no later than its own, and limits no looser than its own (which it inherits when it
-    /// names none).
-    fn bound(&self, new: &mut NewKey) -> Result<(), ServiceError> {
+    /// expiry no later than its own, and limits no looser than `own`, the manager's current limits
+    /// (which it inherits when it names none).
+    fn bound(&self, new: &mut NewKey, own: Option<Limits>) -> Result<(), ServiceError> {
         self.bound_grant(new)?;
-        let Self::Owner(key) = self else {
+        let Some(own) = own else {
             return Ok(());
         };
-        let own = Limits::of(key.record());
         if new.rate_limit.is_none() {
             new.rate_limit = own.rate_limit;
         }
@@ -142,12 +143,13 @@ impl Manager {
                 ));
             }
         }
-        within_scopes(key, &new.scopes)?;
-        within_expiry(key, new.expires_at)
+        granted(key.scopes(), &new.scopes)?;
+        no_later(grants_end(key), new.expires_at)
     }
 
     /// Checks an update of `current` into `after` the way [`Manager::bound`] checks a new key, for
-    /// the fields it changes; limits may only tighten, and a disabled key stays disabled.
+    /// the fields it changes: scopes may only narrow, the expiry only come earlier, limits only
+    /// tighten, and a disabled key stays disabled.
     fn bound_changes(
         &self,
         current: &ApiKeyRecord,
@@ -158,10 +160,12 @@ impl Manager {
             return Ok(());
         };
         if let Some(scopes) = &changes.scopes {
-            within_scopes(key, scopes)?;
+            granted(key.scopes(), scopes)?;
+            granted(&current.scopes, scopes)?;
         }
         if let Some(expires_at) = changes.expires_at {
-            within_expiry(key, expires_at)?;
+            no_later(grants_end(key), expires_at)?;
+            no_later(current.expires_at, expires_at)?;
         }
         if !current.enabled && after.enabled {
             return Err(forbidden(
@@ -172,18 +176,6 @@ impl Manager {
         Limits::of(current).admits(&Limits::of(after))
     }
 
-    /// `event` as this manager may read it: a manager key does not learn which keys outside its
-    /// owner acted (an admin's, say), nor from where.
-    async fn redacted(&self, store: &dyn Backend, mut event: KeyEvent) -> KeyEvent {
-        if let (Self::Owner(_), Some(actor)) = (self, &event.actor_key_id) {
-            let own = matches!(store.get(actor).await, Ok(Some(record)) if self.reaches(&record));
-            if !own {
-                event.actor_key_id = None;
-                event.client = None;
-            }
-        }
-        event
-    }
 }
 
 /// A key's rate limit and quota, to compare what a manager asks for with what it may grant.
@@ -243,10 +235,11 @@ impl Limits {
     }
 }
 
-fn within_scopes(key: &ApiKey, wanted: &[String]) -> Result<(), ServiceError> {
+/// Refuses `wanted` scopes that none of `held` grants.
+fn granted(held: &[String], wanted: &[String]) -> Result<(), ServiceError> {
     let beyond: Vec<&str> = wanted
         .iter()
-        .filter(|wanted| !key.scopes().iter().any(|held| scope::grants(held, wanted)))
+        .filter(|wanted| !held.iter().any(|held| scope::grants(held, wanted)))
         .map(String::as_str)
         .collect();
     if beyond.is_empty() {
@@ -254,25 +247,29 @@ fn within_scopes(key: &ApiKey, wanted: &[String]) -> Result<(), ServiceError> {
     }
     Err(forbidden(
         "scope_escalation",
-        format!(
-            "cannot grant scopes this key does not hold: {}",
-            beyond.join(", ")
-        ),
+        format!("scopes beyond what the manager may grant: {}", beyond.join(", ")),
     ))
 }
 
-/// A manager key's grants end when it does: at its expiry, or when a rotation retires it.
-fn within_expiry(key: &ApiKey, expires_at: Option<DateTime<Utc>>) -> Result<(), ServiceError> {
-    let ends = match (key.expires_at(), key.record().retires_at) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    match ends {
+/// Refuses an expiry later than `limit`, or none at all where there is a limit.
+fn no_later(
+    limit: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), ServiceError> {
+    match limit {
         Some(limit) if expires_at.is_none_or(|at| at > limit) => Err(forbidden(
             "expiry_escalation",
-            format!("the key must expire by {limit}, as this key does"),
+            format!("the key must expire by {limit}"),
         )),
         _ => Ok(()),
+    }
+}
+
+/// When a manager key's grants end: at its expiry, or when a rotation retires it.
+fn grants_end(key: &ApiKey) -> Option<DateTime<Utc>> {
+    match (key.expires_at(), key.record().retires_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -367,7 +364,7 @@ impl ApiKeyService {
         if new.remaining.is_none() {
             new.remaining = new.refill.map(|refill| refill.amount);
         }
-        by.bound(&mut new)?;
+        by.bound(&mut new, self.own_limits(by).await?)?;
         loop {
             let (key, record) = self.mint(&new, now, None);
             let event = by.event(&record.id, EventAction::Created, described(&record));
@@ -450,6 +447,12 @@ impl ApiKeyService {
             ));
         }
         let now = now();
+        if old.expires_at.is_some_and(|at| at <= now) {
+            return Err(conflict(
+                "key_expired",
+                "an expired key cannot be rotated; create a new key",
+            ));
+        }
         let mut new = NewKey {
             name: old.name.clone(),
             scopes: old.scopes.clone(),
@@ -462,6 +465,11 @@ impl ApiKeyService {
         };
         validate(&new, now, &self.format)?;
         by.bound_grant(&mut new)?;
+        if let Some(own) = self.own_limits(by).await? {
+            // A rotation hands out a key with the old key's limits, and a life no longer than it had.
+            own.admits(&Limits::of(&old))?;
+            no_later(old.expires_at, new.expires_at)?;
+        }
         let retires_at = now + rotation.grace_period;
         loop {
             let (key, mut record) = self.mint(&new, now, Some(&old.id));
@@ -572,15 +580,34 @@ impl ApiKeyService {
             limit,
             offset,
         };
-        let page = self.store.events(&query).await?;
-        let mut items = Vec::with_capacity(page.items.len());
-        for event in page.items {
-            items.push(by.redacted(self.store.as_ref(), event).await);
+        let mut page = self.store.events(&query).await?;
+        if let Manager::Owner(_) = by {
+            self.redact_outside_actors(by, &mut page.items).await;
         }
-        Ok(Page {
-            items,
-            total: page.total,
-        })
+        Ok(page)
+    }
+
+    /// A manager key does not learn which keys outside its owner acted (an admin's, say), nor from
+    /// where: those events lose their actor and client address.
+    async fn redact_outside_actors(&self, by: &Manager, events: &mut [KeyEvent]) {
+        let mut own_actors = std::collections::HashMap::new();
+        for event in events {
+            let Some(actor) = event.actor_key_id.clone() else {
+                continue;
+            };
+            let own = match own_actors.get(&actor) {
+                Some(own) => *own,
+                None => {
+                    let record = self.store.get(&actor).await;
+                    let own = matches!(record, Ok(Some(record)) if by.reaches(&record));
+                    *own_actors.entry(actor).or_insert(own)
+                }
+            };
+            if !own {
+                event.actor_key_id = None;
+                event.client = None;
+            }
+        }
     }
 
     /// Every key's audit log, newest first: for the operator and admin keys only.
@@ -603,6 +630,25 @@ impl ApiKeyService {
             offset,
         };
         Ok(self.store.events(&query).await?)
+    }
+
+    /// The limits an owner-bound manager grants within: its own as stored now (the authenticated
+    /// copy may be a cached one), or, once rotated, its replacement's.
+    async fn own_limits(&self, by: &Manager) -> Result<Option<Limits>, ServiceError> {
+        let Manager::Owner(key) = by else {
+            return Ok(None);
+        };
+        let mut own = self.store.get(key.id()).await?;
+        for _ in 0..MAX_ROTATIONS_FOLLOWED {
+            let Some(next) = own.as_ref().and_then(|record| record.replaced_by.clone()) else {
+                break;
+            };
+            match self.store.get(&next).await? {
+                Some(replacement) => own = Some(replacement),
+                None => break,
+            }
+        }
+        Ok(Some(own.as_ref().map_or_else(|| Limits::of(key.record()), Limits::of)))
     }
 
     /// The key, if `by` reaches it.

@@ -151,14 +151,16 @@ impl CachedBackend {
         }
         let (shared, unfenced, id) = (shared.clone(), self.unfenced.clone(), id.to_owned());
         tokio::spawn(async move {
-            loop {
+            // Past the entry's own lifetime there is nothing left to fence.
+            let give_up = Instant::now() + shared.ttl() + super::redis::FENCE;
+            while Instant::now() < give_up {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 if shared.fence(&id).await.is_ok() {
-                    lock(&unfenced).remove(&id);
                     tracing::info!(key_id = %id, "Redis cache entry fenced off after the outage");
-                    return;
+                    break;
                 }
             }
+            lock(&unfenced).remove(&id);
         });
     }
 
@@ -329,6 +331,29 @@ impl Backend for CachedBackend {
         // Usage does not change whether a key authenticates, so cached entries stay valid.
         metrics().storage_operation("record_usage");
         self.primary.record_usage(batch).await
+    }
+
+    async fn settle(&self, patience: Duration) -> Result<(), StoreError> {
+        #[cfg(feature = "redis")]
+        {
+            let deadline = Instant::now() + patience;
+            loop {
+                let pending = lock(&self.unfenced).len();
+                if pending == 0 {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Unavailable(format!(
+                        "{pending} change(s) are saved, but Redis could not be told: other \
+                         instances may accept the old keys until REDIS_CACHE_TTL_SECONDS passes"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = patience;
+        Ok(())
     }
 }
 

@@ -410,6 +410,13 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// Increments are relative (`request_count + n`), so instances flushing at once lose nothing.
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError>;
+
+    /// Waits up to `patience` for changes that have not yet reached a shared cache (see
+    /// [`CachedBackend`]) to reach it; an error if some still have not. Called before the process
+    /// exits, which would drop them.
+    async fn settle(&self, _patience: std::time::Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Opens the configured storage: the backend named by `DATABASE_URL` (`sqlite://…`, `postgres://…`,

@@ -43,7 +43,7 @@ pub enum CacheError {
 /// For calls that can do without Redis (cache reads and fills, shared rate limits): after Redis
 /// fails to answer, they skip it, and once a second one call tries it again, alone, until one
 /// succeeds. An outage then costs such a path one slow call a second, not one per request.
-/// Mutations never skip Redis: their cache entries must be rewritten.
+/// Mutations never skip Redis: their cache entries must be fenced off.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     rest: Duration,
@@ -134,6 +134,11 @@ impl RedisCache {
 
     fn key(id: &str) -> String {
         format!("apikey:v1:{id}")
+    }
+
+    /// How long an entry lives.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, CacheError> {
