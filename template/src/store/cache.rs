@@ -8,9 +8,10 @@
 //!   configured): the revocation fences the Redis entry off before it returns (see
 //!   [`super::redis::FENCE`]), and an in-process entry lives no longer than that;
 //! - if Redis cannot be reached when a key changes, the change is saved, this instance stops reading
-//!   that key from Redis, and it retries the fence twice a second: other instances may read the old
-//!   entry from the moment Redis answers again until that retry lands, or, should this instance stop
-//!   first, until the entry expires (`REDIS_CACHE_TTL_SECONDS`).
+//!   that key from Redis, and it retries the fence twice a second: other instances that can reach
+//!   Redis may read the old entry until that retry lands, or, should this instance stop first (it
+//!   waits five seconds, see [`Backend::settle`]), until the entry expires
+//!   (`REDIS_CACHE_TTL_SECONDS`).
 //!
 //! A Redis error is a cache miss, never an answer: the primary decides, so an outage makes lookups
 //! slower, not wrong.
@@ -145,7 +146,11 @@ impl CachedBackend {
         let Err(err) = shared.fence(id).await else {
             return;
         };
-        tracing::warn!(error = %err, key_id = id, "the change is saved; fencing its Redis cache entry off is retried until Redis answers");
+        tracing::warn!(
+            error = %err,
+            key_id = id,
+            "change saved; fencing its Redis cache entry off is retried until Redis answers"
+        );
         if !lock(&self.unfenced).insert(id.to_owned()) {
             return; // a retry for this key is running already
         }
