@@ -93,23 +93,22 @@ pub fn is_root() -> bool {
 pub fn cargo_tool(krate: &str, version: &str, bin: &str) -> PathBuf {
     let root = work_dir().join("tools").join(format!("{krate}-{version}"));
     let path = root.join("bin").join(bin);
-    if path.exists() {
-        return path;
-    }
-    let _lock = install_lock();
-    if !path.exists() {
-        say(&format!("installing {krate} {version} with cargo (once)"));
-        let status = Command::new(env!("CARGO"))
-            .args(["install", krate, "--locked", "--version", version, "--root"])
-            .arg(&root)
-            .env_remove("RUSTFLAGS")
-            .stdin(Stdio::null())
-            .status();
-        assert!(
+    once(
+        || path.exists(),
+        || {
+            say(&format!("installing {krate} {version} with cargo (once)"));
+            let status = Command::new(env!("CARGO"))
+                .args(["install", krate, "--locked", "--version", version, "--root"])
+                .arg(&root)
+                .env_remove("RUSTFLAGS")
+                .stdin(Stdio::null())
+                .status();
+            assert!(
             status.is_ok_and(|s| s.success()),
             "installing {krate} {version} with cargo failed: cargo install --locked {krate} --version {version}"
         );
-    }
+        },
+    );
     path
 }
 
@@ -118,25 +117,20 @@ pub fn npm_ci(dir: &Path) {
     let lockfile = std::fs::read(dir.join("package-lock.json")).unwrap();
     let stamp = dir.join("node_modules").join(".installed-from-lockfile");
     let installed = || std::fs::read(&stamp).is_ok_and(|installed| installed == lockfile);
-    if installed() {
-        return;
-    }
-    let _lock = install_lock();
-    if installed() {
-        return;
-    }
-    say(&format!("npm ci in {} (once)", dir.display()));
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "npm ci in {} failed: the browser test needs Node.js 20 and npm",
-        dir.display()
-    );
-    std::fs::write(stamp, lockfile).unwrap();
+    once(installed, || {
+        say(&format!("npm ci in {} (once)", dir.display()));
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "npm ci in {} failed: the browser test needs Node.js 20 and npm",
+            dir.display()
+        );
+        std::fs::write(&stamp, &lockfile).unwrap();
+    });
 }
 
 /// The program `bin` of the PyPI package `package` at `version`, in a virtual environment of its own
@@ -146,34 +140,33 @@ pub fn pip_tool(package: &str, version: &str, bin: &str) -> PathBuf {
         .join("tools")
         .join(format!("{package}-{version}"));
     let path = venv.join("bin").join(bin);
-    if path.exists() {
-        return path;
-    }
-    let _lock = install_lock();
-    if !path.exists() {
-        say(&format!("installing {package} {version} with pip (once)"));
-        let run = |program: &Path, args: &[&str]| {
-            let status = Command::new(program)
-                .args(args)
-                .stdin(Stdio::null())
-                .status();
-            assert!(
-                status.is_ok_and(|s| s.success()),
-                "{} {args:?} failed: installing {package} needs python3 with venv \
+    once(
+        || path.exists(),
+        || {
+            say(&format!("installing {package} {version} with pip (once)"));
+            let run = |program: &Path, args: &[&str]| {
+                let status = Command::new(program)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .status();
+                assert!(
+                    status.is_ok_and(|s| s.success()),
+                    "{} {args:?} failed: installing {package} needs python3 with venv \
                  (apt-get install python3-venv)",
-                program.display()
+                    program.display()
+                );
+            };
+            run(
+                Path::new("python3"),
+                &["-m", "venv", venv.to_str().unwrap()],
             );
-        };
-        run(
-            Path::new("python3"),
-            &["-m", "venv", venv.to_str().unwrap()],
-        );
-        let requirement = format!("{package}=={version}");
-        run(
-            &venv.join("bin").join("pip"),
-            &["install", "--quiet", &requirement],
-        );
-    }
+            let requirement = format!("{package}=={version}");
+            run(
+                &venv.join("bin").join("pip"),
+                &["install", "--quiet", &requirement],
+            );
+        },
+    );
     path
 }
 
@@ -182,7 +175,19 @@ fn say(what: &str) {
     let _ = writeln!(std::io::stderr(), "tests: {what}...");
 }
 
-/// Held while installing: test binaries and their threads install one thing at a time.
+/// Runs `install` unless `done`, asked again under the install lock: test binaries and their
+/// threads install one thing at a time, and never the same thing twice.
+fn once(done: impl Fn() -> bool, install: impl FnOnce()) {
+    if done() {
+        return;
+    }
+    let _lock = install_lock();
+    if !done() {
+        install();
+    }
+}
+
+/// Held while installing.
 fn install_lock() -> File {
     let file = File::create(work_dir().join("tools.lock")).unwrap();
     file.lock().unwrap();
