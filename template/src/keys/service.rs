@@ -175,7 +175,6 @@ impl Manager {
         }
         Limits::of(current).admits(&Limits::of(after))
     }
-
 }
 
 /// A key's rate limit and quota, to compare what a manager asks for with what it may grant.
@@ -247,7 +246,10 @@ fn granted(held: &[String], wanted: &[String]) -> Result<(), ServiceError> {
     }
     Err(forbidden(
         "scope_escalation",
-        format!("scopes beyond what the manager may grant: {}", beyond.join(", ")),
+        format!(
+            "scopes beyond what the manager may grant: {}",
+            beyond.join(", ")
+        ),
     ))
 }
 
@@ -600,7 +602,8 @@ impl ApiKeyService {
                 None => {
                     let record = self.store.get(&actor).await;
                     let own = matches!(record, Ok(Some(record)) if by.reaches(&record));
-                    *own_actors.entry(actor).or_insert(own)
+                    own_actors.insert(actor, own);
+                    own
                 }
             };
             if !own {
@@ -648,7 +651,10 @@ impl ApiKeyService {
                 None => break,
             }
         }
-        Ok(Some(own.as_ref().map_or_else(|| Limits::of(key.record()), Limits::of)))
+        Ok(Some(
+            own.as_ref()
+                .map_or_else(|| Limits::of(key.record()), Limits::of),
+        ))
     }
 
     /// The key, if `by` reaches it.
