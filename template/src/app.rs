@@ -13,14 +13,18 @@ use actix_web::http::header::HeaderName;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
-use crate::auth::limits::FailureLimits;
-use crate::auth::{Allowance, Authenticator, ManagementScopes, middleware};
+use crate::auth::key_format::KeyFormat;
+use crate::auth::throttle::FailureLimits;
+use crate::auth::{Allowance, Authenticator, ManagementScopes, UsageTracker};
 use crate::config::Config;
-use crate::error::{ApiError, extractors};
-use crate::keys::{ApiKeyService, Manager, NewKey, UsageTracker, handlers};
-use crate::openapi::AllowedMethods;
+use crate::http::openapi::{self, AllowedMethods};
+use crate::http::problem::extractors;
+use crate::http::proxies::TrustedProxies;
+use crate::http::{ApiError, health, keys, middleware, observe};
+use crate::keys::{ApiKeyService, Manager};
+use crate::model::NewKey;
 use crate::store::{self, Backend};
-use crate::{health, metrics, observe, openapi, routes};
+use crate::{metrics, routes};
 
 /// Everything the workers share, built once at start-up.
 #[derive(Clone)]
@@ -31,6 +35,7 @@ pub struct AppState {
     pub service: web::Data<ApiKeyService>,
     pub authenticator: web::Data<Authenticator>,
     pub allowance: web::Data<Allowance>,
+    pub proxies: web::Data<TrustedProxies>,
     pub openapi: utoipa::openapi::OpenApi,
     /// What a 405 names, derived from the document once.
     pub allowed_methods: web::Data<AllowedMethods>,
@@ -39,7 +44,7 @@ pub struct AppState {
 impl AppState {
     /// Builds the state. Fails only when the Redis for shared rate limits is misconfigured.
     pub fn new(config: Config, store: Arc<dyn Backend>) -> Result<Self, store::StoreError> {
-        let format = config.key_format();
+        let format = KeyFormat::from_config(&config);
         let header =
             HeaderName::try_from(config.api_key_header.as_str()).expect("validated by Config");
         let usage = Arc::new(UsageTracker::default());
@@ -56,24 +61,24 @@ impl AppState {
                 format.clone(),
                 usage.clone(),
             )),
-            authenticator: web::Data::new(
-                Authenticator::new(
-                    format,
-                    header,
-                    ManagementScopes {
-                        admin: config.api_keys_admin_scope.clone(),
-                        manage: config.api_keys_manage_scope.clone(),
-                    },
-                    store.clone(),
-                    usage.clone(),
-                    FailureLimits::new(
-                        config.auth_failures_per_minute,
-                        config.auth_failures_per_key_per_minute,
-                    ),
-                )
-                .behind(config.trusted_proxies().expect("validated by Config")),
-            ),
+            authenticator: web::Data::new(Authenticator::new(
+                format,
+                header,
+                ManagementScopes {
+                    admin: config.api_keys_admin_scope.clone(),
+                    manage: config.api_keys_manage_scope.clone(),
+                },
+                store.clone(),
+                usage.clone(),
+                FailureLimits::new(
+                    config.auth_failures_per_minute,
+                    config.auth_failures_per_key_per_minute,
+                ),
+            )),
             allowance: web::Data::new(allowance),
+            proxies: web::Data::new(
+                TrustedProxies::from_config(&config).expect("validated by Config"),
+            ),
             allowed_methods: web::Data::new(AllowedMethods::of(&document)),
             openapi: document,
             store,
@@ -98,10 +103,11 @@ pub fn app(
     let key_routes = state
         .config
         .api_keys_routes
-        .then(|| web::scope(&state.config.api_keys_route_prefix).configure(handlers::routes));
+        .then(|| web::scope(&state.config.api_keys_route_prefix).configure(keys::routes));
     App::new()
         .app_data(state.authenticator)
         .app_data(state.allowance)
+        .app_data(state.proxies)
         .app_data(state.service)
         .app_data(extractors::json_config())
         .app_data(extractors::query_config())

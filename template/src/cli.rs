@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::keys::{ApiKeyService, KeyStatus, Manager, NewKey, Rotation};
+use crate::keys::{ApiKeyService, Manager, Rotation};
+use crate::model::{KeyStatus, NewKey};
 use crate::store::ListQuery;
 
 #[derive(Debug, Parser)]
@@ -173,9 +174,8 @@ impl KeysCommand {
             }
             Self::Rotate { id, grace } => {
                 let rotation = Rotation {
-                    grace_period: chrono::Duration::from_std(grace)
-                        .map_err(|_| "--grace is too long")?,
-                    expires_at: None,
+                    grace_period: Some(grace.as_secs()),
+                    ..Rotation::default()
                 };
                 let created = service
                     .rotate_key(&Manager::Operator, &id, rotation)

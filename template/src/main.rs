@@ -6,9 +6,11 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use {{crate_name}}::app;
+use {{crate_name}}::auth::UsageTracker;
+use {{crate_name}}::auth::key_format::KeyFormat;
 use {{crate_name}}::cli::{Cli, Command};
 use {{crate_name}}::config::{Config, LogFormat};
-use {{crate_name}}::keys::{ApiKeyService, UsageTracker};
+use {{crate_name}}::keys::ApiKeyService;
 use {{crate_name}}::store;
 
 #[tokio::main]
@@ -56,7 +58,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             let store = store::open(&config).await?;
             let service = ApiKeyService::new(
                 store.clone(),
-                config.key_format(),
+                KeyFormat::from_config(&config),
                 Arc::new(UsageTracker::default()),
             );
             command.run(&service, &config.api_keys_admin_scope).await?;

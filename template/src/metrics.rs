@@ -19,8 +19,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use utoipa::OpenApi;
 
-use crate::auth::AuthError;
-
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 type Durations = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
@@ -33,9 +31,7 @@ struct RequestLabels {
 
 pub struct Metrics {
     registry: Registry,
-    authenticated: Counter,
-    /// By `AuthError as usize`; none for a missing key, which is not an attempt.
-    auth_failures: [Option<Counter>; AuthError::ALL.len()],
+    auth_attempts: Family<Labels<1>, Counter>,
     key_cache: Family<Labels<2>, Counter>,
     local_hits: Counter,
     storage_operations: Family<Labels<1>, Counter>,
@@ -104,11 +100,7 @@ impl Metrics {
             "Seconds since counted key usage was last written to the store",
         );
         Self {
-            authenticated: auth_attempts.get_or_create_owned(&[("outcome", "authenticated")]),
-            auth_failures: AuthError::ALL.map(|err| {
-                (err != AuthError::Missing)
-                    .then(|| auth_attempts.get_or_create_owned(&[("outcome", err.code())]))
-            }),
+            auth_attempts,
             local_hits: key_cache.get_or_create_owned(&[("cache", "local"), ("result", "hit")]),
             registry,
             key_cache,
@@ -123,15 +115,11 @@ impl Metrics {
         }
     }
 
-    /// Counts the outcome of a request that presented a key. Requests without one are not attempts.
-    pub fn auth_attempt(&self, outcome: &Result<impl Sized, AuthError>) {
-        let counter = match outcome {
-            Ok(_) => Some(&self.authenticated),
-            Err(err) => self.auth_failures[*err as usize].as_ref(),
-        };
-        if let Some(counter) = counter {
-            counter.inc();
-        }
+    /// The counter of authentication attempts with this outcome (`authenticated`, or the code of
+    /// the failure), for the authenticator to keep at hand rather than look up per request.
+    pub fn auth_attempts(&self, outcome: &'static str) -> Counter {
+        self.auth_attempts
+            .get_or_create_owned(&[("outcome", outcome)])
     }
 
     /// Counts a lookup in the cache called `cache` (`local` or `redis`).

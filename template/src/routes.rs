@@ -6,7 +6,8 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::auth::{ApiKey, require_api_key, require_scope};
+use crate::auth::ApiKey;
+use crate::http::{require_api_key, require_scope};
 
 #[derive(OpenApi)]
 #[openapi(paths(protected, api_data, delete_user), components(schemas(Status)))]

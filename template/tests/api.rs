@@ -12,7 +12,7 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 
 use common::{KEYS, call, create, harness_with, memory_harness, with_key};
-use {{crate_name}}::keys::NewKey;
+use {{crate_name}}::model::NewKey;
 use {{crate_name}}::store::{Backend, MemoryBackend};
 
 /// The flow litestar-api-auth documents: create, use, scope denial, list, get, revoke, rejected.

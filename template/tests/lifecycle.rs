@@ -18,8 +18,8 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use common::{KEYS, call, create, harness_with, memory_harness, with_key};
-use {{crate_name}}::keys::NewKey;
-use {{crate_name}}::store::{Backend, MemoryBackend, RateLimit};
+use {{crate_name}}::model::{NewKey, RateLimit};
+use {{crate_name}}::store::{Backend, MemoryBackend};
 
 const CLIENT: &str = "203.0.113.7:40000";
 

@@ -9,7 +9,8 @@ use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 
 use common::{KEYS, call, memory_harness, with_key};
-use {{crate_name}}::keys::{Manager, NewKey};
+use {{crate_name}}::keys::Manager;
+use {{crate_name}}::model::NewKey;
 
 #[derive(Clone, Copy, Debug)]
 enum Caller {

@@ -13,8 +13,9 @@ use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 
 use common::{KEYS, call, harness_with, memory_harness, with_key};
-use {{crate_name}}::keys::{Manager, NewKey, Rotation};
-use {{crate_name}}::store::{MemoryBackend, RateLimit, Refill, RefillInterval};
+use {{crate_name}}::keys::{Manager, Rotation};
+use {{crate_name}}::model::{NewKey, RateLimit, Refill, RefillInterval};
+use {{crate_name}}::store::MemoryBackend;
 
 fn team_a(name: &str, scopes: &[&str]) -> NewKey {
     NewKey {
@@ -237,8 +238,8 @@ async fn limits_set_on_a_replacement_bind_the_old_key_in_its_grace_period() {
     let h = memory_harness().await;
     let old = h.mint(team_a("old", &["users:read"])).await;
     let rotation = Rotation {
-        grace_period: Duration::hours(1),
-        expires_at: None,
+        grace_period: Some(3600),
+        ..Rotation::default()
     };
     let new = h
         .state
@@ -308,8 +309,8 @@ async fn a_manager_in_its_grace_period_grants_nothing_beyond_it() {
         })
         .await;
     let rotation = Rotation {
-        grace_period: Duration::hours(1),
-        expires_at: None,
+        grace_period: Some(3600),
+        ..Rotation::default()
     };
     h.state
         .service

@@ -90,7 +90,8 @@ pub fn generate_args(destination: &Path, name: &str, defines: &[&str]) -> Vec<St
 }
 
 /// Renders the template as `name` into `destination` within this process: for the harness's own
-/// binaries, which have no `cargo-generate` binary beside them. Returns the project's path.
+/// binaries, which have no `cargo-generate` binary beside them. Returns the project's path. Call it
+/// before starting any thread: it may set `USER` in the process's environment.
 pub fn generate_in_process(
     destination: &Path,
     name: &str,
@@ -98,7 +99,10 @@ pub fn generate_in_process(
 ) -> Result<PathBuf, String> {
     if std::env::var_os("USER").is_none() {
         // cargo-generate needs a user name for the `authors` placeholder.
-        std::env::set_var("USER", "template-tests");
+        // SAFETY: only the harness's binaries call this, from `main` before they start any thread,
+        // so nothing reads the environment meanwhile; the tests, which run on threads, use the
+        // `cargo-generate` binary instead and pass USER to it with `Command::env`.
+        unsafe { std::env::set_var("USER", "template-tests") };
     }
     std::fs::create_dir_all(destination).map_err(|err| err.to_string())?;
     let mut argv = vec!["cargo-generate".to_owned(), "generate".to_owned()];

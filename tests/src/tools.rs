@@ -37,10 +37,10 @@ pub fn require(program: &str) -> PathBuf {
         .filter(|(program, _)| find(program).is_none())
         .map(|(_, package)| *package)
         .collect();
-    if !missing.is_empty() {
-        if let Err(err) = apt_install(&missing) {
-            panic!("{err}");
-        }
+    if !missing.is_empty()
+        && let Err(err) = apt_install(&missing)
+    {
+        panic!("{err}");
     }
     find(program).unwrap_or_else(|| panic!("{program} is still missing after apt-get install"))
 }
@@ -104,9 +104,9 @@ pub fn cargo_tool(krate: &str, version: &str, bin: &str) -> PathBuf {
                 .stdin(Stdio::null())
                 .status();
             assert!(
-            status.is_ok_and(|s| s.success()),
-            "installing {krate} {version} with cargo failed: cargo install --locked {krate} --version {version}"
-        );
+                status.is_ok_and(|s| s.success()),
+                "installing {krate} {version} with cargo failed: cargo install --locked {krate} --version {version}"
+            );
         },
     );
     path
@@ -136,14 +136,29 @@ pub fn npm_ci(dir: &Path) {
 /// The program `bin` of the PyPI package `package` at `version`, in a virtual environment of its own
 /// under the work directory, installed once.
 pub fn pip_tool(package: &str, version: &str, bin: &str) -> PathBuf {
+    pip_tool_with(package, version, bin, &[])
+}
+
+/// [`pip_tool`], with `also` (pinned requirements, `name==version`) in the same virtual environment:
+/// what the code that the program generates needs to run on that environment's `python`, beside
+/// `bin`.
+pub fn pip_tool_with(package: &str, version: &str, bin: &str, also: &[&str]) -> PathBuf {
     let venv = work_dir()
         .join("tools")
         .join(format!("{package}-{version}"));
     let path = venv.join("bin").join(bin);
+    let mut requirements = vec![format!("{package}=={version}")];
+    requirements.extend(also.iter().map(|requirement| (*requirement).to_owned()));
+    // What the environment holds, so that a changed `also` installs again.
+    let stamp = venv.join("installed-requirements.txt");
+    let wanted = requirements.join("\n");
     once(
-        || path.exists(),
+        || path.exists() && std::fs::read_to_string(&stamp).is_ok_and(|held| held == wanted),
         || {
-            say(&format!("installing {package} {version} with pip (once)"));
+            say(&format!(
+                "installing {} with pip (once)",
+                requirements.join(" ")
+            ));
             let run = |program: &Path, args: &[&str]| {
                 let status = Command::new(program)
                     .args(args)
@@ -160,11 +175,10 @@ pub fn pip_tool(package: &str, version: &str, bin: &str) -> PathBuf {
                 Path::new("python3"),
                 &["-m", "venv", venv.to_str().unwrap()],
             );
-            let requirement = format!("{package}=={version}");
-            run(
-                &venv.join("bin").join("pip"),
-                &["install", "--quiet", &requirement],
-            );
+            let mut args = vec!["install", "--quiet"];
+            args.extend(requirements.iter().map(String::as_str));
+            run(&venv.join("bin").join("pip"), &args);
+            std::fs::write(&stamp, &wanted).unwrap();
         },
     );
     path

@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use actix_api_auth_tests::{
-    binary, free_port, generate, mint_admin_key, repo_root, tools, work_dir, Service,
+    Service, binary, free_port, generate, mint_admin_key, repo_root, tools, work_dir,
 };
 
 #[test]

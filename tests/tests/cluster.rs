@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use actix_api_auth_tests::servers::{Postgres, Redis};
-use actix_api_auth_tests::{binary, free_port, generate, mint_admin_key, Client, Service};
+use actix_api_auth_tests::{Client, Service, binary, free_port, generate, mint_admin_key};
 use serde_json::json;
 
 const KEYS: &str = "/api/v1/api-keys";

@@ -179,8 +179,13 @@ fn rust_examples_compile_or_say_they_are_illustrative() {
         for (n, (info, code)) in rust_blocks(&text).into_iter().enumerate() {
             match info.as_str() {
                 ",ignore" => {}
-                "" => compiled.push((format!("{}_{n}", page.trim_end_matches(".md").replace('-', "_")), code)),
-                other => panic!("{page}: a rust block is either ```rust (compiled) or ```rust,ignore (illustrative), not ```rust{other}"),
+                "" => compiled.push((
+                    format!("{}_{n}", page.trim_end_matches(".md").replace('-', "_")),
+                    code,
+                )),
+                other => panic!(
+                    "{page}: a rust block is either ```rust (compiled) or ```rust,ignore (illustrative), not ```rust{other}"
+                ),
             }
         }
     }

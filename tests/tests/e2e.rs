@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use actix_api_auth_tests::{binary, free_port, generate, work_dir, Client, Service};
+use actix_api_auth_tests::{Client, Service, binary, free_port, generate, work_dir};
 use serde_json::json;
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix_api_auth_tests::servers::Redis;
-use actix_api_auth_tests::{binary, free_port, generate, mint_admin_key, tools, Client, Service};
+use actix_api_auth_tests::{Client, Service, binary, free_port, generate, mint_admin_key, tools};
 use regex::Regex;
 use serde_json::json;
 
@@ -700,9 +700,11 @@ fn a_change_made_while_redis_is_away_is_fenced_when_it_returns() {
         other_client.try_send("GET", "/protected", Some(&key)),
         Some(200)
     );
-    assert!(redis
-        .cli(&["GET", &format!("apikey:v1:{id}")])
-        .contains(&id));
+    assert!(
+        redis
+            .cli(&["GET", &format!("apikey:v1:{id}")])
+            .contains(&id)
+    );
 
     // Redis goes away, keeping its data, while the key is revoked, then comes back with the old
     // entry: only the revoking instance's retries can fence it off now.
@@ -733,9 +735,11 @@ fn a_change_made_while_redis_is_away_is_fenced_when_it_returns() {
         statuses.iter().all(|status| *status == Some(401)),
         "the other instance, after Redis came back: {statuses:?}"
     );
-    assert!(redis
-        .cli(&["GET", &format!("apikey:v1:{id}")])
-        .contains("fenced"));
+    assert!(
+        redis
+            .cli(&["GET", &format!("apikey:v1:{id}")])
+            .contains("fenced")
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use actix_api_auth_tests::{binary, free_port, repo_root, tools, work_dir, Client, Service};
+use actix_api_auth_tests::{Client, Service, binary, free_port, repo_root, tools, work_dir};
 
 /// A tmux session running one command, read through its screen.
 struct Terminal {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use actix_api_auth_tests::{repo_root, work_dir, Client, Service};
+use actix_api_auth_tests::{Client, Service, repo_root, work_dir};
 
 const DEMO_PORT: u16 = 8080;
 

@@ -138,7 +138,9 @@ fn every_combination_renders() {
                 } else {
                     "sqlite"
                 };
-                assert!(read(&project, "diesel.toml").contains(&format!("migrations/{migrations}")));
+                assert!(
+                    read(&project, "diesel.toml").contains(&format!("migrations/{migrations}"))
+                );
                 assert!(read(&project, "README.md").contains(&format!("# {name}")));
 
                 // The committed lockfile matches the rendered manifest: builds are reproducible.

@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use {{crate_name}}::auth::key::{KeyFormat, KeyHash};
+use {{crate_name}}::auth::key_format::KeyFormat;
+use {{crate_name}}::model::KeyHash;
 
 fuzz_target!(|data: &[u8]| {
     let format = KeyFormat::new("sk_", None);

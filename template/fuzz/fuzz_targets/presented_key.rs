@@ -5,7 +5,7 @@
 use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use {{crate_name}}::auth::authenticator::presented_key;
-use {{crate_name}}::auth::key::KeyFormat;
+use {{crate_name}}::auth::key_format::KeyFormat;
 
 fuzz_target!(|data: &[u8]| {
     let custom = HeaderName::from_static("x-api-key");

@@ -5,7 +5,7 @@
 //! type are left as written. Each also registers the route's requirement, which the OpenAPI document
 //! reads, so what the docs show is what is enforced.
 //!
-//! The expansion refers to `crate::auth`, so the attributes are for handlers inside the service crate.
+//! The expansion refers to `crate::auth`, `crate::http` and `crate::scope`, so the attributes are for handlers inside the service crate.
 //! Put them closest to the function, below `#[utoipa::path]` and the route attribute:
 //!
 //! ```ignore
@@ -79,7 +79,7 @@ pub fn require_scope(attr: TokenStream, item: TokenStream) -> TokenStream {
     let vis = &handler.vis;
     handler.sig.inputs.insert(
         0,
-        parse_quote!(__scope: crate::auth::RequireScopes<#marker>),
+        parse_quote!(__scope: crate::http::guard::RequireScopes<#marker>),
     );
     let registration = register(name, &scopes, mode);
     quote! {
@@ -87,9 +87,9 @@ pub fn require_scope(attr: TokenStream, item: TokenStream) -> TokenStream {
         #[allow(non_camel_case_types)]
         #vis struct #marker;
 
-        impl crate::auth::ScopeRequirement for #marker {
+        impl crate::http::guard::ScopeRequirement for #marker {
             const SCOPES: &'static [&'static str] = &[#(#scopes),*];
-            const MATCH: crate::auth::Match = crate::auth::Match::#mode;
+            const MATCH: crate::scope::Match = crate::scope::Match::#mode;
         }
 
         #registration
@@ -143,7 +143,7 @@ impl Parse for Requirement {
     }
 }
 
-/// The grammar of `crate::auth::scope::is_valid`, repeated because a proc-macro crate cannot depend on
+/// The grammar of `crate::scope::is_valid`, repeated because a proc-macro crate cannot depend on
 /// the crate it expands into; keep the two in step.
 fn is_scope(scope: &str) -> bool {
     scope.len() <= MAX_SCOPE_LEN
@@ -182,10 +182,10 @@ fn register(name: &Ident, scopes: &[&LitStr], mode: &Ident) -> proc_macro2::Toke
     let operation = name.to_string();
     quote! {
         ::inventory::submit! {
-            crate::auth::GuardedRoute {
+            crate::http::guard::GuardedRoute {
                 operation: #operation,
                 scopes: &[#(#scopes),*],
-                mode: crate::auth::Match::#mode,
+                mode: crate::scope::Match::#mode,
             }
         }
     }

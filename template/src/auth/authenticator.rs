@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use chrono::Utc;
+use prometheus_client::metrics::counter::Counter;
 
-use super::guard::ApiKey;
-use super::key::{KeyFormat, ParsedKey};
-use super::limits::FailureLimits;
-use super::proxies::TrustedProxies;
-use crate::keys::UsageTracker;
-use crate::store::{ApiKeyRecord, Backend, StoreError};
+use super::ApiKey;
+use super::key_format::{KeyFormat, ParsedKey};
+use super::throttle::FailureLimits;
+use super::usage::UsageTracker;
+use crate::metrics::metrics;
+use crate::model::ApiKeyRecord;
+use crate::store::{Backend, StoreError};
 
 /// Why a request is not authenticated. Clients see only [`AuthError::code`] and the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -97,7 +99,8 @@ pub struct Authenticator {
     store: Arc<dyn Backend>,
     usage: Arc<UsageTracker>,
     limits: FailureLimits,
-    proxies: TrustedProxies,
+    /// `authenticated`, then one per [`AuthError`] by `err as usize`.
+    attempts: [Counter; AuthError::ALL.len() + 1],
 }
 
 impl Authenticator {
@@ -116,18 +119,13 @@ impl Authenticator {
             store,
             usage,
             limits,
-            proxies: TrustedProxies::default(),
+            attempts: std::array::from_fn(|i| {
+                metrics().auth_attempts(match i.checked_sub(1) {
+                    Some(err) => AuthError::ALL[err].code(),
+                    None => "authenticated",
+                })
+            }),
         }
-    }
-
-    /// Believes the client addresses these proxies report (`TRUSTED_PROXIES`).
-    pub fn behind(mut self, proxies: TrustedProxies) -> Self {
-        self.proxies = proxies;
-        self
-    }
-
-    pub fn proxies(&self) -> &TrustedProxies {
-        &self.proxies
     }
 
     pub fn management_scopes(&self) -> &ManagementScopes {
@@ -182,6 +180,7 @@ impl Authenticator {
                 "authentication failed"
             );
         }
+        self.attempts[outcome.as_ref().map_or_else(|err| *err as usize + 1, |_| 0)].inc();
         outcome
     }
 

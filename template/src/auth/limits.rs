@@ -1,215 +1,332 @@
-//! Brute-force limits: failed authentications counted per client address and per key id.
+//! Per-key limits: a key's rate limit and quota, applied by the guards to every guarded request of a
+//! key that has either. Keys without limits never reach this module.
 //!
-//! Counting is GCRA (the `governor` crate): `AUTH_FAILURES_PER_MINUTE` failures in a burst, then one
-//! every `60 / n` seconds. An address over its limit is refused with 429 before its key is even
-//! read, whatever key it sends. A key id over its own limit answers 429 to wrong secrets only: its
-//! holder keeps working, since refusing the right secret would let anyone who saw the id (it is
-//! public, and in logs) lock the key, and a 256-bit secret cannot be guessed anyway.
+//! Rate limits are GCRA, like the failure limits: `requests` at once after a pause, then one every
+//! `window / requests` seconds. With Redis configured (`REDIS_URL`, or Redis as the store), every
+//! instance shares one count per key, kept by a Lua script on Redis's clock; otherwise, or while
+//! Redis cannot be reached, each instance counts on its own (`governor`), asking Redis again after a
+//! second.
 //!
-//! Memory is bounded: states live in capacity-bounded caches, so a flood of distinct addresses
-//! evicts old entries instead of growing a map. IPv6 clients are counted per /64, the block one
-//! host usually holds.
+//! Quotas are taken from the store, one atomic decrement per admitted request
+//! ([`Backend::use_quota`]), so instances never overspend a quota between them.
+//!
+//! A rotated key in its grace period is charged to its replacement, or to the newest key when the
+//! replacement was rotated too: rotating a key never multiplies what it may do.
 
-use std::convert::Infallible;
-use std::hash::Hash;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chrono::{SubsecRound, Utc};
 use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
-/// How many addresses and key ids are tracked at most, each.
+use super::ApiKey;
+use crate::metrics::metrics;
+use crate::model::{ApiKeyRecord, RateLimit, Refill};
+#[cfg(feature = "redis")]
+use crate::store::redis::breaker::{Breaker, CacheError};
+use crate::store::{Backend, QuotaUse};
+
+/// How many keys' rate-limit states an instance keeps.
 const CAPACITY: usize = 65_536;
 
-/// The failure limits of one service.
-pub struct FailureLimits {
-    by_address: Option<Counter<IpAddr>>,
-    by_key: Option<Counter<String>>,
+/// How far a rotated key's charges follow later rotations; more would mean a key rotated that often
+/// within one grace period.
+pub(crate) const MAX_ROTATIONS_FOLLOWED: usize = 8;
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// Where a key stands against its rate limit after a request: what the `RateLimit-*` headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitState {
+    pub limit: RateLimit,
+    pub remaining: u32,
+    /// Until the key may send `limit.requests` at once again.
+    pub reset: Duration,
 }
 
-impl FailureLimits {
-    /// Limits of `per_address` and `per_key` failures a minute; zero turns a limit off.
-    pub fn new(per_address: u32, per_key: u32) -> Self {
+/// Why a key's request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    RateLimited {
+        state: LimitState,
+        retry_after: Duration,
+    },
+    /// The quota is used up; with a refill, it fills again after `retry_after`. `state` is the
+    /// key's standing against its rate limit, when it has one too.
+    UsageExceeded {
+        retry_after: Option<Duration>,
+        state: Option<LimitState>,
+    },
+    /// The store could not take a use from the quota.
+    Unavailable,
+}
+
+pub struct Allowance {
+    store: Arc<dyn Backend>,
+    local: quick_cache::sync::Cache<(String, RateLimit), Arc<Limiter>>,
+    #[cfg(feature = "redis")]
+    shared: Option<(redis::aio::ConnectionManager, Breaker)>,
+}
+
+impl Allowance {
+    /// Limits counted in this process, quotas taken from `store`.
+    pub fn new(store: Arc<dyn Backend>) -> Self {
         Self {
-            by_address: NonZeroU32::new(per_address).map(Counter::new),
-            by_key: NonZeroU32::new(per_key).map(Counter::new),
+            store,
+            local: quick_cache::sync::Cache::new(CAPACITY),
+            #[cfg(feature = "redis")]
+            shared: None,
         }
     }
 
-    /// How long a refused client should wait, at most: one emission interval of the stricter limit.
-    pub fn retry_after(&self) -> Duration {
-        let by_address = self.by_address.as_ref().map(|c| c.interval);
-        let by_key = self.by_key.as_ref().map(|c| c.interval);
-        by_address.max(by_key).unwrap_or_default()
+    /// Counts rate limits in the Redis at `url`, shared by every instance using it.
+    #[cfg(feature = "redis")]
+    pub fn shared_through(mut self, url: &str) -> Result<Self, crate::store::StoreError> {
+        self.shared = Some((crate::store::redis::connect(url)?, Breaker::default()));
+        Ok(self)
     }
 
-    /// Whether requests from `address` are refused for now.
-    pub fn address_blocked(&self, address: IpAddr) -> bool {
-        self.by_address
-            .as_ref()
-            .is_some_and(|c| c.blocked(&client(address)))
-    }
-
-    /// Counts a failed authentication from `address`; `true` when it went over the limit.
-    pub fn address_failed(&self, address: IpAddr) -> bool {
-        let over = self
-            .by_address
-            .as_ref()
-            .is_some_and(|counter| counter.failed(&client(address)));
-        if over {
-            tracing::warn!(target: "audit", client = %address, "too many failed authentications: address refused for now");
+    /// Admits one request of `key`, or says why not. The rate-limit state comes back for the
+    /// response headers when the key has a rate limit.
+    pub async fn admit(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
+        let verdict = self.verdict(key).await;
+        match verdict {
+            Err(Refusal::RateLimited { .. }) => metrics().limit_refusal("rate_limit_exceeded"),
+            Err(Refusal::UsageExceeded { .. }) => metrics().limit_refusal("usage_exceeded"),
+            _ => {}
         }
-        over
+        verdict
     }
 
-    /// Counts a wrong secret for the existing key `id`; `true` once the key's limit is exceeded.
-    pub fn key_failed(&self, id: &str) -> bool {
-        let Some(counter) = &self.by_key else {
-            return false;
+    async fn verdict(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
+        let newest = self.account(key.record()).await?;
+        let account = newest.as_deref().unwrap_or(key.record());
+        let state = match account.rate_limit {
+            Some(limit) => Some(self.rate(&account.id, limit).await?),
+            None => None,
         };
-        let key = id.to_owned();
-        let over = counter.blocked(&key) || counter.failed(&key);
-        if over {
-            tracing::warn!(target: "audit", key_id = id, "too many wrong secrets for this key");
+        if account.remaining.is_some() {
+            self.take_quota(&account.id, account.refill, state).await?;
         }
-        over
+        Ok(state)
     }
-}
 
-/// Addresses as they are counted: IPv4 as is, IPv6 by its /64 network.
-fn client(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
-        v4 => v4,
-    }
-}
-
-/// Failures per key, and who is refused until when.
-struct Counter<K: Hash + Eq + Clone> {
-    limiter: RateLimiter<
-        K,
-        BoundedStore<K>,
-        DefaultClock,
-        NoOpMiddleware<<DefaultClock as Clock>::Instant>,
-    >,
-    /// The limiter's states, also held by its store: the tests watch their number.
-    #[cfg(test)]
-    states: Arc<StateCache<K>>,
-    refused_until: quick_cache::sync::Cache<K, Instant>,
-    interval: Duration,
-}
-
-type StateCache<K> = quick_cache::sync::Cache<K, Arc<InMemoryState>>;
-
-impl<K: Hash + Eq + Clone> Counter<K> {
-    fn new(per_minute: NonZeroU32) -> Self {
-        let quota = Quota::per_minute(per_minute);
-        let store = BoundedStore(Arc::new(quick_cache::sync::Cache::new(CAPACITY)));
-        Self {
-            interval: quota.replenish_interval(),
-            #[cfg(test)]
-            states: store.0.clone(),
-            limiter: RateLimiter::new(quota, store, DefaultClock::default()),
-            refused_until: quick_cache::sync::Cache::new(CAPACITY),
+    /// The key whose limits `record`'s requests use, with those limits: the newest key of its
+    /// rotations, or `None` for `record` itself. Tightening the replacement's limits therefore binds
+    /// the old key in its grace period too. A store that cannot say refuses the request: the old
+    /// key's own limits are not the ones that apply.
+    async fn account(&self, record: &ApiKeyRecord) -> Result<Option<Arc<ApiKeyRecord>>, Refusal> {
+        let Some(mut next) = record.replaced_by.clone() else {
+            return Ok(None);
+        };
+        let mut newest = None;
+        for _ in 0..MAX_ROTATIONS_FOLLOWED {
+            let replacement = match self.store.lookup(&next).await {
+                Ok(Some(replacement)) => replacement,
+                // A replacement deleted behind the store's back: charge the last key known.
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, key_id = %next, "cannot find a rotated key's replacement");
+                    return Err(Refusal::Unavailable);
+                }
+            };
+            let further = replacement.replaced_by.clone();
+            newest = Some(replacement);
+            match further {
+                Some(id) => next = id,
+                None => break,
+            }
         }
+        Ok(newest)
     }
 
-    fn blocked(&self, key: &K) -> bool {
-        self.refused_until
-            .get(key)
-            .is_some_and(|until| Instant::now() < until)
+    async fn rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {
+        #[cfg(feature = "redis")]
+        if let Some((connection, breaker)) = &self.shared {
+            match breaker.call(shared_rate(connection, account, limit)).await {
+                Ok(verdict) => return verdict,
+                Err(CacheError::Resting) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "Redis unavailable for rate limits; counting in this instance");
+                }
+            }
+        }
+        self.local_rate(account, limit)
     }
 
-    /// Counts one failure; `true` when it went over the limit.
-    fn failed(&self, key: &K) -> bool {
-        match self.limiter.check_key(key) {
-            Ok(()) => false,
+    fn local_rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {
+        let Some(limiter) = self
+            .local
+            .get_or_insert_with(&(account.to_owned(), limit), || {
+                limiter(limit).map(Arc::new).ok_or(())
+            })
+            .ok()
+        else {
+            // Validation keeps limits positive; a stored zero admits nothing.
+            return Err(Refusal::UsageExceeded {
+                retry_after: None,
+                state: None,
+            });
+        };
+        let interval = interval(limit);
+        match limiter.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Ok(LimitState {
+                    limit,
+                    remaining,
+                    reset: interval * (limit.requests - remaining),
+                })
+            }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                self.refused_until
-                    .insert(key.clone(), Instant::now() + wait);
-                true
+                let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+                Err(Refusal::RateLimited {
+                    state: LimitState {
+                        limit,
+                        remaining: 0,
+                        reset: retry_after + interval * (limit.requests - 1),
+                    },
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    async fn take_quota(
+        &self,
+        account: &str,
+        refill: Option<Refill>,
+        state: Option<LimitState>,
+    ) -> Result<(), Refusal> {
+        let now = Utc::now().trunc_subsecs(6);
+        let refill_before = refill.map(|refill| refill.interval.period_start(now));
+        match self.store.use_quota(account, refill_before, now).await {
+            Ok(QuotaUse::Taken { .. } | QuotaUse::Unlimited) => Ok(()),
+            Ok(QuotaUse::Exhausted) => Err(Refusal::UsageExceeded {
+                retry_after: refill
+                    .and_then(|refill| (refill.interval.next_start(now) - now).to_std().ok()),
+                state,
+            }),
+            Err(err) => {
+                tracing::warn!(error = %err, key_id = account, "cannot take a use from the quota");
+                Err(Refusal::Unavailable)
             }
         }
     }
 }
 
-/// A governor state store in a capacity-bounded cache: each key's state is governor's own
-/// `InMemoryState`; an evicted key starts afresh.
-struct BoundedStore<K: Hash + Eq + Clone>(Arc<StateCache<K>>);
+/// The time between two requests at a steady pace.
+fn interval(limit: RateLimit) -> Duration {
+    Duration::from_secs(u64::from(limit.window)) / limit.requests.max(1)
+}
 
-impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
-    type Key = K;
+fn limiter(limit: RateLimit) -> Option<Limiter> {
+    let quota = Quota::with_period(interval(limit))?.allow_burst(NonZeroU32::new(limit.requests)?);
+    Some(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>())
+}
 
-    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let state = self
-            .0
-            .get_or_insert_with(key, || Ok::<_, Infallible>(Arc::default()))
-            .unwrap_or_else(|never| match never {});
-        state.measure_and_replace(&NotKeyed::NonKey, f)
-    }
+/// GCRA on Redis's clock: one "theoretical arrival time" per key, in microseconds. Returns whether
+/// the request is admitted, the requests left, microseconds until a full burst is allowed again,
+/// and microseconds until the next request is.
+#[cfg(feature = "redis")]
+static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local window = interval * burst
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local next_tat = tat + interval
+if next_tat - now > window then
+  return {0, 0, tat - now, next_tat - now - window}
+end
+redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000))
+return {1, math.floor((window - (next_tat - now)) / interval), next_tat - now, 0}
+",
+    )
+});
+
+#[cfg(feature = "redis")]
+async fn shared_rate(
+    connection: &redis::aio::ConnectionManager,
+    account: &str,
+    limit: RateLimit,
+) -> Result<Result<LimitState, Refusal>, redis::RedisError> {
+    let interval = interval(limit);
+    // EVALSHA: Redis keeps the script after its first use (it is sent again after a restart).
+    let (admitted, remaining, reset, retry): (i64, i64, i64, i64) = GCRA
+        .key(format!("apikeys:rate:{account}"))
+        .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
+        .arg(limit.requests)
+        .invoke_async(&mut connection.clone())
+        .await?;
+    let micros = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
+    let state = LimitState {
+        limit,
+        remaining: u32::try_from(remaining).unwrap_or(0),
+        reset: micros(reset),
+    };
+    Ok(if admitted == 1 {
+        Ok(state)
+    } else {
+        Err(Refusal::RateLimited {
+            state,
+            retry_after: micros(retry),
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryBackend;
+    use crate::store::conformance::sample;
 
-    #[test]
-    fn an_address_is_refused_after_its_burst() {
-        let limits = FailureLimits::new(3, 0);
-        let attacker: IpAddr = "203.0.113.7".parse().unwrap();
-        let neighbour: IpAddr = "203.0.113.8".parse().unwrap();
-        for _ in 0..3 {
-            assert!(!limits.address_blocked(attacker));
-            assert!(!limits.address_failed(attacker));
-        }
-        assert!(
-            limits.address_failed(attacker),
-            "the fourth failure is one too many"
-        );
-        assert!(limits.address_blocked(attacker));
-        assert!(!limits.address_blocked(neighbour));
-        assert_eq!(limits.retry_after(), Duration::from_secs(20));
+    #[tokio::test]
+    async fn a_burst_then_refusal_with_the_wait() {
+        let allowance = Allowance::new(Arc::new(MemoryBackend::default()));
+        let mut record = sample("owner", Utc::now());
+        record.rate_limit = Some(RateLimit {
+            requests: 3,
+            window: 60,
+        });
+        let key = ApiKey::new(Arc::new(record), None);
+        let remaining: Vec<u32> =
+            futures_util::future::join_all((0..3).map(|_| allowance.admit(&key)))
+                .await
+                .into_iter()
+                .map(|admitted| admitted.unwrap().unwrap().remaining)
+                .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let Err(Refusal::RateLimited { retry_after, state }) = allowance.admit(&key).await else {
+            panic!("the fourth request is refused");
+        };
+        assert!(retry_after > Duration::from_secs(19) && retry_after <= Duration::from_secs(20));
+        assert_eq!(state.remaining, 0);
     }
 
-    #[test]
-    fn ipv6_hosts_are_counted_per_64() {
-        let limits = FailureLimits::new(1, 0);
-        assert!(!limits.address_failed("2001:db8:1:2::1".parse().unwrap()));
-        assert!(limits.address_failed("2001:db8:1:2:ffff::9".parse().unwrap()));
-        assert!(limits.address_blocked("2001:db8:1:2::abcd".parse().unwrap()));
-        assert!(!limits.address_blocked("2001:db8:1:3::1".parse().unwrap()));
-    }
-
-    #[test]
-    fn a_key_id_is_limited_on_its_own() {
-        let limits = FailureLimits::new(0, 2);
-        assert!(!limits.key_failed("abc"));
-        assert!(!limits.key_failed("abc"));
-        assert!(limits.key_failed("abc"));
-        assert!(!limits.key_failed("def"));
-        assert!(!limits.address_blocked("192.0.2.1".parse().unwrap()), "off");
-    }
-
-    #[test]
-    fn a_flood_of_addresses_stays_bounded() {
-        let limits = FailureLimits::new(5, 0);
-        for n in 0..(4 * CAPACITY as u32) {
-            let _ = limits.address_failed(IpAddr::V4(n.into()));
-        }
-        let counter = limits.by_address.as_ref().unwrap();
-        assert!(counter.states.len() <= CAPACITY);
-        assert!(counter.refused_until.len() <= CAPACITY);
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn without_redis_each_instance_counts_on_its_own() {
+        let allowance = Allowance::new(Arc::new(MemoryBackend::default()))
+            .shared_through("redis://127.0.0.1:1/")
+            .unwrap();
+        let mut record = sample("owner", Utc::now());
+        record.rate_limit = Some(RateLimit {
+            requests: 2,
+            window: 60,
+        });
+        let key = ApiKey::new(Arc::new(record), None);
+        assert!(allowance.admit(&key).await.is_ok());
+        assert!(allowance.admit(&key).await.is_ok());
+        assert!(matches!(
+            allowance.admit(&key).await,
+            Err(Refusal::RateLimited { .. })
+        ));
     }
 }

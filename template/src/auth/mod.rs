@@ -1,21 +1,18 @@
-//! API-key authentication, in the order a request meets it:
-//! [`middleware`] authenticates the key once per request (with [`Authenticator`], which parses it with
-//! [`key`], looks it up, and counts failures per client address and key id in [`limits`]; the
-//! client's address comes from the peer or your [`proxies`]), then the guards in [`guard`] decide:
-//! the [`ApiKey`] extractor, and the `#[require_api_key]` / `#[require_scope(...)]` attributes that
-//! inject it, which also charge a key's rate limit and quota ([`allowance`]).
+//! API-key authentication, in the order a request meets it: the [`Authenticator`] parses the
+//! presented key ([`key_format`]), looks it up, checks its digest, and counts failures per client
+//! address and key id ([`throttle`]); an authenticated [`ApiKey`] is counted in [`usage`] and, when
+//! a route admits it, charged against its rate limit and quota ([`limits`]).
+//!
+//! The HTTP side (the middleware and the guards) lives in [`crate::http`].
 
-pub mod allowance;
+pub mod api_key;
 pub mod authenticator;
-pub mod guard;
-pub mod key;
+pub mod key_format;
 pub mod limits;
-pub mod middleware;
-pub mod proxies;
-pub mod scope;
+pub mod throttle;
+pub mod usage;
 
-pub use allowance::Allowance;
-pub use auth_macros::{require_api_key, require_scope};
+pub use api_key::ApiKey;
 pub use authenticator::{AuthError, Authenticator, ManagementScopes};
-pub use guard::{ApiKey, GuardedRoute, RequireScopes, ScopeRequirement};
-pub use scope::Match;
+pub use limits::Allowance;
+pub use usage::UsageTracker;

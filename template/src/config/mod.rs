@@ -5,14 +5,15 @@
 
 mod defaults;
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use actix_web::http::header::HeaderName;
 use serde::Deserialize;
 
-use crate::auth::key::KeyFormat;
-use crate::auth::proxies::TrustedProxies;
-use crate::auth::scope;
+use ipnet::IpNet;
+
+use crate::scope;
 
 /// Settings of the service. Field `foo_bar` is read from the variable `FOO_BAR`.
 #[derive(Clone, Deserialize)]
@@ -58,6 +59,57 @@ pub struct Config {
     pub proxy_header: String,
     /// `text` (for people) or `json` (one object per line, for log collectors).
     pub log_format: String,
+}
+
+/// The header the proxies report the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeader {
+    XForwardedFor,
+    /// RFC 7239's `Forwarded`, its `for=` parameters.
+    Forwarded,
+    /// One address, set (not appended) by the proxy in front.
+    XRealIp,
+}
+
+impl FromStr for ProxyHeader {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            "x-real-ip" => Ok(Self::XRealIp),
+            _ => Err(format!(
+                "must be x-forwarded-for, forwarded or x-real-ip, got {name:?}"
+            )),
+        }
+    }
+}
+
+/// Parses a comma-separated list of addresses and networks (`10.0.0.1, 10.1.0.0/16, fd00::/8`).
+pub fn networks(list: &str) -> Result<Vec<IpNet>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(canonical)
+                .map_err(|_| format!("{entry:?} is not an IP address or network"))
+        })
+        .collect()
+}
+
+/// An IPv4-mapped IPv6 network as the IPv4 network it is, so that it matches IPv4 peers.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 /// How log lines are written.
@@ -280,22 +332,15 @@ impl Config {
         Ok(())
     }
 
-    /// The key format these settings describe.
-    pub fn key_format(&self) -> KeyFormat {
-        KeyFormat::new(
-            self.api_key_prefix.clone(),
-            self.api_key_pepper.as_ref().map(Secret::expose),
-        )
-    }
-
     /// The proxies whose reports of the client address are believed.
-    pub fn trusted_proxies(&self) -> Result<TrustedProxies, ConfigError> {
+    pub fn trusted_proxies(&self) -> Result<(Vec<IpNet>, ProxyHeader), ConfigError> {
         let header = self
             .proxy_header
             .parse()
             .map_err(|problem| ConfigError::new("PROXY_HEADER", problem))?;
-        TrustedProxies::parse(&self.trusted_proxies, header)
-            .map_err(|problem| ConfigError::new("TRUSTED_PROXIES", problem))
+        let networks = networks(&self.trusted_proxies)
+            .map_err(|problem| ConfigError::new("TRUSTED_PROXIES", problem))?;
+        Ok((networks, header))
     }
 
     pub fn redis_cache_ttl(&self) -> Duration {

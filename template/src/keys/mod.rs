@@ -1,12 +1,9 @@
 //! Key management: the service every caller goes through (create, update, rotate, revoke, and the
-//! audit log), its HTTP routes, and usage tracking.
+//! audit log), who may manage which keys, and the bounds every key's fields keep.
 
-pub mod handlers;
+pub mod manager;
 pub mod service;
-pub mod usage;
 pub mod validation;
 
-pub use service::{
-    ApiKeyService, CreatedKey, KeyStatus, KeyUpdate, Manager, NewKey, Rotation, ServiceError,
-};
-pub use usage::UsageTracker;
+pub use manager::Manager;
+pub use service::{ApiKeyService, CreatedKey, Rotation, ServiceError};

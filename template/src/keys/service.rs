@@ -12,20 +12,19 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 use zeroize::Zeroizing;
 
-use super::UsageTracker;
+use super::manager::{Limits, Manager, conflict, forbidden, no_later};
 use super::validation::{
-    DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, invalid, page_bounds, validate, validate_update,
+    DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, MAX_LIFETIME_SECONDS, invalid, page_bounds, validate,
+    validate_update,
 };
-use crate::auth::allowance::MAX_ROTATIONS_FOLLOWED;
-use crate::auth::key::KeyFormat;
-use crate::auth::{ApiKey, scope};
-use crate::store::{
-    ApiKeyRecord, Backend, EventAction, EventQuery, KeyChanges, KeyEvent, ListQuery, Page,
-    RateLimit, Refill, StoreError, random_id,
-};
+use crate::auth::UsageTracker;
+use crate::auth::key_format::KeyFormat;
+use crate::auth::limits::MAX_ROTATIONS_FOLLOWED;
+use crate::model::{ApiKeyRecord, EventAction, KeyChanges, KeyEvent, NewKey, to_object};
+use crate::store::{Backend, EventQuery, ListQuery, Page, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -46,292 +45,18 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
-/// Who manages keys in a call to [`ApiKeyService`], and so which keys the call may reach.
-#[derive(Debug, Clone)]
-pub enum Manager {
-    /// The command line or the service's own code: every key.
-    Operator,
-    /// A key holding the admin scope: every key, any scope, any owner.
-    Admin(ApiKey),
-    /// A key holding the manage scope and an owner: keys of that owner only.
-    Owner(ApiKey),
-}
-
-impl Manager {
-    /// The key acting, if a key acts; for logs.
-    pub fn key_id(&self) -> Option<&str> {
-        self.key().map(ApiKey::id)
-    }
-
-    fn key(&self) -> Option<&ApiKey> {
-        match self {
-            Self::Operator => None,
-            Self::Admin(key) | Self::Owner(key) => Some(key),
-        }
-    }
-
-    /// An audit event of this manager's change to `key_id`, made now.
-    fn event(&self, key_id: &str, action: EventAction, changes: Map<String, Value>) -> KeyEvent {
-        KeyEvent {
-            id: random_id(),
-            key_id: key_id.to_owned(),
-            action,
-            actor_key_id: self.key_id().map(str::to_owned),
-            client: self
-                .key()
-                .and_then(ApiKey::client)
-                .map(|address| address.to_string()),
-            changes,
-            at: now(),
-        }
-    }
-
-    /// Whether `record` is within reach for reading. Out of reach reads as "no such key", so a
-    /// manager cannot learn which ids other owners use.
-    fn reaches(&self, record: &ApiKeyRecord) -> bool {
-        match self {
-            Self::Operator | Self::Admin(_) => true,
-            Self::Owner(key) => {
-                key.owner_id().is_some() && record.owner_id.as_deref() == key.owner_id()
-            }
-        }
-    }
-
-    /// Whether this manager may change `record`, which it reaches: a manager key only changes keys
-    /// whose scopes it holds itself.
-    fn may_change(&self, record: &ApiKeyRecord) -> Result<(), ServiceError> {
-        match self {
-            Self::Owner(key) => granted(key.scopes(), &record.scopes),
-            Self::Operator | Self::Admin(_) => Ok(()),
-        }
-    }
-
-    /// Fits a new key to what an owner-bound manager may grant: its own owner, scopes it holds, an
-    /// expiry no later than its own, and limits no looser than `own`, the manager's current limits
-    /// (which it inherits when it names none).
-    fn bound(&self, new: &mut NewKey, own: Option<Limits>) -> Result<(), ServiceError> {
-        self.bound_grant(new)?;
-        let Some(own) = own else {
-            return Ok(());
-        };
-        if new.rate_limit.is_none() {
-            new.rate_limit = own.rate_limit;
-        }
-        if new.remaining.is_none() && new.refill.is_none() {
-            (new.remaining, new.refill) = (own.remaining, own.refill);
-        }
-        own.admits(&Limits {
-            rate_limit: new.rate_limit,
-            remaining: new.remaining,
-            refill: new.refill,
-        })
-    }
-
-    /// [`Manager::bound`] without the limits: what a rotation, which keeps the key's limits, checks.
-    fn bound_grant(&self, new: &mut NewKey) -> Result<(), ServiceError> {
-        let Self::Owner(key) = self else {
-            return Ok(());
-        };
-        let own = key.owner_id().map(str::to_owned);
-        match &new.owner_id {
-            None => new.owner_id = own,
-            Some(owner) if Some(owner) == own.as_ref() => {}
-            Some(_) => {
-                return Err(forbidden(
-                    "owner_mismatch",
-                    "a manager key creates keys for its own owner only",
-                ));
-            }
-        }
-        granted(key.scopes(), &new.scopes)?;
-        no_later(grants_end(key), new.expires_at)
-    }
-
-    /// Checks an update of `current` into `after` the way [`Manager::bound`] checks a new key, for
-    /// the fields it changes: scopes may only narrow, the expiry only come earlier, limits only
-    /// tighten, and a disabled key stays disabled.
-    fn bound_changes(
-        &self,
-        current: &ApiKeyRecord,
-        changes: &KeyChanges,
-        after: &ApiKeyRecord,
-    ) -> Result<(), ServiceError> {
-        let Self::Owner(key) = self else {
-            return Ok(());
-        };
-        if let Some(scopes) = &changes.scopes {
-            granted(key.scopes(), scopes)?;
-            granted(&current.scopes, scopes)?;
-        }
-        if let Some(expires_at) = changes.expires_at {
-            no_later(grants_end(key), expires_at)?;
-            no_later(current.expires_at, expires_at)?;
-        }
-        if !current.enabled && after.enabled {
-            return Err(forbidden(
-                "admin_required",
-                "only an admin key or the operator re-enables a disabled key",
-            ));
-        }
-        Limits::of(current).admits(&Limits::of(after))
-    }
-}
-
-/// A key's rate limit and quota, to compare what a manager asks for with what it may grant.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    rate_limit: Option<RateLimit>,
-    remaining: Option<u64>,
-    refill: Option<Refill>,
-}
-
-impl Limits {
-    fn of(record: &ApiKeyRecord) -> Self {
-        Self {
-            rate_limit: record.rate_limit,
-            remaining: record.remaining,
-            refill: record.refill,
-        }
-    }
-
-    /// Refuses `wanted` where it is looser than `self`: a faster rate or a larger burst, a larger
-    /// quota, or no limit where there is one; refills larger, more frequent, or added to a finite
-    /// quota. Where `self` has no limit, any is tighter.
-    fn admits(&self, wanted: &Limits) -> Result<(), ServiceError> {
-        let rate_ok = match (self.rate_limit, wanted.rate_limit) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(bound), Some(w)) => {
-                w.requests <= bound.requests
-                    && u64::from(w.requests) * u64::from(bound.window)
-                        <= u64::from(bound.requests) * u64::from(w.window)
-            }
-        };
-        let quota_ok = match (self.remaining, wanted.remaining) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(bound), Some(w)) => w <= bound,
-        };
-        let refill_ok = match (self.refill, wanted.refill) {
-            (_, None) => true,
-            (None, Some(_)) => self.remaining.is_none(),
-            (Some(bound), Some(w)) => w.interval == bound.interval && w.amount <= bound.amount,
-        };
-        if rate_ok && quota_ok && refill_ok {
-            return Ok(());
-        }
-        let field = if !rate_ok {
-            "rate_limit"
-        } else if !quota_ok {
-            "remaining"
-        } else {
-            "refill"
-        };
-        Err(forbidden(
-            "limit_escalation",
-            format!("{field}: a manager key cannot raise or remove a limit an admin set"),
-        ))
-    }
-}
-
-/// Refuses `wanted` scopes that none of `held` grants.
-fn granted(held: &[String], wanted: &[String]) -> Result<(), ServiceError> {
-    let beyond: Vec<&str> = wanted
-        .iter()
-        .filter(|wanted| !held.iter().any(|held| scope::grants(held, wanted)))
-        .map(String::as_str)
-        .collect();
-    if beyond.is_empty() {
-        return Ok(());
-    }
-    Err(forbidden(
-        "scope_escalation",
-        format!(
-            "scopes beyond what the manager may grant: {}",
-            beyond.join(", ")
-        ),
-    ))
-}
-
-/// Refuses an expiry later than `limit`, or none at all where there is a limit.
-fn no_later(
-    limit: Option<DateTime<Utc>>,
-    expires_at: Option<DateTime<Utc>>,
-) -> Result<(), ServiceError> {
-    match limit {
-        Some(limit) if expires_at.is_none_or(|at| at > limit) => Err(forbidden(
-            "expiry_escalation",
-            format!("the key must expire by {limit}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// When a manager key's grants end: at its expiry, or when a rotation retires it.
-fn grants_end(key: &ApiKey) -> Option<DateTime<Utc>> {
-    match (key.expires_at(), key.record().retires_at) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn conflict(code: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::Conflict {
-        code,
-        message: message.into(),
-    }
-}
-
-fn forbidden(code: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::Forbidden {
-        code,
-        message: message.into(),
-    }
-}
-
-/// What a new key should be.
-#[derive(Debug, Clone, Default)]
-pub struct NewKey {
-    pub name: String,
-    pub scopes: Vec<String>,
-    pub owner_id: Option<String>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub metadata: Map<String, Value>,
-    pub rate_limit: Option<RateLimit>,
-    /// Uses the key may make; with a `refill` and no `remaining`, it starts full.
-    pub remaining: Option<u64>,
-    pub refill: Option<Refill>,
-}
-
-/// Changes to a key: `None` leaves a field alone, `Some(None)` clears it.
-#[derive(Debug, Clone, Default)]
-pub struct KeyUpdate {
-    pub name: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    pub metadata: Option<Map<String, Value>>,
-    pub expires_at: Option<Option<DateTime<Utc>>>,
-    pub enabled: Option<bool>,
-    pub rate_limit: Option<Option<RateLimit>>,
-    pub remaining: Option<Option<u64>>,
-    pub refill: Option<Option<Refill>>,
-}
-
-/// How to rotate a key.
-#[derive(Debug, Clone, Copy)]
+/// How to rotate a key. Send `{}` for the defaults.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = RotateKeyRequest)]
 pub struct Rotation {
-    /// How long the old key keeps working.
-    pub grace_period: Duration,
-    /// The new key's expiry; `None` keeps the old key's.
-    pub expires_at: Option<Option<DateTime<Utc>>>,
-}
-
-impl Default for Rotation {
-    fn default() -> Self {
-        Self {
-            grace_period: Duration::seconds(DEFAULT_GRACE_SECONDS as i64),
-            expires_at: None,
-        }
-    }
+    /// Seconds the old key keeps working, 0 to 2592000 (30 days); 86400 unless given.
+    #[schema(example = 3600, minimum = 0, maximum = 2592000)]
+    pub grace_period: Option<u64>,
+    /// The new key's lifetime in seconds from now; the old key's expiry unless given.
+    #[schema(minimum = 1)]
+    pub expires_in: Option<u64>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A created key: the stored record and the key itself, which exists nowhere else.
@@ -362,14 +87,17 @@ impl ApiKeyService {
         mut new: NewKey,
     ) -> Result<CreatedKey, ServiceError> {
         let now = now();
+        new.expires_at = expiry(new.expires_in.take(), new.expires_at, now)?;
         validate(&new, now, &self.format)?;
+        new.scopes = normalized(new.scopes);
+        new.expires_at = new.expires_at.map(|t| t.trunc_subsecs(6));
         if new.remaining.is_none() {
             new.remaining = new.refill.map(|refill| refill.amount);
         }
         by.bound(&mut new, self.own_limits(by).await?)?;
         loop {
             let (key, record) = self.mint(&new, now, None);
-            let event = by.event(&record.id, EventAction::Created, described(&record));
+            let event = by.event(&record.id, EventAction::Created, described(&new, None));
             match self.store.insert(&record, &event).await {
                 Ok(()) => {
                     tracing::info!(
@@ -397,27 +125,9 @@ impl ApiKeyService {
         rotated_from: Option<&str>,
     ) -> (Zeroizing<String>, ApiKeyRecord) {
         let minted = self.format.generate();
-        let record = ApiKeyRecord {
-            id: minted.id,
-            key_hash: minted.hash,
-            name: new.name.clone(),
-            owner_id: new.owner_id.clone(),
-            scopes: normalized(new.scopes.clone()),
-            metadata: new.metadata.clone(),
-            created_at: now,
-            expires_at: new.expires_at.map(|t| t.trunc_subsecs(6)),
-            revoked_at: None,
-            last_used_at: None,
-            request_count: 0,
-            enabled: true,
-            rate_limit: new.rate_limit,
-            remaining: new.remaining,
-            refill: new.refill,
-            refilled_at: new.refill.map(|_| now),
-            rotated_from: rotated_from.map(str::to_owned),
-            replaced_by: None,
-            retires_at: None,
-        };
+        let record =
+            new.clone()
+                .into_record(minted.id, minted.hash, now, rotated_from.map(str::to_owned));
         (minted.key, record)
     }
 
@@ -430,8 +140,10 @@ impl ApiKeyService {
         id: &str,
         rotation: Rotation,
     ) -> Result<CreatedKey, ServiceError> {
-        let grace = rotation.grace_period.num_seconds();
-        if !(0..=MAX_GRACE_SECONDS as i64).contains(&grace) {
+        let now = now();
+        let expires_at = expiry(rotation.expires_in, rotation.expires_at, now)?;
+        let grace = rotation.grace_period.unwrap_or(DEFAULT_GRACE_SECONDS);
+        if grace > MAX_GRACE_SECONDS {
             return Err(invalid(
                 "grace_period",
                 format!("must be between 0 and {MAX_GRACE_SECONDS} seconds"),
@@ -448,7 +160,6 @@ impl ApiKeyService {
                 format!("this key was already rotated; rotate its replacement, {replacement}"),
             ));
         }
-        let now = now();
         if old.expires_at.is_some_and(|at| at <= now) {
             return Err(conflict(
                 "key_expired",
@@ -459,7 +170,8 @@ impl ApiKeyService {
             name: old.name.clone(),
             scopes: old.scopes.clone(),
             owner_id: old.owner_id.clone(),
-            expires_at: rotation.expires_at.unwrap_or(old.expires_at),
+            expires_in: None,
+            expires_at: expires_at.or(old.expires_at),
             metadata: old.metadata.clone(),
             rate_limit: old.rate_limit,
             remaining: old.remaining,
@@ -472,7 +184,7 @@ impl ApiKeyService {
             own.admits(&Limits::of(&old))?;
             no_later(old.expires_at, new.expires_at)?;
         }
-        let retires_at = now + rotation.grace_period;
+        let retires_at = now + Duration::seconds(grace as i64);
         loop {
             let (key, mut record) = self.mint(&new, now, Some(&old.id));
             record.refilled_at = old.refilled_at;
@@ -481,9 +193,13 @@ impl ApiKeyService {
                 by.event(
                     &old.id,
                     EventAction::Rotated,
-                    json_object(json!({"replaced_by": record.id, "retires_at": retires_at})),
+                    to_object(&json!({"replaced_by": record.id, "retires_at": retires_at})),
                 ),
-                by.event(&record.id, EventAction::Created, described(&record)),
+                by.event(
+                    &record.id,
+                    EventAction::Created,
+                    described(&new, Some(&old.id)),
+                ),
             ];
             match self
                 .store
@@ -518,22 +234,15 @@ impl ApiKeyService {
         &self,
         by: &Manager,
         id: &str,
-        update: KeyUpdate,
+        mut changes: KeyChanges,
     ) -> Result<ApiKeyRecord, ServiceError> {
         let current = self.reachable(by, id).await?;
         by.may_change(&current)?;
         let now = now();
-        validate_update(&update, now, &self.format)?;
-        let mut changes = KeyChanges {
-            name: update.name,
-            scopes: update.scopes.map(normalized),
-            metadata: update.metadata,
-            expires_at: update.expires_at.map(|at| at.map(|t| t.trunc_subsecs(6))),
-            enabled: update.enabled,
-            rate_limit: update.rate_limit,
-            remaining: update.remaining,
-            refill: update.refill.map(|refill| (refill, now)),
-        };
+        validate_update(&changes, now, &self.format)?;
+        changes.scopes = changes.scopes.map(normalized);
+        changes.expires_at = changes.expires_at.map(|at| at.map(|t| t.trunc_subsecs(6)));
+        changes.refilled_at = changes.refill.map(|_| now);
         let mut after = current.clone();
         changes.apply(&mut after);
         if after.refill.is_some() && after.remaining.is_none() {
@@ -733,46 +442,6 @@ impl ApiKeyService {
     }
 }
 
-/// Where a key stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyStatus {
-    Active,
-    /// Switched off with `enabled: false`; can be switched on again.
-    Disabled,
-    Expired,
-    /// Replaced by a rotation, and past its grace period.
-    Rotated,
-    Revoked,
-}
-
-impl KeyStatus {
-    pub fn of(record: &ApiKeyRecord) -> Self {
-        let now = Utc::now();
-        if record.revoked_at.is_some() {
-            Self::Revoked
-        } else if record.expires_at.is_some_and(|at| at <= now) {
-            Self::Expired
-        } else if record.retires_at.is_some_and(|at| at <= now) {
-            Self::Rotated
-        } else if !record.enabled {
-            Self::Disabled
-        } else {
-            Self::Active
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Disabled => "disabled",
-            Self::Expired => "expired",
-            Self::Rotated => "rotated",
-            Self::Revoked => "revoked",
-        }
-    }
-}
-
 /// The current time at the precision every backend stores.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
@@ -785,23 +454,33 @@ fn normalized(mut scopes: Vec<String>) -> Vec<String> {
 }
 
 /// What the audit log records about a new key: everything but the key and its digest.
-fn described(record: &ApiKeyRecord) -> Map<String, Value> {
-    json_object(json!({
-        "name": record.name,
-        "owner_id": record.owner_id,
-        "scopes": record.scopes,
-        "metadata": record.metadata,
-        "expires_at": record.expires_at,
-        "rate_limit": record.rate_limit,
-        "remaining": record.remaining,
-        "refill": record.refill,
-        "rotated_from": record.rotated_from,
-    }))
+fn described(new: &NewKey, rotated_from: Option<&str>) -> Map<String, serde_json::Value> {
+    let mut described = to_object(new);
+    described.insert("rotated_from".into(), rotated_from.into());
+    described
 }
 
-fn json_object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
+/// An expiry given as `expires_in` seconds from `now` or as `expires_at`, not both.
+fn expiry(
+    expires_in: Option<u64>,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, ServiceError> {
+    match (expires_in, expires_at) {
+        (Some(_), Some(_)) => Err(invalid(
+            "expires_in",
+            "give expires_in or expires_at, not both",
+        )),
+        (Some(seconds), None) => i64::try_from(seconds)
+            .ok()
+            .filter(|s| (1..=MAX_LIFETIME_SECONDS).contains(s))
+            .map(|s| Some(now + Duration::seconds(s)))
+            .ok_or_else(|| {
+                invalid(
+                    "expires_in",
+                    format!("must be between 1 and {MAX_LIFETIME_SECONDS} seconds"),
+                )
+            }),
+        (None, at) => Ok(at),
     }
 }

@@ -5,10 +5,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::service::{KeyUpdate, NewKey, ServiceError};
-use crate::auth::key::KeyFormat;
-use crate::auth::scope;
-use crate::store::{RateLimit, Refill};
+use super::service::ServiceError;
+use crate::auth::key_format::KeyFormat;
+use crate::model::{KeyChanges, NewKey, RateLimit, Refill};
+use crate::scope;
 
 pub const MAX_NAME_LEN: usize = 100;
 pub const MAX_OWNER_LEN: usize = 128;
@@ -74,7 +74,7 @@ pub(super) fn validate(
 
 /// Checks the fields an update sets, as [`validate`] checks a new key's.
 pub(super) fn validate_update(
-    update: &KeyUpdate,
+    update: &KeyChanges,
     now: DateTime<Utc>,
     format: &KeyFormat,
 ) -> Result<(), ServiceError> {

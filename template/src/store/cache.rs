@@ -26,11 +26,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{
-    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, Page, QuotaUse, StoreError,
-    Usage,
-};
+use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
 use crate::metrics::metrics;
+use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 /// How long an instance trusts its in-process copy of a key unless configured otherwise: the
 /// revocation bound across instances.
@@ -226,7 +224,7 @@ impl Backend for CachedBackend {
                     metrics().key_cache("redis", false);
                     // A resting Redis was skipped, not asked; the failure that started the rest
                     // was logged.
-                    if !matches!(err, super::redis::CacheError::Resting) {
+                    if !matches!(err, super::redis::breaker::CacheError::Resting) {
                         tracing::warn!(error = %err, "Redis cache unavailable; reading the database");
                     }
                 }

@@ -16,11 +16,11 @@
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::json;
 
-use super::{
-    ApiKeyRecord, Backend, EventAction, EventQuery, KeyChanges, KeyEvent, ListQuery, QuotaUse,
-    RateLimit, Refill, RefillInterval, StoreError, Usage, random_id,
+use super::{Backend, EventQuery, ListQuery, QuotaUse, StoreError, Usage};
+use crate::model::{
+    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, KeyHash, RateLimit, Refill, RefillInterval,
+    random_id,
 };
-use crate::auth::key::KeyHash;
 
 /// Runs every check.
 pub async fn run(backend: &dyn Backend) {

@@ -6,10 +6,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{
-    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, Page, QuotaUse, StoreError,
-    Usage,
-};
+use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
+use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[derive(Debug, Default)]
 pub struct MemoryBackend {

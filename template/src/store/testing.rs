@@ -8,10 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use super::{
-    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, MemoryBackend, Page,
-    QuotaUse, StoreError, Usage,
-};
+use super::{Backend, EventQuery, ListQuery, MemoryBackend, Page, QuotaUse, StoreError, Usage};
+use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[derive(Default)]
 pub struct FlakyStore {

@@ -13,7 +13,8 @@ use tracing_subscriber::EnvFilter;
 
 use {{crate_name}}::app::{AppState, app};
 use {{crate_name}}::config::Config;
-use {{crate_name}}::keys::{CreatedKey, Manager, NewKey};
+use {{crate_name}}::keys::{CreatedKey, Manager};
+use {{crate_name}}::model::NewKey;
 use {{crate_name}}::store::{Backend, CachedBackend, MemoryBackend};
 
 pub const KEYS: &str = "/api/v1/api-keys";

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use actix_api_auth_tests::servers::{Postgres, Redis};
 use actix_api_auth_tests::{
-    cargo, cargo_command, free_port, generate_in_process, repo_root, shared_target_dir, tools,
-    work_dir, Client, Service,
+    Client, Service, cargo, cargo_command, free_port, generate_in_process, repo_root,
+    shared_target_dir, tools, work_dir,
 };
 use clap::{Parser, ValueEnum};
 use serde_json::json;
@@ -312,7 +312,7 @@ fn start(
         match std::fs::read_to_string(&admin_file) {
             Ok(text) if text.ends_with('\n') => break text.trim().to_owned(),
             _ if Instant::now() > deadline => {
-                return Err("the admin key file never appeared".into())
+                return Err("the admin key file never appeared".into());
             }
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -861,10 +861,16 @@ fn render(args: &Args, reports: &[BackendReport], build_times: Option<&str>) -> 
             u.writes,
             u.seconds,
             u.flush_interval,
-            if u.writes > 0.0 { u.flushed_keys / u.writes } else { 0.0 },
+            if u.writes > 0.0 {
+                u.flushed_keys / u.writes
+            } else {
+                0.0
+            },
             COUNTED,
-            u.counted
-                .map_or_else(|| "n/a (the memory store ends with the process)".to_owned(), |n| n.to_string())
+            u.counted.map_or_else(
+                || "n/a (the memory store ends with the process)".to_owned(),
+                |n| n.to_string()
+            )
         );
         let _ = writeln!(
             out,

@@ -3,7 +3,7 @@
 //! Install it with `cargo install --locked --path tests`; it behaves like the upstream binary built without
 //! the `git` feature (templates come from `--path`).
 
-use cargo_generate::{generate, Cli};
+use cargo_generate::{Cli, generate};
 use clap::Parser;
 
 fn main() {

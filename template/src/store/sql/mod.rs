@@ -19,10 +19,8 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use self::models::{ApiKeyRow, ChangesRow, EventRow};
 use self::schema::{api_key_events, api_keys};
-use super::{
-    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, Page, QuotaUse, StoreError,
-    Usage,
-};
+use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
+use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[cfg(feature = "sqlite")]
 type SqliteConnection =

@@ -9,9 +9,10 @@ use diesel::prelude::*;
 use serde_json::{Map, Value};
 
 use super::schema::{api_key_events, api_keys};
-use crate::store::{
-    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, RateLimit, Refill, RefillInterval, StoreError,
+use crate::model::{
+    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, RateLimit, Refill, RefillInterval,
 };
+use crate::store::StoreError;
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = api_keys)]
@@ -189,23 +190,31 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
 
 impl From<&KeyChanges> for ChangesRow {
     fn from(changes: &KeyChanges) -> Self {
-        let limit = changes.rate_limit.map(limit_columns);
-        let refill = changes.refill.map(|(refill, _)| refill_columns(refill));
+        let KeyChanges {
+            name,
+            scopes,
+            metadata,
+            expires_at,
+            enabled,
+            rate_limit,
+            remaining,
+            refill,
+            refilled_at,
+        } = changes.clone();
+        let limit = rate_limit.map(limit_columns);
+        let refill_set = refill.map(refill_columns);
         Self {
-            name: changes.name.clone(),
-            scopes: changes.scopes.as_ref().map(|scopes| scopes.join(" ")),
-            metadata: changes
-                .metadata
-                .as_ref()
-                .map(|m| Value::Object(m.clone()).to_string()),
-            expires_at: changes.expires_at.map(|at| at.map(naive)),
-            enabled: changes.enabled,
+            name,
+            scopes: scopes.map(|scopes| scopes.join(" ")),
+            metadata: metadata.map(|m| Value::Object(m).to_string()),
+            expires_at: expires_at.map(|at| at.map(naive)),
+            enabled,
             rate_limit_requests: limit.map(|(requests, _)| requests),
             rate_limit_window: limit.map(|(_, window)| window),
-            remaining: changes.remaining.map(|n| n.map(signed)),
-            refill_interval: refill.clone().map(|(interval, _)| interval),
-            refill_amount: refill.map(|(_, amount)| amount),
-            refilled_at: changes.refill.map(|(refill, at)| refill.map(|_| naive(at))),
+            remaining: remaining.map(|n| n.map(signed)),
+            refill_interval: refill_set.clone().map(|(interval, _)| interval),
+            refill_amount: refill_set.map(|(_, amount)| amount),
+            refilled_at: refill.map(|refill| refill.and(refilled_at).map(naive)),
         }
     }
 }

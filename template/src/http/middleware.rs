@@ -9,11 +9,11 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
-use super::allowance::LimitState;
-use super::authenticator::{AuthError, Authenticator};
 use super::guard::{Admission, Authentication};
-use crate::error::whole_seconds;
-use crate::metrics::metrics;
+use super::problem::whole_seconds;
+use super::proxies::TrustedProxies;
+use crate::auth::limits::LimitState;
+use crate::auth::{AuthError, Authenticator};
 
 pub async fn authenticate(
     req: ServiceRequest,
@@ -23,13 +23,13 @@ pub async fn authenticate(
         Some(authenticator) => {
             let client = || {
                 let peer = req.peer_addr().map(|peer| peer.ip());
-                authenticator.proxies().client(peer, req.headers())
+                let proxies = req.app_data::<web::Data<TrustedProxies>>();
+                proxies.map_or(peer, |proxies| proxies.client(peer, req.headers()))
             };
             authenticator.authenticate(req.headers(), client).await
         }
         None => Err(AuthError::NotInstalled),
     };
-    metrics().auth_attempt(&outcome);
     req.extensions_mut().insert(Authentication(outcome));
     let mut res = next.call(req).await?;
     let state = res

@@ -6,100 +6,22 @@
 //! JSON body is even read.
 //!
 //! A key with a rate limit or a quota is also charged here, once per request however many guards a
-//! handler has ([`super::allowance`]); a refused request gets 429.
+//! handler has ([`crate::auth::limits`]); a refused request gets 429.
 
 use std::future::{Ready, ready};
 use std::marker::PhantomData;
-use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
-use chrono::{DateTime, Utc};
 use futures_util::future::{Either, LocalBoxFuture};
-use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
-use super::allowance::{Allowance, LimitState, Refusal};
-use super::authenticator::{AuthError, Authenticator};
-use super::scope::{self, Match};
-use crate::error::ApiError;
+use super::ApiError;
+use crate::auth::limits::{LimitState, Refusal};
+use crate::auth::{Allowance, ApiKey, AuthError, Authenticator};
 use crate::keys::Manager;
-use crate::store::ApiKeyRecord;
-
-/// The key that authenticated the request, and where the request came from. Cloning it copies a
-/// pointer, not the key's fields.
-#[derive(Clone)]
-pub struct ApiKey {
-    record: Arc<ApiKeyRecord>,
-    client: Option<IpAddr>,
-}
-
-impl ApiKey {
-    pub fn new(record: Arc<ApiKeyRecord>, client: Option<IpAddr>) -> Self {
-        Self { record, client }
-    }
-
-    /// The key's public id.
-    pub fn id(&self) -> &str {
-        &self.record.id
-    }
-
-    pub fn name(&self) -> &str {
-        &self.record.name
-    }
-
-    pub fn owner_id(&self) -> Option<&str> {
-        self.record.owner_id.as_deref()
-    }
-
-    pub fn scopes(&self) -> &[String] {
-        &self.record.scopes
-    }
-
-    /// The free-form metadata stored with the key.
-    pub fn metadata(&self) -> &Map<String, Value> {
-        &self.record.metadata
-    }
-
-    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.record.expires_at
-    }
-
-    /// The address the request came from, when known.
-    pub fn client(&self) -> Option<IpAddr> {
-        self.client
-    }
-
-    /// Whether this key holds `scope`, directly or through a wildcard.
-    pub fn has_scope(&self, scope: &str) -> bool {
-        scope::satisfies(&self.record.scopes, &[scope], Match::All)
-    }
-
-    pub(crate) fn record(&self) -> &ApiKeyRecord {
-        &self.record
-    }
-
-    /// Whether requests with this key may be charged to a rate limit or a quota: its own, or, in
-    /// its grace period after a rotation, its replacement's.
-    fn is_limited(&self) -> bool {
-        self.record.rate_limit.is_some()
-            || self.record.remaining.is_some()
-            || self.record.replaced_by.is_some()
-    }
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKey")
-            .field("id", &self.id())
-            .field("name", &self.name())
-            .field("owner_id", &self.owner_id())
-            .field("scopes", &self.scopes())
-            .finish_non_exhaustive()
-    }
-}
+use crate::scope::{self, Match};
 
 /// What the middleware concluded about a request, kept in its extensions.
 #[derive(Debug, Clone)]

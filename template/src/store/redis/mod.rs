@@ -1,22 +1,28 @@
-//! Redis, two ways: [`RedisCache`], shared by every instance in front of the database, and
-//! [`RedisBackend`], which keeps the keys themselves (`DATABASE_URL=redis://…`).
+//! Redis, two ways: [`RedisBackend`] (this file), which keeps the keys themselves
+//! (`DATABASE_URL=redis://…`), and [`RedisCache`], shared by every instance in front of the
+//! database.
 //!
 //! Both go through one multiplexed [`ConnectionManager`] that reconnects by itself and connects
 //! lazily, so the service starts while Redis is down.
 
+pub mod breaker;
+pub mod cache;
+
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, ScriptInvocation};
 
-use super::{
-    ApiKeyRecord, Backend, EventQuery, KeyChanges, KeyEvent, ListQuery, Page, QuotaUse, StoreError,
-    Usage,
-};
+use serde::Serialize;
+
+use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
+use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent, KeyHash};
+
+pub use cache::{FENCE, RedisCache};
 
 pub(crate) fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
     let client =
@@ -28,160 +34,6 @@ pub(crate) fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
     client
         .get_connection_manager_lazy(config)
         .map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-    #[error("a cached entry is not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("Redis failed a moment ago; not asked again yet")]
-    Resting,
-}
-
-/// For calls that can do without Redis (cache reads and fills, shared rate limits): after Redis
-/// fails to answer, they skip it, and once a second one call tries it again, alone, until one
-/// succeeds. An outage then costs such a path one slow call a second, not one per request.
-/// Mutations never skip Redis: their cache entries must be fenced off.
-#[derive(Debug)]
-pub(crate) struct Breaker {
-    rest: Duration,
-    /// Set after a failure: until when every call skips Redis.
-    resting_until: Mutex<Option<Instant>>,
-}
-
-impl Default for Breaker {
-    fn default() -> Self {
-        Self::new(Duration::from_secs(1))
-    }
-}
-
-impl Breaker {
-    pub(crate) fn new(rest: Duration) -> Self {
-        Self {
-            rest,
-            resting_until: Mutex::new(None),
-        }
-    }
-
-    /// Runs `call` unless Redis is resting. A connection failure or timeout starts a rest; a
-    /// success ends it.
-    pub(crate) async fn call<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, CacheError> {
-        if !self.may_call() {
-            return Err(CacheError::Resting);
-        }
-        let result = call.await;
-        match &result {
-            Ok(_) => *self.lock() = None,
-            // Connection refused, dropped or timed out: all I/O errors in redis-rs.
-            Err(err) if err.is_io_error() => *self.lock() = Some(Instant::now() + self.rest),
-            Err(_) => {}
-        }
-        Ok(result?)
-    }
-
-    /// Whether this call goes to Redis. When a rest ends, the first caller probes and the rest
-    /// restarts for everyone else: if Redis is still away, only that caller waits for it.
-    fn may_call(&self) -> bool {
-        let mut resting_until = self.lock();
-        match *resting_until {
-            None => true,
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                *resting_until = Some(Instant::now() + self.rest);
-                true
-            }
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<Instant>> {
-        self.resting_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// How long a changed key's entry stays fenced off: no fill lands in that time, and a fill that read
-/// the database longer than half of it ago is dropped, so no fill can bring back what a change
-/// replaced, however the two interleave.
-pub const FENCE: Duration = Duration::from_secs(10);
-
-/// The entry of a key changed less than [`FENCE`] ago: a miss that is not filled.
-const FENCED: &str = "fenced";
-
-/// The shared cache: one JSON entry per key, `apikey:v1:{id}`, with a TTL. Fills only add entries;
-/// a change fences the key's entry off instead of writing its new state, so two changes racing
-/// each other cannot leave the older one cached.
-#[derive(Clone)]
-pub struct RedisCache {
-    connection: ConnectionManager,
-    ttl: Duration,
-    breaker: Arc<Breaker>,
-}
-
-impl RedisCache {
-    pub fn connect(url: &str, ttl: Duration) -> Result<Self, StoreError> {
-        Ok(Self {
-            connection: connect(url)?,
-            ttl,
-            breaker: Arc::default(),
-        })
-    }
-
-    fn key(id: &str) -> String {
-        format!("apikey:v1:{id}")
-    }
-
-    /// How long an entry lives.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    pub async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, CacheError> {
-        let mut connection = self.connection.clone();
-        let json: Option<String> = self.breaker.call(connection.get(Self::key(id))).await?;
-        Ok(json
-            .filter(|json| json != FENCED)
-            .map(|json| serde_json::from_str(&json))
-            .transpose()?)
-    }
-
-    /// Whether Redis answers.
-    pub async fn ping(&self) -> Result<(), CacheError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.connection.clone())
-            .await?;
-        Ok(())
-    }
-
-    /// Caches `record`, read from the database at `read_at`, unless an entry (or a fence) exists.
-    pub async fn fill(&self, record: &ApiKeyRecord, read_at: Instant) -> Result<(), CacheError> {
-        if read_at.elapsed() > FENCE / 2 {
-            return Ok(());
-        }
-        let mut set = redis::cmd("SET");
-        set.arg(Self::key(&record.id))
-            .arg(serde_json::to_string(record)?)
-            .arg("NX")
-            .arg("EX")
-            .arg(self.ttl.as_secs().max(1));
-        let mut connection = self.connection.clone();
-        self.breaker.call(set.exec_async(&mut connection)).await
-    }
-
-    /// Fences off the entry of `id`, which just changed (see [`FENCE`]). Never skipped while Redis
-    /// rests: a change must reach the cache.
-    pub async fn fence(&self, id: &str) -> Result<(), CacheError> {
-        let mut connection = self.connection.clone();
-        let () = connection
-            .set_ex(Self::key(id), FENCED, FENCE.as_secs())
-            .await?;
-        Ok(())
-    }
 }
 
 /// Keys stored in Redis.
@@ -357,6 +209,14 @@ fn unavailable(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("Redis: {err}"))
 }
 
+/// A record as Redis keeps it: with the digest, which a record leaves out when serialised.
+#[derive(Serialize)]
+struct WithDigest<'a> {
+    key_hash: &'a KeyHash,
+    #[serde(flatten)]
+    record: &'a ApiKeyRecord,
+}
+
 fn corrupt(err: serde_json::Error) -> StoreError {
     StoreError::Corrupt(err.to_string())
 }
@@ -371,7 +231,11 @@ fn record_json(key: &ApiKeyRecord) -> Result<String, StoreError> {
     stored.refilled_at = None;
     stored.replaced_by = None;
     stored.retires_at = None;
-    serde_json::to_string(&stored).map_err(corrupt)
+    serde_json::to_string(&WithDigest {
+        key_hash: &key.key_hash,
+        record: &stored,
+    })
+    .map_err(corrupt)
 }
 
 /// The arguments `put_key` reads for `key`.
@@ -765,67 +629,5 @@ impl Backend for RedisBackend {
         pipe.exec_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io;
-
-    use tokio::sync::Notify;
-
-    use super::*;
-
-    fn refused() -> redis::RedisError {
-        redis::RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused))
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_rests_redis_and_other_errors_do_not() {
-        let breaker = Breaker::default();
-        let failed = breaker.call(async { Err::<(), _>(refused()) }).await;
-        assert!(matches!(failed, Err(CacheError::Redis(_))));
-        let mut asked = false;
-        let skipped = breaker
-            .call(async {
-                asked = true;
-                Ok(())
-            })
-            .await;
-        assert!(matches!(skipped, Err(CacheError::Resting)));
-        assert!(!asked, "Redis is not asked while resting");
-
-        let answered = Breaker::default();
-        let wrong_type =
-            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not a number"));
-        let _ = answered.call(async { Err::<(), _>(wrong_type) }).await;
-        assert!(answered.call(async { Ok(()) }).await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn after_a_rest_one_call_tries_redis_alone() {
-        let breaker = Breaker::new(Duration::from_millis(20));
-        let _ = breaker.call(async { Err::<(), _>(refused()) }).await;
-        tokio::time::sleep(Duration::from_millis(30)).await;
-
-        // The probe is still waiting for Redis when another call comes: that one skips it.
-        let answer = Notify::new();
-        let probe = breaker.call(async {
-            answer.notified().await;
-            Ok(())
-        });
-        let other = async {
-            tokio::task::yield_now().await;
-            let skipped = breaker.call(async { Ok(()) }).await;
-            answer.notify_one();
-            skipped
-        };
-        let (probed, skipped) = tokio::join!(probe, other);
-        assert!(probed.is_ok());
-        assert!(matches!(skipped, Err(CacheError::Resting)));
-        assert!(
-            breaker.call(async { Ok(()) }).await.is_ok(),
-            "a success ends the rest"
-        );
     }
 }

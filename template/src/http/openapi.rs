@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use utoipa::OpenApi;
 use utoipa::openapi::header::Header;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
@@ -17,14 +17,15 @@ use utoipa::openapi::security::{
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::Match;
-use crate::auth::guard::guarded_routes;
+use super::Problem;
+use super::guard::guarded_routes;
+use super::health::HealthApi;
+use super::keys::KeysApi;
+use super::problem::MANAGEMENT_PROBLEMS;
 use crate::config::Config;
-use crate::error::Problem;
-use crate::health::HealthApi;
-use crate::keys::handlers::KeysApi;
 use crate::metrics::MetricsApi;
 use crate::routes::ExampleApi;
+use crate::scope::Match;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -48,6 +49,12 @@ pub fn document(config: &Config) -> Document {
     }
     if config.api_keys_routes {
         let mut keys = KeysApi::openapi();
+        for (path, item) in keys.paths.paths.iter_mut() {
+            let has_id = path.contains("{id}");
+            for operation in operations_of(item) {
+                add_problems(operation, has_id);
+            }
+        }
         for operation in operations(&mut keys) {
             protect(
                 operation,
@@ -129,20 +136,45 @@ impl AllowedMethods {
 }
 
 fn operations(doc: &mut Document) -> impl Iterator<Item = &mut Operation> {
-    doc.paths.paths.values_mut().flat_map(|item| {
-        [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.options,
-            &mut item.head,
-            &mut item.patch,
-            &mut item.trace,
-        ]
-        .into_iter()
-        .filter_map(Option::as_mut)
-    })
+    doc.paths.paths.values_mut().flat_map(operations_of)
+}
+
+fn operations_of(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// The problem answers a key-management operation can give, read from its shape: a body can be
+/// malformed, too large or out of bounds, a query string malformed or out of bounds, an `{id}`
+/// unknown, and a manager key can ask beyond its reach.
+fn add_problems(operation: &mut Operation, has_id: bool) {
+    let has_body = operation.request_body.is_some();
+    let has_query = (operation.parameters.iter().flatten())
+        .any(|parameter| parameter.parameter_in == ParameterIn::Query);
+    let responses = &mut operation.responses.responses;
+    for (status, description) in MANAGEMENT_PROBLEMS {
+        let applies = match status {
+            400 | 422 => has_body || has_query,
+            404 => has_id,
+            413 => has_body,
+            _ => true,
+        };
+        if applies {
+            responses
+                .entry(status.to_string())
+                .or_insert(problem(description).into());
+        }
+    }
 }
 
 fn protect(operation: &mut Operation, scopes: &[&str], mode: Match) {

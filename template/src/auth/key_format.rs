@@ -12,15 +12,13 @@
 //! Only a digest of the whole key is stored: SHA-256, or HMAC-SHA256 when a server-side pepper is set.
 //! Nothing in this module does I/O.
 
-use std::fmt;
-use std::str::FromStr;
-
 use hmac::{Hmac, KeyInit, Mac};
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::model::KeyHash;
 
 pub const ID_LEN: usize = 12;
 pub const SECRET_LEN: usize = 43;
@@ -42,53 +40,6 @@ pub struct MintedKey {
     pub id: String,
     pub key: Zeroizing<String>,
     pub hash: KeyHash,
-}
-
-/// The stored digest of a key (SHA-256, or HMAC-SHA256 under the pepper), written as 64 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct KeyHash([u8; 32]);
-
-impl From<[u8; 32]> for KeyHash {
-    fn from(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-}
-
-impl FromStr for KeyHash {
-    type Err = hex::FromHexError;
-
-    fn from_str(hex: &str) -> Result<Self, Self::Err> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex, &mut bytes)?;
-        Ok(Self(bytes))
-    }
-}
-
-impl fmt::Display for KeyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut hex = [0u8; 64];
-        hex::encode_to_slice(self.0, &mut hex).map_err(|_| fmt::Error)?;
-        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
-    }
-}
-
-impl fmt::Debug for KeyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyHash({self})")
-    }
-}
-
-impl Serialize for KeyHash {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for KeyHash {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let hex = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        hex.parse().map_err(D::Error::custom)
-    }
 }
 
 impl std::fmt::Debug for MintedKey {
@@ -142,6 +93,14 @@ pub enum FormatError {
 }
 
 impl KeyFormat {
+    /// The format `API_KEY_PREFIX` and `API_KEY_PEPPER` describe.
+    pub fn from_config(config: &Config) -> Self {
+        Self::new(
+            config.api_key_prefix.clone(),
+            config.api_key_pepper.as_ref().map(|pepper| pepper.expose()),
+        )
+    }
+
     pub fn new(prefix: impl Into<String>, pepper: Option<&[u8]>) -> Self {
         Self {
             prefix: prefix.into(),

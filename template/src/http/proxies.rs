@@ -8,35 +8,11 @@
 //! peer: there is always an address to count failures against.
 
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 
 use actix_web::http::header::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
-/// The header the proxies report the client in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyHeader {
-    XForwardedFor,
-    /// RFC 7239's `Forwarded`, its `for=` parameters.
-    Forwarded,
-    /// One address, set (not appended) by the proxy in front.
-    XRealIp,
-}
-
-impl FromStr for ProxyHeader {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name.to_ascii_lowercase().as_str() {
-            "x-forwarded-for" => Ok(Self::XForwardedFor),
-            "forwarded" => Ok(Self::Forwarded),
-            "x-real-ip" => Ok(Self::XRealIp),
-            _ => Err(format!(
-                "must be x-forwarded-for, forwarded or x-real-ip, got {name:?}"
-            )),
-        }
-    }
-}
+use crate::config::{Config, ConfigError, ProxyHeader};
 
 /// Your proxies, and how they report the client. The default trusts none.
 #[derive(Debug, Clone)]
@@ -55,22 +31,15 @@ impl Default for TrustedProxies {
 }
 
 impl TrustedProxies {
-    /// Parses a comma-separated list of addresses and networks (`10.0.0.1, 10.1.0.0/16, fd00::/8`);
-    /// an empty list trusts no proxy, so the peer is always the client.
-    pub fn parse(list: &str, header: ProxyHeader) -> Result<Self, String> {
-        let networks = list
-            .split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .map(|entry| {
-                entry
-                    .parse::<IpNet>()
-                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                    .map(canonical)
-                    .map_err(|_| format!("{entry:?} is not an IP address or network"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { networks, header })
+    /// Believes `networks` to report the client in `header`.
+    pub fn new(networks: Vec<IpNet>, header: ProxyHeader) -> Self {
+        Self { networks, header }
+    }
+
+    /// The proxies `TRUSTED_PROXIES` and `PROXY_HEADER` name.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let (networks, header) = config.trusted_proxies()?;
+        Ok(Self::new(networks, header))
     }
 
     /// The client's address; `None` only when the connection has no peer address (in tests).
@@ -134,16 +103,6 @@ impl TrustedProxies {
 
 /// An IPv4 network written as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) as the IPv4 network it is,
 /// since addresses are compared in their canonical form.
-fn canonical(net: IpNet) -> IpNet {
-    match net {
-        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
-            None => net,
-        },
-        _ => net,
-    }
-}
-
 /// An address as proxies write it: bare, with a port, bracketed, or quoted (`"[2001:db8::1]:443"`).
 fn address(entry: &str) -> Option<IpAddr> {
     let entry = entry.trim().trim_matches('"');
@@ -165,6 +124,10 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn trusting(proxies: &str, header: ProxyHeader) -> Result<TrustedProxies, String> {
+        crate::config::networks(proxies).map(|networks| TrustedProxies::new(networks, header))
+    }
+
     fn client(proxies: &str, header: ProxyHeader, peer: &str, sent: &[(&str, &str)]) -> IpAddr {
         let mut headers = HeaderMap::new();
         for (name, value) in sent {
@@ -173,7 +136,7 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
-        TrustedProxies::parse(proxies, header)
+        trusting(proxies, header)
             .unwrap()
             .client(Some(ip(peer)), &headers)
             .unwrap()
@@ -257,7 +220,7 @@ mod tests {
             HeaderName::from_static("x-forwarded-for"),
             HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap(),
         );
-        let proxies = TrustedProxies::parse(NGINX, XFF).unwrap();
+        let proxies = trusting(NGINX, XFF).unwrap();
         assert_eq!(
             proxies.client(Some(ip(NGINX)), &headers),
             Some(ip("198.51.100.7"))
@@ -272,8 +235,8 @@ mod tests {
 
     #[test]
     fn bad_lists_and_headers_are_refused() {
-        assert!(TrustedProxies::parse("10.0.0.0/33", XFF).is_err());
-        assert!(TrustedProxies::parse("nginx", XFF).is_err());
+        assert!(trusting("10.0.0.0/33", XFF).is_err());
+        assert!(trusting("nginx", XFF).is_err());
         assert!("via".parse::<ProxyHeader>().is_err());
         assert_eq!("Forwarded".parse(), Ok(ProxyHeader::Forwarded));
     }

@@ -59,6 +59,27 @@ pub enum ApiError {
     Internal,
 }
 
+/// What a problem answer with each status means on the key-management routes, for the OpenAPI
+/// document (which gives each operation those its shape allows).
+pub const MANAGEMENT_PROBLEMS: [(u16, &str); 5] = [
+    (
+        400,
+        "Malformed JSON, an unknown field or a bad query string (`bad_request`)",
+    ),
+    (
+        403,
+        "The key lacks the admin and manage scopes (`insufficient_scope`), or a manager key asked \
+         beyond its reach: another owner, a scope it lacks, a later expiry or looser limits than its \
+         own, re-enabling a key, or every key's events",
+    ),
+    (404, "No such key (`api_key_not_found`)"),
+    (413, "Body too large (`payload_too_large`)"),
+    (
+        422,
+        "A field is out of bounds (`validation_failed`, naming the `field`)",
+    ),
+];
+
 /// An `application/problem+json` body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
