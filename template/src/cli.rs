@@ -127,7 +127,7 @@ impl KeysCommand {
                 limit,
                 offset,
             } => {
-                let now = crate::keys::service::now();
+                let now = crate::model::now();
                 let expiring = expiring
                     .map(|within| {
                         later(within)
@@ -200,5 +200,5 @@ impl KeysCommand {
 /// Now plus `duration`, if that is a time chrono can hold.
 fn later(duration: std::time::Duration) -> Option<chrono::DateTime<chrono::Utc>> {
     let duration = chrono::Duration::from_std(duration).ok()?;
-    crate::keys::service::now().checked_add_signed(duration)
+    crate::model::now().checked_add_signed(duration)
 }

@@ -399,6 +399,11 @@ impl EventAction {
     }
 }
 
+/// The current time at the precision every backend stores.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
 /// A fresh random id for a record that has no other: 16 hex digits.
 pub fn random_id() -> String {
     let mut random = [0u8; 8];

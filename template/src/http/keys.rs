@@ -8,10 +8,9 @@ use utoipa::OpenApi;
 
 use super::bodies::{EventList, KeyCreated, KeyDetails, KeyList, ListParams, PageParams};
 use super::{ApiError, Problem};
-use crate::keys::service::now;
 use crate::keys::validation::DEFAULT_GRACE_SECONDS;
 use crate::keys::{ApiKeyService, CreatedKey, Manager, Rotation};
-use crate::model::{KeyChanges, NewKey};
+use crate::model::{KeyChanges, NewKey, now};
 use crate::store::ListQuery;
 
 #[derive(OpenApi)]

@@ -4,10 +4,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::service::{ServiceError, now};
+use super::error::{ServiceError, forbidden};
 use crate::auth::ApiKey;
 use crate::model::{
-    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, NewKey, RateLimit, Refill, random_id,
+    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, NewKey, RateLimit, Refill, now, random_id,
 };
 use crate::scope;
 
@@ -242,19 +242,5 @@ fn grants_end(key: &ApiKey) -> Option<DateTime<Utc>> {
     match (key.expires_at(), key.record().retires_at) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-pub(super) fn conflict(code: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::Conflict {
-        code,
-        message: message.into(),
-    }
-}
-
-pub(super) fn forbidden(code: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::Forbidden {
-        code,
-        message: message.into(),
     }
 }

@@ -15,35 +15,17 @@ use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::{Map, json};
 use zeroize::Zeroizing;
 
-use super::manager::{Limits, Manager, conflict, forbidden, no_later};
+use super::error::{ServiceError, conflict, forbidden, invalid};
+use super::manager::{Limits, Manager, no_later};
 use super::validation::{
-    DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, MAX_LIFETIME_SECONDS, invalid, page_bounds, validate,
+    DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, MAX_LIFETIME_SECONDS, page_bounds, validate,
     validate_update,
 };
 use crate::auth::UsageTracker;
 use crate::auth::key_format::KeyFormat;
 use crate::auth::limits::MAX_ROTATIONS_FOLLOWED;
-use crate::model::{ApiKeyRecord, EventAction, KeyChanges, KeyEvent, NewKey, to_object};
+use crate::model::{ApiKeyRecord, EventAction, KeyChanges, KeyEvent, NewKey, now, to_object};
 use crate::store::{Backend, EventQuery, ListQuery, Page, StoreError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
-    #[error("no API key with this id")]
-    NotFound,
-    /// A manager key asked for more than it holds; `code` is the problem code clients see.
-    #[error("{message}")]
-    Forbidden { code: &'static str, message: String },
-    /// The key is not in a state that allows the change (rotating a revoked key, say).
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// How to rotate a key. Send `{}` for the defaults.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize, utoipa::ToSchema)]
@@ -440,11 +422,6 @@ impl ApiKeyService {
         }
         record
     }
-}
-
-/// The current time at the precision every backend stores.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
 }
 
 fn normalized(mut scopes: Vec<String>) -> Vec<String> {

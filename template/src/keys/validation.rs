@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::service::ServiceError;
+use super::error::{ServiceError, invalid};
 use crate::auth::key_format::KeyFormat;
 use crate::model::{KeyChanges, NewKey, RateLimit, Refill};
 use crate::scope;
@@ -25,13 +25,6 @@ pub const MAX_QUOTA: u64 = 1_000_000_000_000;
 /// How long a rotated key keeps working unless told otherwise (a day), and at most (30 days).
 pub const DEFAULT_GRACE_SECONDS: u64 = 86_400;
 pub const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
-
-pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::Invalid {
-        field,
-        message: message.into(),
-    }
-}
 
 /// Page sizes and offsets every listing accepts.
 pub(super) fn page_bounds(limit: u32, offset: u64) -> Result<(), ServiceError> {
