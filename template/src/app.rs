@@ -12,6 +12,7 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderName;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use utoipa_actix_web::AppExt;
 
 use crate::auth::key_format::KeyFormat;
 use crate::auth::throttle::FailureLimits;
@@ -20,11 +21,10 @@ use crate::config::Config;
 use crate::http::openapi::{self, AllowedMethods};
 use crate::http::problem::extractors;
 use crate::http::proxies::TrustedProxies;
-use crate::http::{ApiError, health, keys, middleware, observe};
+use crate::http::{self, ApiError, health, middleware, observe};
 use crate::keys::{ApiKeyService, Manager};
 use crate::model::NewKey;
 use crate::store::{self, Backend};
-use crate::{metrics, routes};
 
 /// Everything the workers share, built once at start-up.
 #[derive(Clone)]
@@ -36,9 +36,6 @@ pub struct AppState {
     pub authenticator: web::Data<Authenticator>,
     pub allowance: web::Data<Allowance>,
     pub proxies: web::Data<TrustedProxies>,
-    pub openapi: utoipa::openapi::OpenApi,
-    /// What a 405 names, derived from the document once.
-    pub allowed_methods: web::Data<AllowedMethods>,
 }
 
 impl AppState {
@@ -48,7 +45,6 @@ impl AppState {
         let header =
             HeaderName::try_from(config.api_key_header.as_str()).expect("validated by Config");
         let usage = Arc::new(UsageTracker::default());
-        let document = openapi::document(&config);
         let allowance = Allowance::new(store.clone());
         #[cfg(feature = "redis")]
         let allowance = match config.shared_redis_url() {
@@ -79,8 +75,6 @@ impl AppState {
             proxies: web::Data::new(
                 TrustedProxies::from_config(&config).expect("validated by Config"),
             ),
-            allowed_methods: web::Data::new(AllowedMethods::of(&document)),
-            openapi: document,
             store,
             usage,
             config,
@@ -100,12 +94,12 @@ pub fn app(
         InitError = (),
     >,
 > {
-    let key_routes = state
-        .config
-        .api_keys_routes
-        .then(|| web::scope(&state.config.api_keys_route_prefix).configure(keys::routes));
-    App::new()
-        .app_data(state.authenticator)
+    let (app, registered) = App::new()
+        .into_utoipa_app()
+        .configure(http::routes(&state.config))
+        .split_for_parts();
+    let document = openapi::complete(registered, &state.config);
+    app.app_data(state.authenticator)
         .app_data(state.allowance)
         .app_data(state.proxies)
         .app_data(state.service)
@@ -113,22 +107,10 @@ pub fn app(
         .app_data(extractors::query_config())
         .app_data(extractors::path_config())
         .app_data(web::Data::from(state.store))
+        .app_data(web::Data::new(AllowedMethods::of(&document)))
         .wrap(from_fn(middleware::authenticate))
         .wrap(from_fn(observe::observe))
-        .configure(health::routes)
-        .configure(routes::routes)
-        .configure(|cfg| {
-            if state.config.metrics_addr.is_empty() {
-                metrics::routes(cfg);
-            }
-        })
-        .configure(|cfg| {
-            if let Some(scope) = key_routes {
-                cfg.service(scope);
-            }
-        })
-        .configure(openapi::docs(&state.config, state.openapi))
-        .app_data(state.allowed_methods)
+        .configure(openapi::docs(&state.config, document))
         .default_service(web::to(unmatched))
 }
 
@@ -176,7 +158,7 @@ pub async fn serve(
     if state.config.metrics_addr.is_empty() {
         server.run().await?;
     } else {
-        let metrics_server = HttpServer::new(|| App::new().configure(metrics::routes))
+        let metrics_server = HttpServer::new(|| App::new().service(health::serve_metrics))
             .workers(1)
             .bind(state.config.metrics_addr.as_str())?;
         tracing::info!("metrics at http://{}/metrics", state.config.metrics_addr);

@@ -10,14 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
-use actix_web::{HttpResponse, get, web};
 use prometheus_client::encoding::{EncodeLabelSet, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
-use utoipa::OpenApi;
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 type Durations = Family<RequestLabels, Histogram, fn() -> Histogram>;
@@ -208,31 +206,6 @@ fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, he
     let metric = M::default();
     registry.register(name, help, metric.clone());
     metric
-}
-
-#[derive(OpenApi)]
-#[openapi(paths(serve_metrics))]
-pub struct MetricsApi;
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(serve_metrics);
-}
-
-/// Prometheus metrics
-///
-/// Counters of authentication outcomes, cache hits and store round trips, request durations and the
-/// usage flush lag, for a Prometheus scraper.
-/// They carry no key ids or secrets; still, expose this route to your monitoring network only.
-#[utoipa::path(
-    tag = "operations",
-    operation_id = "metrics",
-    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"))
-)]
-#[get("/metrics")]
-pub async fn serve_metrics() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(metrics().render())
 }
 
 #[cfg(test)]

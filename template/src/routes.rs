@@ -1,19 +1,17 @@
 //! Example routes, as litestar-api-auth documents them: routes that need any valid key, and one that
-//! needs a scope. Replace them with your own; keep the attribute order.
+//! needs a scope. Replace them with your own; keep the attribute order, and register each handler
+//! below: that one line also puts it in the OpenAPI document, with the scopes its guard enforces.
 
 use actix_web::{HttpResponse, delete, get, web};
 use serde::Serialize;
 use serde_json::json;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::auth::ApiKey;
 use crate::http::{require_api_key, require_scope};
 
-#[derive(OpenApi)]
-#[openapi(paths(protected, api_data, delete_user), components(schemas(Status)))]
-pub struct ExampleApi;
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(protected)
         .service(api_data)
         .service(delete_user);

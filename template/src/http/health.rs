@@ -1,19 +1,12 @@
-//! Probes for orchestrators: `GET /health` (the process answers) and `GET /ready` (it can do its job:
-//! the key store, and the Redis cache when configured, answer).
+//! The routes for operators: `GET /health` (the process answers), `GET /ready` (it can do its job:
+//! the key store, and the Redis cache when configured, answer) and `GET /metrics`.
 
 use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
+use crate::metrics::metrics;
 use crate::store::Backend;
-
-#[derive(OpenApi)]
-#[openapi(paths(health, ready), components(schemas(Health, Readiness)))]
-pub struct HealthApi;
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(health).service(ready);
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -75,4 +68,21 @@ pub async fn ready(store: web::Data<dyn Backend>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable().json(body);
     }
     HttpResponse::Ok().json(body)
+}
+
+/// Prometheus metrics
+///
+/// Counters of authentication outcomes, cache hits and store round trips, request durations and the
+/// usage flush lag, for a Prometheus scraper.
+/// They carry no key ids or secrets; still, expose this route to your monitoring network only.
+#[utoipa::path(
+    tag = "operations",
+    operation_id = "metrics",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"))
+)]
+#[get("/metrics")]
+pub async fn serve_metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(metrics().render())
 }

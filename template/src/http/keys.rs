@@ -4,7 +4,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use chrono::Duration;
-use utoipa::OpenApi;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::bodies::{EventList, KeyCreated, KeyDetails, KeyList, ListParams, PageParams};
 use super::{ApiError, Problem};
@@ -13,20 +13,7 @@ use crate::keys::{ApiKeyService, CreatedKey, Manager, Rotation};
 use crate::model::{KeyChanges, NewKey, now};
 use crate::store::ListQuery;
 
-#[derive(OpenApi)]
-#[openapi(paths(
-    create_key,
-    list_keys,
-    list_all_events,
-    get_key,
-    update_key,
-    rotate_key,
-    list_key_events,
-    revoke_key
-))]
-pub struct KeysApi;
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub fn routes(cfg: &mut ServiceConfig) {
     // `/events` before `/{id}`, which would otherwise take it for a key id.
     cfg.service(create_key)
         .service(list_keys)

@@ -1,11 +1,13 @@
 //! The OpenAPI document and the Swagger UI that serves it.
 //!
-//! Security requirements are not written by hand: every handler guarded by `#[require_api_key]` or
-//! `#[require_scope]` registers what it enforces, and [`document`] copies that onto its operation,
-//! together with the 401/403 answers. The key-management routes get the configured admin and manage scopes.
+//! Paths are not listed by hand: registering a route ([`super::routes`]) documents it. Nor are
+//! security requirements: every handler guarded by `#[require_api_key]` or `#[require_scope]`
+//! registers what it enforces, and [`complete`] copies that onto its operation, together with the
+//! 401/403 answers. The key-management routes get the configured admin and manage scopes.
 
-use actix_web::{HttpResponse, web};
 use std::collections::HashMap;
+
+use actix_web::{App, HttpResponse, web};
 
 use utoipa::OpenApi;
 use utoipa::openapi::header::Header;
@@ -15,16 +17,13 @@ use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
+use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::Problem;
 use super::guard::guarded_routes;
-use super::health::HealthApi;
-use super::keys::KeysApi;
 use super::problem::MANAGEMENT_PROBLEMS;
 use crate::config::Config;
-use crate::metrics::MetricsApi;
-use crate::routes::ExampleApi;
 use crate::scope::Match;
 
 #[derive(OpenApi)]
@@ -37,35 +36,37 @@ use crate::scope::Match;
 )]
 struct ApiDoc;
 
-/// The complete document for this configuration.
+/// The complete document for this configuration, as the service serves it.
 pub fn document(config: &Config) -> Document {
+    let (_, registered) = App::new()
+        .into_utoipa_app()
+        .configure(super::routes(config))
+        .split_for_parts();
+    complete(registered, config)
+}
+
+/// The document of the routes `registered`, with what they enforce and answer.
+pub fn complete(registered: Document, config: &Config) -> Document {
     let mut doc = ApiDoc::openapi();
     // utoipa copies the license from Cargo.toml; this service has not chosen one.
     doc.info.license = None;
-    doc.merge(HealthApi::openapi());
-    doc.merge(ExampleApi::openapi());
-    if config.metrics_addr.is_empty() {
-        doc.merge(MetricsApi::openapi());
-    }
-    if config.api_keys_routes {
-        let mut keys = KeysApi::openapi();
-        for (path, item) in keys.paths.paths.iter_mut() {
-            let has_id = path.contains("{id}");
-            for operation in operations_of(item) {
-                add_problems(operation, has_id);
-            }
+    doc.merge(registered);
+    let prefix = config.api_keys_route_prefix.as_str();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let Some(rest) = path.strip_prefix(prefix) else {
+            continue;
+        };
+        if !(rest.is_empty() || rest.starts_with('/')) || !config.api_keys_routes {
+            continue;
         }
-        for operation in operations(&mut keys) {
-            protect(
-                operation,
-                &[
-                    config.api_keys_admin_scope.as_str(),
-                    config.api_keys_manage_scope.as_str(),
-                ],
-                Match::Any,
-            );
+        for operation in operations_of(item) {
+            add_problems(operation, rest.contains("{id}"));
+            let scopes = [
+                config.api_keys_admin_scope.as_str(),
+                config.api_keys_manage_scope.as_str(),
+            ];
+            protect(operation, &scopes, Match::Any);
         }
-        doc = doc.nest(&config.api_keys_route_prefix, keys);
     }
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
