@@ -18,8 +18,8 @@ use serde_json::json;
 
 use super::{Backend, EventQuery, ListQuery, QuotaUse, StoreError, Usage};
 use crate::model::{
-    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, KeyHash, RateLimit, Refill, RefillInterval,
-    random_id,
+    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, KeyHash, NewKey, RateLimit, Refill,
+    RefillInterval, random_id, to_object,
 };
 
 /// Runs every check.
@@ -40,33 +40,20 @@ pub async fn run(backend: &dyn Backend) {
 
 /// A record with a fresh random id, owned by `owner`, created at `created_at`.
 pub fn sample(owner: &str, created_at: DateTime<Utc>) -> ApiKeyRecord {
-    ApiKeyRecord {
-        id: random_id(),
-        key_hash: KeyHash::from([7; 32]),
+    let new = NewKey {
         name: "conformance".into(),
         owner_id: Some(owner.into()),
         scopes: vec!["users:read".into(), "billing:*".into()],
-        metadata: json!({"team": "core", "limits": {"rps": 5}})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        created_at: created_at.trunc_subsecs(6),
-        expires_at: Some((created_at + Duration::days(30)).trunc_subsecs(6)),
-        revoked_at: None,
-        last_used_at: None,
-        request_count: 0,
-        enabled: true,
+        metadata: to_object(&json!({"team": "core", "limits": {"rps": 5}})),
+        expires_at: Some(created_at + Duration::days(30)),
         rate_limit: Some(RateLimit {
             requests: 100,
             window: 60,
         }),
-        remaining: None,
-        refill: None,
-        refilled_at: None,
-        rotated_from: None,
-        replaced_by: None,
-        retires_at: None,
-    }
+        ..NewKey::default()
+    };
+    let created_at = created_at.trunc_subsecs(6);
+    new.into_record(random_id(), KeyHash::from([7; 32]), created_at, None)
 }
 
 /// An event about `key_id`, as the service records one.
