@@ -58,6 +58,24 @@ pub struct ApiKeyRecord {
     pub retires_at: Option<DateTime<Utc>>,
 }
 
+impl ApiKeyRecord {
+    /// A new key like this one, as a rotation issues it: the same name, owner, scopes, metadata,
+    /// expiry and limits.
+    pub fn successor(&self) -> NewKey {
+        NewKey {
+            name: self.name.clone(),
+            scopes: self.scopes.clone(),
+            owner_id: self.owner_id.clone(),
+            expires_in: None,
+            expires_at: self.expires_at,
+            metadata: self.metadata.clone(),
+            rate_limit: self.rate_limit,
+            remaining: self.remaining,
+            refill: self.refill,
+        }
+    }
+}
+
 fn enabled_by_default() -> bool {
     true
 }

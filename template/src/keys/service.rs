@@ -148,17 +148,8 @@ impl ApiKeyService {
                 "an expired key cannot be rotated; create a new key",
             ));
         }
-        let mut new = NewKey {
-            name: old.name.clone(),
-            scopes: old.scopes.clone(),
-            owner_id: old.owner_id.clone(),
-            expires_in: None,
-            expires_at: expires_at.or(old.expires_at),
-            metadata: old.metadata.clone(),
-            rate_limit: old.rate_limit,
-            remaining: old.remaining,
-            refill: old.refill,
-        };
+        let mut new = old.successor();
+        new.expires_at = expires_at.or(old.expires_at);
         validate(&new, now, &self.format)?;
         by.bound_grant(&mut new)?;
         if let Some(own) = self.own_limits(by).await? {
