@@ -23,7 +23,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
-use super::ApiKey;
+use super::{ApiKey, AuthError};
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, RateLimit, Refill};
 #[cfg(feature = "redis")]
@@ -49,20 +49,43 @@ pub struct LimitState {
 }
 
 /// Why a key's request is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error("this API key's rate limit is exhausted, try again later")]
     RateLimited {
         state: LimitState,
         retry_after: Duration,
     },
     /// The quota is used up; with a refill, it fills again after `retry_after`. `state` is the
     /// key's standing against its rate limit, when it has one too.
+    #[error("this API key has no uses left")]
     UsageExceeded {
         retry_after: Option<Duration>,
         state: Option<LimitState>,
     },
     /// The store could not take a use from the quota.
+    #[error("storage is unavailable, try again later")]
     Unavailable,
+}
+
+impl Refusal {
+    /// The stable code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => "rate_limit_exceeded",
+            Self::UsageExceeded { .. } => "usage_exceeded",
+            Self::Unavailable => AuthError::Unavailable.code(),
+        }
+    }
+
+    /// How long the client should wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::UsageExceeded { retry_after, .. } => *retry_after,
+            Self::Unavailable => None,
+        }
+    }
 }
 
 pub struct Allowance {
@@ -94,10 +117,10 @@ impl Allowance {
     /// response headers when the key has a rate limit.
     pub async fn admit(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
         let verdict = self.verdict(key).await;
-        match verdict {
-            Err(Refusal::RateLimited { .. }) => metrics().limit_refusal("rate_limit_exceeded"),
-            Err(Refusal::UsageExceeded { .. }) => metrics().limit_refusal("usage_exceeded"),
-            _ => {}
+        if let Err(refusal @ (Refusal::RateLimited { .. } | Refusal::UsageExceeded { .. })) =
+            verdict
+        {
+            metrics().limit_refusal(refusal.code());
         }
         verdict
     }

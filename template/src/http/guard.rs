@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 use super::ApiError;
 use crate::auth::limits::{LimitState, Refusal};
 use crate::auth::{Allowance, ApiKey, AuthError, Authenticator};
-use crate::keys::Manager;
+use crate::keys::{Manager, ServiceError};
 use crate::scope::{self, Match};
 
 /// What the middleware concluded about a request, kept in its extensions.
@@ -83,16 +83,6 @@ fn guard<T: 'static>(req: &HttpRequest, outcome: Result<(ApiKey, T), ApiError>) 
     match outcome {
         Ok((key, admitted)) => admit(req, &key, admitted),
         Err(err) => Either::Left(ready(Err(err))),
-    }
-}
-
-impl From<Refusal> for ApiError {
-    fn from(refusal: Refusal) -> Self {
-        match refusal {
-            Refusal::RateLimited { retry_after, .. } => Self::RateLimited { retry_after },
-            Refusal::UsageExceeded { retry_after, .. } => Self::UsageExceeded { retry_after },
-            Refusal::Unavailable => Self::StorageUnavailable,
-        }
     }
 }
 
@@ -184,13 +174,13 @@ impl FromRequest for Manager {
                         required: vec![scopes.admin.clone(), scopes.manage.clone()],
                     })
                 } else if key.owner_id().is_none() {
-                    Err(ApiError::Forbidden {
+                    Err(ApiError::Service(ServiceError::Forbidden {
                         code: "owner_required",
                         message: format!(
                             "a key holding {} manages its owner's keys, and this key has no owner",
                             scopes.manage
                         ),
-                    })
+                    }))
                 } else {
                     Ok((key.clone(), Self::Owner(key)))
                 }

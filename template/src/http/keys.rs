@@ -9,7 +9,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::bodies::{EventList, KeyCreated, KeyDetails, KeyList, ListParams, PageParams};
 use super::{ApiError, Problem};
 use crate::keys::validation::DEFAULT_GRACE_SECONDS;
-use crate::keys::{ApiKeyService, CreatedKey, Manager, Rotation};
+use crate::keys::{ApiKeyService, CreatedKey, Manager, Rotation, ServiceError};
 use crate::model::{KeyChanges, NewKey, now};
 use crate::store::ListQuery;
 
@@ -83,10 +83,10 @@ pub async fn list_keys(
             Some((now, now + Duration::days(i64::from(days))))
         }
         Some(_) => {
-            return Err(ApiError::Validation {
+            return Err(ApiError::Service(ServiceError::Invalid {
                 field: "expiring_within_days",
                 message: "must be between 1 and 3660".into(),
-            });
+            }));
         }
     };
     let query = ListQuery {

@@ -22,7 +22,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::Problem;
 use super::guard::guarded_routes;
-use super::problem::MANAGEMENT_PROBLEMS;
+use super::problem::management_problems;
 use crate::config::Config;
 use crate::scope::Match;
 
@@ -163,7 +163,7 @@ fn add_problems(operation: &mut Operation, has_id: bool) {
     let has_query = (operation.parameters.iter().flatten())
         .any(|parameter| parameter.parameter_in == ParameterIn::Query);
     let responses = &mut operation.responses.responses;
-    for (status, description) in MANAGEMENT_PROBLEMS {
+    for (status, description) in management_problems() {
         let applies = match status {
             400 | 422 => has_body || has_query,
             404 => has_id,
@@ -173,7 +173,7 @@ fn add_problems(operation: &mut Operation, has_id: bool) {
         if applies {
             responses
                 .entry(status.to_string())
-                .or_insert(problem(description).into());
+                .or_insert(problem(&description).into());
         }
     }
 }

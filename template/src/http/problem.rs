@@ -11,46 +11,35 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::AuthError;
+use crate::auth::limits::Refusal;
 use crate::keys::ServiceError;
 use crate::store::StoreError;
 
+/// Every way a request fails, each with its status and stable `code`: the domain's refusals as
+/// they are, and what only HTTP knows (routes, methods, bodies).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The key's own rate limit or quota.
+    #[error(transparent)]
+    Limited(#[from] Refusal),
+    /// The key service refused the change (bad field, no such key, beyond a manager's reach, the
+    /// wrong state); its storage errors arrive as `StorageUnavailable` or `Internal`.
+    #[error(transparent)]
+    Service(ServiceError),
     #[error("this API key lacks the required scope")]
     InsufficientScope { required: Vec<String> },
-    /// Refused for a reason of its own, with its own stable code (a manager asking beyond its reach).
-    #[error("{message}")]
-    Forbidden { code: &'static str, message: String },
-    /// The key is not in a state that allows the change.
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
-    #[error("no API key with this id")]
-    KeyNotFound,
     #[error("no such route")]
     RouteNotFound,
     /// The path exists, with other methods: `allow` lists them.
     #[error("this route does not answer this method")]
     MethodNotAllowed { allow: String },
-    #[error("{message}")]
-    Validation {
-        field: &'static str,
-        message: String,
-    },
     #[error("{0}")]
     BadRequest(String),
     /// Too many failed authentications from this client (or for this key id): wait `retry_after`.
     #[error("too many failed authentications, try again later")]
     Throttled { retry_after: std::time::Duration },
-    /// The key's own rate limit: wait `retry_after`.
-    #[error("this API key's rate limit is exhausted, try again later")]
-    RateLimited { retry_after: std::time::Duration },
-    /// The key's quota is used up; with a refill, it fills again after `retry_after`.
-    #[error("this API key has no uses left")]
-    UsageExceeded {
-        retry_after: Option<std::time::Duration>,
-    },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("storage is unavailable, try again later")]
@@ -61,24 +50,52 @@ pub enum ApiError {
 
 /// What a problem answer with each status means on the key-management routes, for the OpenAPI
 /// document (which gives each operation those its shape allows).
-pub const MANAGEMENT_PROBLEMS: [(u16, &str); 5] = [
-    (
-        400,
-        "Malformed JSON, an unknown field or a bad query string (`bad_request`)",
-    ),
-    (
-        403,
-        "The key lacks the admin and manage scopes (`insufficient_scope`), or a manager key asked \
-         beyond its reach: another owner, a scope it lacks, a later expiry or looser limits than its \
-         own, re-enabling a key, or every key's events",
-    ),
-    (404, "No such key (`api_key_not_found`)"),
-    (413, "Body too large (`payload_too_large`)"),
-    (
-        422,
-        "A field is out of bounds (`validation_failed`, naming the `field`)",
-    ),
-];
+pub fn management_problems() -> [(u16, String); 5] {
+    let invalid = ServiceError::Invalid {
+        field: "",
+        message: String::new(),
+    };
+    let code = |err: ApiError| err.code();
+    [
+        (
+            400,
+            format!(
+                "Malformed JSON, an unknown field or a bad query string (`{}`)",
+                code(ApiError::BadRequest(String::new()))
+            ),
+        ),
+        (
+            403,
+            format!(
+                "The key lacks the admin and manage scopes (`{}`), or a manager key asked beyond \
+                 its reach: another owner, a scope it lacks, a later expiry or looser limits than \
+                 its own, re-enabling a key, or every key's events",
+                code(ApiError::InsufficientScope { required: vec![] })
+            ),
+        ),
+        (
+            404,
+            format!(
+                "No such key (`{}`)",
+                code(ApiError::Service(ServiceError::NotFound))
+            ),
+        ),
+        (
+            413,
+            format!(
+                "Body too large (`{}`)",
+                code(ApiError::PayloadTooLarge { limit: 0 })
+            ),
+        ),
+        (
+            422,
+            format!(
+                "A field is out of bounds (`{}`, naming the `field`)",
+                code(ApiError::Service(invalid))
+            ),
+        ),
+    ]
+}
 
 /// An `application/problem+json` body.
 #[derive(Debug, Serialize, ToSchema)]
@@ -106,19 +123,22 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Auth(err) => err.code(),
+            Self::Limited(refusal) => refusal.code(),
+            Self::Service(ServiceError::Invalid { .. }) => "validation_failed",
+            Self::Service(ServiceError::NotFound) => "api_key_not_found",
+            Self::Service(
+                ServiceError::Forbidden { code, .. } | ServiceError::Conflict { code, .. },
+            ) => code,
             Self::InsufficientScope { .. } => "insufficient_scope",
-            Self::Forbidden { code, .. } | Self::Conflict { code, .. } => code,
-            Self::KeyNotFound => "api_key_not_found",
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::Validation { .. } => "validation_failed",
             Self::BadRequest(_) => "bad_request",
-            Self::Throttled { .. } => "too_many_failed_attempts",
-            Self::RateLimited { .. } => "rate_limit_exceeded",
-            Self::UsageExceeded { .. } => "usage_exceeded",
+            Self::Throttled { .. } => AuthError::Throttled.code(),
             Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::StorageUnavailable => "storage_unavailable",
-            Self::Internal => "internal_error",
+            Self::StorageUnavailable | Self::Service(ServiceError::Store(_)) => {
+                AuthError::Unavailable.code()
+            }
+            Self::Internal => AuthError::NotInstalled.code(),
         }
     }
 
@@ -127,16 +147,28 @@ impl ApiError {
         Problem {
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
-            detail: self.to_string(),
+            detail: match self {
+                Self::Service(ServiceError::Invalid { message, .. }) => message.clone(),
+                _ => self.to_string(),
+            },
             code: self.code(),
             required_scopes: match self {
                 Self::InsufficientScope { required } => Some(required.clone()),
                 _ => None,
             },
             field: match self {
-                Self::Validation { field, .. } => Some(field),
+                Self::Service(ServiceError::Invalid { field, .. }) => Some(field),
                 _ => None,
             },
+        }
+    }
+
+    /// How long the client should wait, when it should.
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Throttled { retry_after } => Some(*retry_after),
+            Self::Limited(refusal) => refusal.retry_after(),
+            _ => None,
         }
     }
 }
@@ -144,27 +176,32 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Auth(AuthError::NotInstalled) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Auth(AuthError::Throttled)
-            | Self::Throttled { .. }
-            | Self::RateLimited { .. }
-            | Self::UsageExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Auth(AuthError::Unavailable)
+            | Self::Limited(Refusal::Unavailable)
+            | Self::Service(ServiceError::Store(_))
+            | Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Auth(AuthError::NotInstalled) | Self::Internal => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Self::Auth(AuthError::Throttled) | Self::Throttled { .. } | Self::Limited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
-            Self::InsufficientScope { .. } | Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::Service(ServiceError::Invalid { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Service(ServiceError::NotFound) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::Service(ServiceError::Forbidden { .. }) | Self::InsufficientScope { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            Self::Service(ServiceError::Conflict { .. }) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
+        let status = self.status_code();
+        let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
         if let Self::Auth(err) = self
             && let Some(challenge) = err.challenge()
@@ -174,23 +211,16 @@ impl ResponseError for ApiError {
                 HeaderValue::from_static(challenge),
             ));
         }
-        if matches!(
-            self,
-            Self::StorageUnavailable | Self::Auth(AuthError::Unavailable)
-        ) {
-            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
-        }
         if let Self::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, allow.as_str()));
         }
-        if let Self::Throttled { retry_after }
-        | Self::RateLimited { retry_after }
-        | Self::UsageExceeded {
-            retry_after: Some(retry_after),
-        } = self
-        {
-            response.insert_header((header::RETRY_AFTER, whole_seconds(*retry_after)));
-        }
+        match self.retry_after() {
+            Some(wait) => response.insert_header((header::RETRY_AFTER, whole_seconds(wait))),
+            None if status == StatusCode::SERVICE_UNAVAILABLE => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")))
+            }
+            None => &mut response,
+        };
         match self {
             Self::Auth(err) => response.body(auth_problem(*err)),
             _ => response.json(self.problem()),
@@ -236,11 +266,8 @@ impl From<StoreError> for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         match err {
-            ServiceError::Invalid { field, message } => Self::Validation { field, message },
-            ServiceError::NotFound => Self::KeyNotFound,
-            ServiceError::Forbidden { code, message } => Self::Forbidden { code, message },
-            ServiceError::Conflict { code, message } => Self::Conflict { code, message },
             ServiceError::Store(err) => err.into(),
+            refused => Self::Service(refused),
         }
     }
 }

@@ -41,3 +41,13 @@ pub(super) fn conflict(code: &'static str, message: impl Into<String>) -> Servic
         message: message.into(),
     }
 }
+
+/// Only an admin key or the operator may do this.
+pub(super) fn admin_required(message: impl Into<String>) -> ServiceError {
+    forbidden("admin_required", message)
+}
+
+/// The key has a replacement already (or is gone); rotate that one.
+pub(super) fn already_rotated(message: impl Into<String>) -> ServiceError {
+    conflict("already_rotated", message)
+}

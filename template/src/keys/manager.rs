@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::error::{ServiceError, forbidden};
+use super::error::{ServiceError, admin_required, forbidden};
 use crate::auth::ApiKey;
 use crate::model::{
     ApiKeyRecord, EventAction, KeyChanges, KeyEvent, NewKey, RateLimit, Refill, now, random_id,
@@ -138,8 +138,7 @@ impl Manager {
             no_later(current.expires_at, expires_at)?;
         }
         if !current.enabled && after.enabled {
-            return Err(forbidden(
-                "admin_required",
+            return Err(admin_required(
                 "only an admin key or the operator re-enables a disabled key",
             ));
         }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::{Map, json};
 use zeroize::Zeroizing;
 
-use super::error::{ServiceError, conflict, forbidden, invalid};
+use super::error::{ServiceError, admin_required, already_rotated, conflict, invalid};
 use super::manager::{Limits, Manager, no_later};
 use super::validation::{
     DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS, MAX_LIFETIME_SECONDS, page_bounds, validate,
@@ -137,10 +137,9 @@ impl ApiKeyService {
             return Err(conflict("key_revoked", "a revoked key cannot be rotated"));
         }
         if let Some(replacement) = &old.replaced_by {
-            return Err(conflict(
-                "already_rotated",
-                format!("this key was already rotated; rotate its replacement, {replacement}"),
-            ));
+            return Err(already_rotated(format!(
+                "this key was already rotated; rotate its replacement, {replacement}"
+            )));
         }
         if old.expires_at.is_some_and(|at| at <= now) {
             return Err(conflict(
@@ -191,10 +190,7 @@ impl ApiKeyService {
                     return Ok(CreatedKey { key, record });
                 }
                 Ok(false) => {
-                    return Err(conflict(
-                        "already_rotated",
-                        "the key was rotated or revoked meanwhile",
-                    ));
+                    return Err(already_rotated("the key was rotated or revoked meanwhile"));
                 }
                 Err(StoreError::Duplicate) => continue,
                 Err(err) => return Err(err.into()),
@@ -303,8 +299,7 @@ impl ApiKeyService {
         offset: u64,
     ) -> Result<Page<KeyEvent>, ServiceError> {
         if let Manager::Owner(_) = by {
-            return Err(forbidden(
-                "admin_required",
+            return Err(admin_required(
                 "only keys holding the admin scope read every key's events",
             ));
         }
