@@ -22,9 +22,12 @@ fn apply_recipes(project: &Path) {
         let patch = &block[..block.find("\n```").expect("a closed diff block") + 1];
         let file = project.join(format!("recipe-{patches}.patch"));
         std::fs::write(&file, patch).unwrap();
+        // Generated under this repository's target/: without the ceiling, git would find the
+        // repository and apply the paths relative to its root.
         let output = Command::new("git")
             .args(["apply", "--verbose"])
             .arg(&file)
+            .env("GIT_CEILING_DIRECTORIES", project.parent().unwrap())
             .current_dir(project)
             .output()
             .expect("git runs");
@@ -37,6 +40,11 @@ fn apply_recipes(project: &Path) {
         patches += 1;
     }
     assert_eq!(patches, 4, "the recipes page has its four patches");
+    let model = std::fs::read_to_string(project.join("src/model.rs")).unwrap();
+    assert!(
+        model.contains("pub plan: Option<String>"),
+        "the model has the field"
+    );
 }
 
 /// The field's life through the API: set on create, returned, cleared by `PATCH`.
