@@ -15,8 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-/// A stored key. It holds the digest of the key, never the key itself, and serialises without
-/// the digest: no response or log line made from a record can carry it.
+// The digest neither serialises nor prints, so no response or log line made from a record can
+// carry it; stores that keep records as JSON write `ApiKeyRecord::stored`.
+/// A stored key: never the key itself, and never its digest in an answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyRecord {
     /// The key's public id.
@@ -76,6 +77,24 @@ impl ApiKeyRecord {
     }
 }
 
+/// A record as a store writes it, digest included: serialise [`ApiKeyRecord::stored`], not the
+/// record, when your store keeps records as JSON (reading one back needs no wrapper).
+#[derive(Serialize)]
+pub struct StoredRecord<'a> {
+    key_hash: &'a KeyHash,
+    #[serde(flatten)]
+    record: &'a ApiKeyRecord,
+}
+
+impl ApiKeyRecord {
+    pub fn stored(&self) -> StoredRecord<'_> {
+        StoredRecord {
+            key_hash: &self.key_hash,
+            record: self,
+        }
+    }
+}
+
 fn enabled_by_default() -> bool {
     true
 }
@@ -102,7 +121,7 @@ pub struct NewKey {
     /// Expiry as an RFC 3339 time with an offset.
     pub expires_at: Option<DateTime<Utc>>,
     /// Free-form JSON object stored with the key (at most 4 KiB).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     #[schema(value_type = Object, example = json!({"ticket": "OPS-42"}))]
     pub metadata: Map<String, Value>,
     /// At most `requests` per `window` seconds on guarded routes; then 429 `rate_limit_exceeded`.
@@ -115,8 +134,8 @@ pub struct NewKey {
 }
 
 impl NewKey {
-    /// The record of this key, minted at `now` with `id` and digest `key_hash`. Its expiry is
-    /// already resolved into `expires_at`.
+    /// The record of this key, minted at `now` with `id` and digest `key_hash`. `expires_in` must
+    /// already be resolved into `expires_at`, as the key service does.
     pub fn into_record(
         self,
         id: String,
@@ -128,13 +147,14 @@ impl NewKey {
             name,
             scopes,
             owner_id,
-            expires_in: _,
+            expires_in,
             expires_at,
             metadata,
             rate_limit,
             remaining,
             refill,
         } = self;
+        debug_assert!(expires_in.is_none(), "resolve expires_in first");
         ApiKeyRecord {
             id,
             key_hash,
@@ -206,7 +226,7 @@ pub struct KeyChanges {
     )]
     #[schema(value_type = Option<Refill>)]
     pub refill: Option<Option<Refill>>,
-    /// When `refill` was set, so that the quota's periods count from then; set by the service.
+    /// When `refill` was set, so that the quota's periods count from then (now, if not given).
     #[serde(skip)]
     #[schema(ignore)]
     pub refilled_at: Option<DateTime<Utc>>,
@@ -239,7 +259,7 @@ impl KeyChanges {
         set(&mut record.remaining, remaining);
         if let Some(refill) = refill {
             record.refill = refill;
-            record.refilled_at = refill.and(refilled_at);
+            record.refilled_at = refill.map(|_| refilled_at.unwrap_or_else(now));
         }
     }
 
@@ -253,6 +273,13 @@ fn set<T>(field: &mut T, change: Option<T>) {
     if let Some(value) = change {
         *field = value;
     }
+}
+
+/// An object that may be sent as `null`, meaning none.
+fn null_as_empty<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Map<String, Value>, D::Error> {
+    Option::deserialize(deserializer).map(Option::unwrap_or_default)
 }
 
 /// A field that was sent, possibly as `null` (`Some(None)`), as opposed to one left out (`None`).
@@ -457,9 +484,11 @@ impl fmt::Display for KeyHash {
     }
 }
 
+/// Redacted: a digest in a log line or a failed assertion is a digest an attacker can test guesses
+/// against offline.
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyHash({self})")
+        f.write_str("KeyHash(…)")
     }
 }
 

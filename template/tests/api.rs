@@ -28,6 +28,7 @@ async fn seed_flow(store: Arc<dyn Backend>) {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(created.get("key_hash").is_none(), "{created}");
     let key = created["key"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
     assert!(
@@ -73,6 +74,7 @@ async fn seed_flow(store: Arc<dyn Backend>) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["total"], 1);
     assert_eq!(list["items"][0]["id"], id.as_str());
+    assert!(!list.to_string().contains("key_hash"), "{list}");
 
     let (status, _, details) = call(
         &h.app,
@@ -498,6 +500,10 @@ async fn wildcards_and_the_docs() {
             .contains("grace_period")
     );
     assert!(doc["components"]["schemas"]["UpdateKeyRequest"]["example"].is_object());
+    assert!(
+        !doc.to_string().contains("key_hash"),
+        "the document never names the digest"
+    );
     let list = doc["paths"][KEYS]["get"]["parameters"].to_string();
     assert!(list.contains("expiring_within_days"), "{list}");
 }

@@ -99,8 +99,9 @@ pub struct Authenticator {
     store: Arc<dyn Backend>,
     usage: Arc<UsageTracker>,
     limits: FailureLimits,
-    /// `authenticated`, then one per [`AuthError`] by `err as usize`.
-    attempts: [Counter; AuthError::ALL.len() + 1],
+    /// `authenticated`, then one per [`AuthError`] by `err as usize`; none for a missing key, which
+    /// is not an attempt.
+    attempts: [Option<Counter>; AuthError::ALL.len() + 1],
 }
 
 impl Authenticator {
@@ -119,11 +120,10 @@ impl Authenticator {
             store,
             usage,
             limits,
-            attempts: std::array::from_fn(|i| {
-                metrics().auth_attempts(match i.checked_sub(1) {
-                    Some(err) => AuthError::ALL[err].code(),
-                    None => "authenticated",
-                })
+            attempts: std::array::from_fn(|i| match i.checked_sub(1) {
+                None => Some(metrics().auth_attempts("authenticated")),
+                Some(err) if AuthError::ALL[err] == AuthError::Missing => None,
+                Some(err) => Some(metrics().auth_attempts(AuthError::ALL[err].code())),
             }),
         }
     }
@@ -180,7 +180,10 @@ impl Authenticator {
                 "authentication failed"
             );
         }
-        self.attempts[outcome.as_ref().map_or_else(|err| *err as usize + 1, |_| 0)].inc();
+        let attempt = outcome.as_ref().map_or_else(|err| *err as usize + 1, |_| 0);
+        if let Some(counter) = &self.attempts[attempt] {
+            counter.inc();
+        }
         outcome
     }
 

@@ -14,7 +14,7 @@ use crate::store::Page;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyDetails {
     #[serde(flatten)]
-    pub key: ApiKeyRecord,
+    pub record: ApiKeyRecord,
     pub status: KeyStatus,
     /// Seconds until the key expires (0 once expired), for expiry warnings.
     #[schema(example = 604800)]
@@ -22,13 +22,13 @@ pub struct KeyDetails {
 }
 
 impl From<ApiKeyRecord> for KeyDetails {
-    fn from(key: ApiKeyRecord) -> Self {
+    fn from(record: ApiKeyRecord) -> Self {
         Self {
-            status: KeyStatus::of(&key),
-            expires_in_seconds: key
+            status: KeyStatus::of(&record),
+            expires_in_seconds: record
                 .expires_at
                 .map(|at| (at - Utc::now()).num_seconds().max(0)),
-            key,
+            record,
         }
     }
 }

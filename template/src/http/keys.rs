@@ -13,6 +13,10 @@ use crate::keys::{ApiKeyService, CreatedKey, Manager, Rotation, ServiceError};
 use crate::model::{KeyChanges, NewKey, now};
 use crate::store::ListQuery;
 
+/// The tag of these operations, by which the OpenAPI document finds them to give them the
+/// management scopes and problem answers.
+pub const MANAGEMENT_TAG: &str = "API keys";
+
 pub fn routes(cfg: &mut ServiceConfig) {
     // `/events` before `/{id}`, which would otherwise take it for a key id.
     cfg.service(create_key)
@@ -29,7 +33,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
 ///
 /// The response carries the key itself, once.
 #[utoipa::path(
-    tag = "API keys",
+    tag = MANAGEMENT_TAG,
     request_body = NewKey,
     responses(
         (status = 201, description = "Key created", body = KeyCreated, example = json!({
@@ -63,7 +67,7 @@ fn created_response(location: String, created: CreatedKey) -> HttpResponse {
 
 /// List keys
 #[utoipa::path(
-    tag = "API keys",
+    tag = MANAGEMENT_TAG,
     params(ListParams),
     responses(
         (status = 200, description = "A page of keys", body = KeyList),
@@ -101,7 +105,7 @@ pub async fn list_keys(
 
 /// Get a key
 #[utoipa::path(
-    tag = "API keys",
+    tag = MANAGEMENT_TAG,
     params(("id" = String, Path, description = "The key's public id")),
     responses(
         (status = 200, description = "The key's details", body = KeyDetails),
@@ -120,7 +124,7 @@ pub async fn get_key(
 ///
 /// The key stops working at once. Revoking a revoked key succeeds again.
 #[utoipa::path(
-    tag = "API keys",
+    tag = MANAGEMENT_TAG,
     params(("id" = String, Path, description = "The key's public id")),
     responses(
         (status = 204, description = "Revoked"),
@@ -141,7 +145,7 @@ pub async fn revoke_key(
 /// Rename it, replace its scopes or metadata, change its expiry or limits, or disable and enable it.
 /// Every instance sees the change within the revocation bound.
 #[utoipa::path(
-    tag = "API keys",
+    tag = MANAGEMENT_TAG,
     params(("id" = String, Path, description = "The key's public id")),
     request_body = KeyChanges,
     responses(
@@ -169,7 +173,7 @@ pub async fn update_key(
 /// keeps working for `grace_period` seconds, charged to the new key's limits, then fails with
 /// `rotated_api_key`.
 #[utoipa::path(
-    tag = "API keys",
+    tag = MANAGEMENT_TAG,
     params(("id" = String, Path, description = "The key's public id")),
     request_body(content = Rotation, example = json!({"grace_period": DEFAULT_GRACE_SECONDS})),
     responses(
@@ -199,7 +203,7 @@ pub async fn rotate_key(
 ///
 /// Every change to the key (created, updated, rotated, revoked), newest first.
 #[utoipa::path(
-    tag = "API keys",
+    tag = MANAGEMENT_TAG,
     params(("id" = String, Path, description = "The key's public id"), PageParams),
     responses(
         (status = 200, description = "A page of events", body = EventList, example = json!({
@@ -233,7 +237,7 @@ pub async fn list_key_events(
 ///
 /// The whole audit log, newest first. Admin keys only.
 #[utoipa::path(
-    tag = "API keys",
+    tag = MANAGEMENT_TAG,
     params(PageParams),
     responses(
         (status = 200, description = "A page of events", body = EventList),

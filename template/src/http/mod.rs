@@ -1,7 +1,8 @@
-//! Everything HTTP: the middleware that authenticates each request ([`middleware`]) and labels it
-//! ([`observe`]), the guards your handlers use ([`guard`]), the key-management routes ([`keys`]) and
-//! their bodies ([`bodies`]), the probes ([`health`]), the OpenAPI document ([`openapi`]), and the
-//! one place where failures become problem+json responses ([`problem`]).
+//! Everything HTTP: the middleware that authenticates each request ([`middleware`], with the client
+//! address from [`proxies`]) and labels it ([`observe`]), the guards your handlers use ([`guard`]),
+//! the key-management routes ([`keys`]) and their bodies ([`bodies`]), the probes and metrics
+//! ([`health`]), the OpenAPI document ([`openapi`]), and the one place where failures become
+//! problem+json responses ([`problem`]).
 
 pub mod bodies;
 pub mod guard;

@@ -22,6 +22,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::Problem;
 use super::guard::guarded_routes;
+use super::keys::MANAGEMENT_TAG;
 use super::problem::management_problems;
 use crate::config::Config;
 use crate::scope::Match;
@@ -51,16 +52,14 @@ pub fn complete(registered: Document, config: &Config) -> Document {
     // utoipa copies the license from Cargo.toml; this service has not chosen one.
     doc.info.license = None;
     doc.merge(registered);
-    let prefix = config.api_keys_route_prefix.as_str();
     for (path, item) in doc.paths.paths.iter_mut() {
-        let Some(rest) = path.strip_prefix(prefix) else {
-            continue;
-        };
-        if !(rest.is_empty() || rest.starts_with('/')) || !config.api_keys_routes {
-            continue;
-        }
-        for operation in operations_of(item) {
-            add_problems(operation, rest.contains("{id}"));
+        let has_id = path.ends_with("{id}") || path.contains("{id}/");
+        let management = operations_of(item).filter(|op| {
+            let tags = op.tags.iter().flatten();
+            tags.into_iter().any(|tag| tag == MANAGEMENT_TAG)
+        });
+        for operation in management {
+            add_problems(operation, has_id);
             let scopes = [
                 config.api_keys_admin_scope.as_str(),
                 config.api_keys_manage_scope.as_str(),

@@ -21,11 +21,12 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error(transparent)]
     Auth(#[from] AuthError),
-    /// The key's own rate limit or quota.
+    /// The key's own rate limit or quota refused the request, or its quota could not be read.
     #[error(transparent)]
     Limited(#[from] Refusal),
     /// The key service refused the change (bad field, no such key, beyond a manager's reach, the
-    /// wrong state); its storage errors arrive as `StorageUnavailable` or `Internal`.
+    /// wrong state). Its storage errors answer as `StorageUnavailable` or `Internal` would, and
+    /// `?` turns them into those, logged.
     #[error(transparent)]
     Service(ServiceError),
     #[error("this API key lacks the required scope")]
@@ -121,6 +122,9 @@ pub struct Problem {
 
 impl ApiError {
     pub fn code(&self) -> &'static str {
+        if let Some(err) = self.store_error() {
+            return err.code();
+        }
         match self {
             Self::Auth(err) => err.code(),
             Self::Limited(refusal) => refusal.code(),
@@ -142,7 +146,21 @@ impl ApiError {
         }
     }
 
+    /// What a store error wrapped in a service error answers as.
+    fn store_error(&self) -> Option<Self> {
+        match self {
+            Self::Service(ServiceError::Store(StoreError::Unavailable(_))) => {
+                Some(Self::StorageUnavailable)
+            }
+            Self::Service(ServiceError::Store(_)) => Some(Self::Internal),
+            _ => None,
+        }
+    }
+
     pub fn problem(&self) -> Problem {
+        if let Some(err) = self.store_error() {
+            return err.problem();
+        }
         let status = self.status_code();
         Problem {
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
@@ -175,6 +193,9 @@ impl ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
+        if let Some(err) = self.store_error() {
+            return err.status_code();
+        }
         match self {
             Self::Auth(AuthError::Unavailable)
             | Self::Limited(Refusal::Unavailable)

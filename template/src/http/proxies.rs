@@ -101,8 +101,6 @@ impl TrustedProxies {
     }
 }
 
-/// An IPv4 network written as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) as the IPv4 network it is,
-/// since addresses are compared in their canonical form.
 /// An address as proxies write it: bare, with a port, bracketed, or quoted (`"[2001:db8::1]:443"`).
 fn address(entry: &str) -> Option<IpAddr> {
     let entry = entry.trim().trim_matches('"');

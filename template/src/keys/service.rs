@@ -125,12 +125,13 @@ impl ApiKeyService {
         let now = now();
         let expires_at = expiry(rotation.expires_in, rotation.expires_at, now)?;
         let grace = rotation.grace_period.unwrap_or(DEFAULT_GRACE_SECONDS);
-        if grace > MAX_GRACE_SECONDS {
+        let Some(grace) = (grace <= MAX_GRACE_SECONDS).then(|| Duration::seconds(grace as i64))
+        else {
             return Err(invalid(
                 "grace_period",
                 format!("must be between 0 and {MAX_GRACE_SECONDS} seconds"),
             ));
-        }
+        };
         let old = self.reachable(by, id).await?;
         by.may_change(&old)?;
         if old.revoked_at.is_some() {
@@ -156,7 +157,7 @@ impl ApiKeyService {
             own.admits(&Limits::of(&old))?;
             no_later(old.expires_at, new.expires_at)?;
         }
-        let retires_at = now + Duration::seconds(grace as i64);
+        let retires_at = now + grace;
         loop {
             let (key, mut record) = self.mint(&new, now, Some(&old.id));
             record.refilled_at = old.refilled_at;

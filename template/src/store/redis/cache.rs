@@ -7,7 +7,7 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use super::breaker::{Breaker, CacheError};
-use super::{WithDigest, connect};
+use super::connect;
 use crate::model::ApiKeyRecord;
 use crate::store::StoreError;
 
@@ -71,10 +71,7 @@ impl RedisCache {
         }
         let mut set = redis::cmd("SET");
         set.arg(Self::key(&record.id))
-            .arg(serde_json::to_string(&WithDigest {
-                key_hash: &record.key_hash,
-                record,
-            })?)
+            .arg(serde_json::to_string(&record.stored())?)
             .arg("NX")
             .arg("EX")
             .arg(self.ttl.as_secs().max(1));

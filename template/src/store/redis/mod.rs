@@ -17,10 +17,8 @@ use chrono::{DateTime, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, ScriptInvocation};
 
-use serde::Serialize;
-
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
-use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent, KeyHash};
+use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 pub use cache::{FENCE, RedisCache};
 
@@ -209,14 +207,6 @@ fn unavailable(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("Redis: {err}"))
 }
 
-/// A record as Redis keeps it: with the digest, which a record leaves out when serialised.
-#[derive(Serialize)]
-struct WithDigest<'a> {
-    key_hash: &'a KeyHash,
-    #[serde(flatten)]
-    record: &'a ApiKeyRecord,
-}
-
 fn corrupt(err: serde_json::Error) -> StoreError {
     StoreError::Corrupt(err.to_string())
 }
@@ -231,11 +221,7 @@ fn record_json(key: &ApiKeyRecord) -> Result<String, StoreError> {
     stored.refilled_at = None;
     stored.replaced_by = None;
     stored.retires_at = None;
-    serde_json::to_string(&WithDigest {
-        key_hash: &key.key_hash,
-        record: &stored,
-    })
-    .map_err(corrupt)
+    serde_json::to_string(&stored.stored()).map_err(corrupt)
 }
 
 /// The arguments `put_key` reads for `key`.

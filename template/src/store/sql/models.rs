@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::schema::{api_key_events, api_keys};
 use crate::model::{
-    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, RateLimit, Refill, RefillInterval,
+    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, RateLimit, Refill, RefillInterval, now,
 };
 use crate::store::StoreError;
 
@@ -214,7 +214,8 @@ impl From<&KeyChanges> for ChangesRow {
             remaining: remaining.map(|n| n.map(signed)),
             refill_interval: refill_set.clone().map(|(interval, _)| interval),
             refill_amount: refill_set.map(|(_, amount)| amount),
-            refilled_at: refill.map(|refill| refill.and(refilled_at).map(naive)),
+            refilled_at: refill
+                .map(|refill| refill.map(|_| naive(refilled_at.unwrap_or_else(now)))),
         }
     }
 }
