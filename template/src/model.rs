@@ -262,11 +262,6 @@ impl KeyChanges {
             record.refilled_at = refill.map(|_| refilled_at.unwrap_or_else(now));
         }
     }
-
-    /// The changed fields and their new values, for the audit log.
-    pub fn to_json(&self) -> Map<String, Value> {
-        to_object(self)
-    }
 }
 
 fn set<T>(field: &mut T, change: Option<T>) {

@@ -17,7 +17,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SubsecRound, Utc};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -25,7 +24,7 @@ use governor::{Quota, RateLimiter};
 
 use super::{ApiKey, AuthError};
 use crate::metrics::metrics;
-use crate::model::{ApiKeyRecord, RateLimit, Refill};
+use crate::model::{ApiKeyRecord, RateLimit, Refill, now};
 #[cfg(feature = "redis")]
 use crate::store::redis::breaker::{Breaker, CacheError};
 use crate::store::{Backend, QuotaUse};
@@ -225,7 +224,7 @@ impl Allowance {
         refill: Option<Refill>,
         state: Option<LimitState>,
     ) -> Result<(), Refusal> {
-        let now = Utc::now().trunc_subsecs(6);
+        let now = now();
         let refill_before = refill.map(|refill| refill.interval.period_start(now));
         match self.store.use_quota(account, refill_before, now).await {
             Ok(QuotaUse::Taken { .. } | QuotaUse::Unlimited) => Ok(()),
@@ -309,6 +308,7 @@ mod tests {
     use super::*;
     use crate::store::MemoryBackend;
     use crate::store::conformance::sample;
+    use chrono::Utc;
 
     #[tokio::test]
     async fn a_burst_then_refusal_with_the_wait() {

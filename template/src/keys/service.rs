@@ -229,7 +229,9 @@ impl ApiKeyService {
         if changes.is_empty() {
             return Ok(self.with_unflushed_usage(current));
         }
-        let event = by.event(id, EventAction::Updated, changes.to_json());
+        let changed = to_object(&changes);
+        let fields: Vec<_> = changed.keys().cloned().collect();
+        let event = by.event(id, EventAction::Updated, changed);
         let updated = self
             .store
             .update(id, &changes, &event)
@@ -239,7 +241,7 @@ impl ApiKeyService {
             target: "audit",
             action = "update",
             key_id = %id,
-            fields = ?changes.to_json().keys().collect::<Vec<_>>(),
+            ?fields,
             by = by.key_id(),
             "API key updated"
         );
@@ -399,9 +401,7 @@ impl ApiKeyService {
             Err(ServiceError::NotFound)
         }
     }
-}
 
-impl ApiKeyService {
     fn with_unflushed_usage(&self, mut record: ApiKeyRecord) -> ApiKeyRecord {
         if let Some((requests, last_used_at)) = self.usage.unflushed(&record.id) {
             record.request_count += requests;
