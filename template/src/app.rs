@@ -12,7 +12,9 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderName;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use utoipa_actix_web::AppExt;
+use utoipa::openapi::OpenApi as Document;
+use utoipa_actix_web::service_config::ServiceConfig;
+use utoipa_actix_web::{AppExt, scope};
 
 use crate::auth::key_format::KeyFormat;
 use crate::auth::throttle::FailureLimits;
@@ -21,7 +23,7 @@ use crate::config::Config;
 use crate::http::openapi::{self, AllowedMethods};
 use crate::http::problem::extractors;
 use crate::http::proxies::TrustedProxies;
-use crate::http::{self, ApiError, health, middleware, observe};
+use crate::http::{ApiError, health, keys, middleware, observe};
 use crate::keys::{ApiKeyService, Manager};
 use crate::model::NewKey;
 use crate::store::{self, Backend};
@@ -96,7 +98,7 @@ pub fn app(
 > {
     let (app, registered) = App::new()
         .into_utoipa_app()
-        .configure(http::routes(&state.config))
+        .configure(routes(&state.config))
         .split_for_parts();
     let document = openapi::complete(registered, &state.config);
     app.app_data(state.authenticator)
@@ -112,6 +114,31 @@ pub fn app(
         .wrap(from_fn(observe::observe))
         .configure(openapi::docs(&state.config, document))
         .default_service(web::to(unmatched))
+}
+
+/// Every documented route, registered once: each `.service(...)` call also puts its route in the
+/// OpenAPI document.
+pub fn routes(config: &Config) -> impl FnOnce(&mut ServiceConfig) + '_ {
+    move |cfg| {
+        cfg.service(health::health)
+            .service(health::ready)
+            .configure(crate::routes::routes);
+        if config.metrics_addr.is_empty() {
+            cfg.service(health::serve_metrics);
+        }
+        if config.api_keys_routes {
+            cfg.service(scope(config.api_keys_route_prefix.as_str()).configure(keys::routes));
+        }
+    }
+}
+
+/// The complete OpenAPI document for this configuration, as the service serves it.
+pub fn document(config: &Config) -> Document {
+    let (_, registered) = App::new()
+        .into_utoipa_app()
+        .configure(routes(config))
+        .split_for_parts();
+    openapi::complete(registered, config)
 }
 
 /// No route took the request: 405 naming the methods if the path exists with others, else 404.
@@ -195,4 +222,92 @@ async fn write_admin_key(state: &AppState, path: &Path) -> Result<(), Box<dyn st
     writeln!(file, "{}", created.key.as_str())?;
     tracing::info!(key_id = %created.record.id, path = %path.display(), "admin key written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::http::guard::guarded_routes;
+    use crate::http::openapi::operations;
+
+    fn security_of(doc: &mut Document, operation_id: &str) -> Option<Vec<String>> {
+        let operation =
+            operations(doc).find(|op| op.operation_id.as_deref() == Some(operation_id))?;
+        let requirements = serde_json::to_value(operation.security.as_ref()?).unwrap();
+        let scopes = requirements[0]["api_key"]
+            .as_array()
+            .expect("an api_key requirement");
+        assert_eq!(requirements[0]["api_key"], requirements[1]["bearer"]);
+        Some(
+            scopes
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn documented_scopes_are_the_enforced_ones() {
+        let config = Config::default();
+        let mut doc = document(&config);
+        let guarded: Vec<_> = guarded_routes().collect();
+        assert!(
+            guarded.len() >= 3,
+            "the example routes register their guards"
+        );
+
+        let mut seen = HashSet::new();
+        for route in &guarded {
+            assert!(
+                seen.insert(route.operation),
+                "two guarded handlers are named {}",
+                route.operation
+            );
+            let documented = security_of(&mut doc, route.operation).unwrap_or_else(|| {
+                panic!(
+                    "guarded handler {} is missing from the OpenAPI document",
+                    route.operation
+                )
+            });
+            assert_eq!(documented, route.scopes, "scopes of {}", route.operation);
+        }
+        for id in ["create_key", "list_keys", "get_key", "revoke_key"] {
+            assert_eq!(
+                security_of(&mut doc, id),
+                Some(vec![
+                    config.api_keys_admin_scope.clone(),
+                    config.api_keys_manage_scope.clone()
+                ]),
+                "{id}"
+            );
+        }
+        let unguarded: Vec<_> = operations(&mut doc)
+            .filter(|op| op.security.is_none())
+            .filter_map(|op| op.operation_id.clone())
+            .collect();
+        assert_eq!(
+            unguarded,
+            ["health", "metrics", "ready"],
+            "only the probes and the metrics are open"
+        );
+    }
+
+    #[test]
+    fn key_routes_follow_the_configured_prefix() {
+        let config = Config::from_vars([("API_KEYS_ROUTE_PREFIX", "/admin/keys")]).unwrap();
+        let doc = document(&config);
+        assert!(doc.paths.paths.contains_key("/admin/keys"));
+        assert!(doc.paths.paths.contains_key("/admin/keys/{id}"));
+
+        let without = Config::from_vars([("API_KEYS_ROUTES", "false")]).unwrap();
+        let doc = document(&without);
+        assert!(
+            !doc.paths
+                .paths
+                .keys()
+                .any(|p| p.starts_with(&without.api_keys_route_prefix))
+        );
+    }
 }

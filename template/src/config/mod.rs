@@ -103,13 +103,11 @@ pub fn networks(list: &str) -> Result<Vec<IpNet>, String> {
 
 /// An IPv4-mapped IPv6 network as the IPv4 network it is, so that it matches IPv4 peers.
 fn canonical(net: IpNet) -> IpNet {
-    match net {
-        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
-            None => net,
-        },
-        _ => net,
-    }
+    let IpNet::V6(v6) = net else { return net };
+    v6.addr()
+        .to_ipv4_mapped()
+        .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len().checked_sub(96)?).ok())
+        .map_or(net, IpNet::V4)
 }
 
 /// How log lines are written.
@@ -181,6 +179,15 @@ impl ConfigError {
     }
 }
 
+/// Fails with `problem` for `variable` unless `ok`.
+macro_rules! ensure {
+    ($ok:expr, $variable:expr, $problem:expr) => {
+        if !$ok {
+            return Err(ConfigError::new($variable, $problem));
+        }
+    };
+}
+
 impl Config {
     /// Reads `.env` (if present) and the environment.
     pub fn load() -> Result<Self, ConfigError> {
@@ -215,120 +222,100 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.database_url;
-        if ![
+        let schemes = [
             "sqlite:",
             "postgres://",
             "postgresql://",
             "redis://",
             "rediss://",
             "memory:",
-        ]
-        .iter()
-        .any(|scheme| url.starts_with(scheme))
-        {
-            return Err(ConfigError::new(
-                "DATABASE_URL",
-                "must start with sqlite://, postgres://, postgresql://, redis:// or memory://",
-            ));
-        }
+        ];
+        ensure!(
+            schemes.iter().any(|scheme| url.starts_with(scheme)),
+            "DATABASE_URL",
+            "must start with sqlite://, postgres://, postgresql://, redis:// or memory://"
+        );
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConfigError::new(
-                    "REDIS_URL",
-                    "must start with redis:// or rediss://",
-                ));
-            }
-            if cfg!(not(feature = "redis")) {
-                return Err(ConfigError::new(
-                    "REDIS_URL",
-                    "this build has no Redis support: rebuild with `--features redis`, or unset it",
-                ));
-            }
+            ensure!(
+                url.starts_with("redis://") || url.starts_with("rediss://"),
+                "REDIS_URL",
+                "must start with redis:// or rediss://"
+            );
+            ensure!(
+                cfg!(feature = "redis"),
+                "REDIS_URL",
+                "this build has no Redis support: rebuild with `--features redis`, or unset it"
+            );
         }
-        if !(1..=86_400).contains(&self.redis_cache_ttl_seconds) {
-            return Err(ConfigError::new(
-                "REDIS_CACHE_TTL_SECONDS",
-                "must be between 1 and 86400",
-            ));
-        }
-        if self.key_cache_ttl_ms > 60_000 {
-            return Err(ConfigError::new(
-                "KEY_CACHE_TTL_MS",
-                "must be between 0 (no in-process cache) and 60000",
-            ));
-        }
-        if self.host.is_empty() {
-            return Err(ConfigError::new("HOST", "must not be empty"));
-        }
-        if !self.metrics_addr.is_empty()
-            && self.metrics_addr.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(ConfigError::new(
-                "METRICS_ADDR",
-                format!(
-                    "must be an address and port like 127.0.0.1:9100, got {:?}",
-                    self.metrics_addr
-                ),
-            ));
-        }
+        ensure!(
+            (1..=86_400).contains(&self.redis_cache_ttl_seconds),
+            "REDIS_CACHE_TTL_SECONDS",
+            "must be between 1 and 86400"
+        );
+        ensure!(
+            self.key_cache_ttl_ms <= 60_000,
+            "KEY_CACHE_TTL_MS",
+            "must be between 0 (no in-process cache) and 60000"
+        );
+        ensure!(!self.host.is_empty(), "HOST", "must not be empty");
+        let metrics_addr = &self.metrics_addr;
+        ensure!(
+            metrics_addr.is_empty() || metrics_addr.parse::<std::net::SocketAddr>().is_ok(),
+            "METRICS_ADDR",
+            format!("must be an address and port like 127.0.0.1:9100, got {metrics_addr:?}")
+        );
         let prefix = &self.api_key_prefix;
         let body = prefix.strip_suffix('_').unwrap_or_default();
-        if !(1..=15).contains(&body.len())
-            || !body
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        {
-            return Err(ConfigError::new(
-                "API_KEY_PREFIX",
-                format!("must be 2-16 lowercase letters or digits ending in '_', got {prefix:?}"),
-            ));
-        }
-        if HeaderName::try_from(self.api_key_header.as_str()).is_err() {
-            return Err(ConfigError::new(
-                "API_KEY_HEADER",
-                format!("{:?} is not a valid HTTP header name", self.api_key_header),
-            ));
-        }
-        if self.api_key_pepper.as_ref().is_some_and(|p| p.0.len() < 32) {
-            return Err(ConfigError::new(
-                "API_KEY_PEPPER",
-                "must be at least 32 characters long",
-            ));
-        }
+        ensure!(
+            (1..=15).contains(&body.len())
+                && body
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            "API_KEY_PREFIX",
+            format!("must be 2-16 lowercase letters or digits ending in '_', got {prefix:?}")
+        );
+        let header = &self.api_key_header;
+        ensure!(
+            HeaderName::try_from(header.as_str()).is_ok(),
+            "API_KEY_HEADER",
+            format!("{header:?} is not a valid HTTP header name")
+        );
+        ensure!(
+            self.api_key_pepper.as_ref().is_none_or(|p| p.0.len() >= 32),
+            "API_KEY_PEPPER",
+            "must be at least 32 characters long"
+        );
         check_path("API_KEYS_ROUTE_PREFIX", &self.api_keys_route_prefix)?;
         check_path("DOCS_PATH", &self.docs_path)?;
         for (variable, value) in [
             ("API_KEYS_ADMIN_SCOPE", &self.api_keys_admin_scope),
             ("API_KEYS_MANAGE_SCOPE", &self.api_keys_manage_scope),
         ] {
-            if !scope::is_valid(value) {
-                return Err(ConfigError::new(
-                    variable,
-                    format!(
-                        "{value:?} is not a valid scope (segments of a-z, 0-9, _ and - joined by ':')"
-                    ),
-                ));
-            }
+            ensure!(
+                scope::is_valid(value),
+                variable,
+                format!(
+                    "{value:?} is not a valid scope (segments of a-z, 0-9, _ and - joined by ':')"
+                )
+            );
         }
-        if self.api_keys_manage_scope == self.api_keys_admin_scope {
-            return Err(ConfigError::new(
-                "API_KEYS_MANAGE_SCOPE",
-                "must differ from API_KEYS_ADMIN_SCOPE",
-            ));
-        }
-        if !(1..=3600).contains(&self.usage_flush_seconds) {
-            return Err(ConfigError::new(
-                "USAGE_FLUSH_SECONDS",
-                "must be between 1 and 3600",
-            ));
-        }
+        ensure!(
+            self.api_keys_manage_scope != self.api_keys_admin_scope,
+            "API_KEYS_MANAGE_SCOPE",
+            "must differ from API_KEYS_ADMIN_SCOPE"
+        );
+        ensure!(
+            (1..=3600).contains(&self.usage_flush_seconds),
+            "USAGE_FLUSH_SECONDS",
+            "must be between 1 and 3600"
+        );
         self.trusted_proxies()?;
-        if !["text", "json"].contains(&self.log_format.as_str()) {
-            return Err(ConfigError::new(
-                "LOG_FORMAT",
-                format!("must be text or json, got {:?}", self.log_format),
-            ));
-        }
+        let log_format = &self.log_format;
+        ensure!(
+            ["text", "json"].contains(&log_format.as_str()),
+            "LOG_FORMAT",
+            format!("must be text or json, got {log_format:?}")
+        );
         Ok(())
     }
 
@@ -360,10 +347,9 @@ impl Config {
     }
 
     pub fn log_format(&self) -> LogFormat {
-        if self.log_format == "json" {
-            LogFormat::Json
-        } else {
-            LogFormat::Text
+        match self.log_format.as_str() {
+            "json" => LogFormat::Json,
+            _ => LogFormat::Text,
         }
     }
 
@@ -373,21 +359,19 @@ impl Config {
 }
 
 fn check_path(variable: &str, path: &str) -> Result<(), ConfigError> {
-    let valid = path.starts_with('/')
-        && path[1..].split('/').all(|segment| {
-            !segment.is_empty()
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            variable,
-            format!("must be a path like /api/v1/keys (no trailing slash), got {path:?}"),
-        ))
-    }
+    let segment_ok = |segment: &str| {
+        !segment.is_empty()
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    };
+    ensure!(
+        path.strip_prefix('/')
+            .is_some_and(|rest| rest.split('/').all(segment_ok)),
+        variable,
+        format!("must be a path like /api/v1/keys (no trailing slash), got {path:?}")
+    );
+    Ok(())
 }
 
 fn describe(err: config::ConfigError) -> ConfigError {

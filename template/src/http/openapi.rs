@@ -1,13 +1,13 @@
 //! The OpenAPI document and the Swagger UI that serves it.
 //!
-//! Paths are not listed by hand: registering a route ([`super::routes`]) documents it. Nor are
+//! Paths are not listed by hand: registering a route (`crate::app::routes`) documents it. Nor are
 //! security requirements: every handler guarded by `#[require_api_key]` or `#[require_scope]`
 //! registers what it enforces, and [`complete`] copies that onto its operation, together with the
 //! 401/403 answers. The key-management routes get the configured admin and manage scopes.
 
 use std::collections::HashMap;
 
-use actix_web::{App, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 
 use utoipa::OpenApi;
 use utoipa::openapi::header::Header;
@@ -17,7 +17,6 @@ use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};
-use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::Problem;
@@ -36,15 +35,6 @@ use crate::scope::Match;
     components(schemas(Problem))
 )]
 struct ApiDoc;
-
-/// The complete document for this configuration, as the service serves it.
-pub fn document(config: &Config) -> Document {
-    let (_, registered) = App::new()
-        .into_utoipa_app()
-        .configure(super::routes(config))
-        .split_for_parts();
-    complete(registered, config)
-}
 
 /// The document of the routes `registered`, with what they enforce and answer.
 pub fn complete(registered: Document, config: &Config) -> Document {
@@ -135,7 +125,7 @@ impl AllowedMethods {
     }
 }
 
-fn operations(doc: &mut Document) -> impl Iterator<Item = &mut Operation> {
+pub(crate) fn operations(doc: &mut Document) -> impl Iterator<Item = &mut Operation> {
     doc.paths.paths.values_mut().flat_map(operations_of)
 }
 
@@ -235,90 +225,4 @@ fn problem(description: &str) -> utoipa::openapi::Response {
                 .build(),
         )
         .build()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    use super::*;
-
-    fn security_of(doc: &mut Document, operation_id: &str) -> Option<Vec<String>> {
-        let operation =
-            operations(doc).find(|op| op.operation_id.as_deref() == Some(operation_id))?;
-        let requirements = serde_json::to_value(operation.security.as_ref()?).unwrap();
-        let scopes = requirements[0]["api_key"]
-            .as_array()
-            .expect("an api_key requirement");
-        assert_eq!(requirements[0]["api_key"], requirements[1]["bearer"]);
-        Some(
-            scopes
-                .iter()
-                .map(|s| s.as_str().unwrap().to_owned())
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn documented_scopes_are_the_enforced_ones() {
-        let config = Config::default();
-        let mut doc = document(&config);
-        let guarded: Vec<_> = guarded_routes().collect();
-        assert!(
-            guarded.len() >= 3,
-            "the example routes register their guards"
-        );
-
-        let mut seen = HashSet::new();
-        for route in &guarded {
-            assert!(
-                seen.insert(route.operation),
-                "two guarded handlers are named {}",
-                route.operation
-            );
-            let documented = security_of(&mut doc, route.operation).unwrap_or_else(|| {
-                panic!(
-                    "guarded handler {} is missing from the OpenAPI document",
-                    route.operation
-                )
-            });
-            assert_eq!(documented, route.scopes, "scopes of {}", route.operation);
-        }
-        for id in ["create_key", "list_keys", "get_key", "revoke_key"] {
-            assert_eq!(
-                security_of(&mut doc, id),
-                Some(vec![
-                    config.api_keys_admin_scope.clone(),
-                    config.api_keys_manage_scope.clone()
-                ]),
-                "{id}"
-            );
-        }
-        let unguarded: Vec<_> = operations(&mut doc)
-            .filter(|op| op.security.is_none())
-            .filter_map(|op| op.operation_id.clone())
-            .collect();
-        assert_eq!(
-            unguarded,
-            ["health", "metrics", "ready"],
-            "only the probes and the metrics are open"
-        );
-    }
-
-    #[test]
-    fn key_routes_follow_the_configured_prefix() {
-        let config = Config::from_vars([("API_KEYS_ROUTE_PREFIX", "/admin/keys")]).unwrap();
-        let doc = document(&config);
-        assert!(doc.paths.paths.contains_key("/admin/keys"));
-        assert!(doc.paths.paths.contains_key("/admin/keys/{id}"));
-
-        let without = Config::from_vars([("API_KEYS_ROUTES", "false")]).unwrap();
-        let doc = document(&without);
-        assert!(
-            !doc.paths
-                .paths
-                .keys()
-                .any(|p| p.starts_with(&without.api_keys_route_prefix))
-        );
-    }
 }

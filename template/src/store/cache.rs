@@ -211,22 +211,19 @@ impl Backend for CachedBackend {
         }
         #[cfg(feature = "redis")]
         if let Some(shared) = self.shared_for(id) {
-            match shared.get(id).await {
-                Ok(found) => {
-                    metrics().key_cache("redis", found.is_some());
-                    if let Some(record) = found {
-                        let record = Arc::new(record);
-                        self.remember(&record, generation);
-                        return Ok(Some(record));
-                    }
+            let found = shared.get(id).await;
+            metrics().key_cache("redis", matches!(found, Ok(Some(_))));
+            match found {
+                Ok(Some(record)) => {
+                    let record = Arc::new(record);
+                    self.remember(&record, generation);
+                    return Ok(Some(record));
                 }
+                // A resting Redis was skipped, not asked; the failure that started the rest was
+                // logged.
+                Ok(None) | Err(super::redis::breaker::CacheError::Resting) => {}
                 Err(err) => {
-                    metrics().key_cache("redis", false);
-                    // A resting Redis was skipped, not asked; the failure that started the rest
-                    // was logged.
-                    if !matches!(err, super::redis::breaker::CacheError::Resting) {
-                        tracing::warn!(error = %err, "Redis cache unavailable; reading the database");
-                    }
+                    tracing::warn!(error = %err, "Redis cache unavailable; reading the database");
                 }
             }
         }
@@ -315,18 +312,11 @@ impl Backend for CachedBackend {
     async fn health_checks(&self) -> Vec<(&'static str, Result<(), StoreError>)> {
         let checks = self.primary.health_checks().await;
         #[cfg(feature = "redis")]
-        let checks = match &self.shared {
-            Some(shared) => {
-                let ping = shared.ping().await;
-                let mut checks = checks;
-                checks.push((
-                    "redis_cache",
-                    ping.map_err(|err| StoreError::Unavailable(err.to_string())),
-                ));
-                checks
-            }
-            None => checks,
-        };
+        if let Some(shared) = &self.shared {
+            let ping = shared.ping().await;
+            let ping = ping.map_err(|err| StoreError::Unavailable(err.to_string()));
+            return checks.into_iter().chain([("redis_cache", ping)]).collect();
+        }
         checks
     }
 

@@ -1,7 +1,7 @@
 //! An in-process backend for tests and local experiments. Keys are gone when the process exits.
 
 use std::collections::HashMap;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -23,15 +23,11 @@ struct State {
 impl MemoryBackend {
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // A panic while holding the lock cannot leave a record half-written, so a poisoned lock is still usable.
-        self.state
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -77,11 +73,10 @@ impl Backend for MemoryBackend {
             .keys
             .values()
             .filter(|k| query.owner_id.is_none() || k.owner_id == query.owner_id)
-            .filter(|k| match query.expiring {
-                None => true,
-                Some((after, by)) => {
+            .filter(|k| {
+                query.expiring.is_none_or(|(after, by)| {
                     k.revoked_at.is_none() && k.expires_at.is_some_and(|at| after < at && at <= by)
-                }
+                })
             })
             .collect();
         Ok(page(

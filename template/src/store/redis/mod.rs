@@ -23,14 +23,12 @@ use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 pub use cache::{FENCE, RedisCache};
 
 pub(crate) fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
-    let client =
-        redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_millis(250)))
         .set_number_of_retries(1);
-    client
-        .get_connection_manager_lazy(config)
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection_manager_lazy(config))
         .map_err(|e| StoreError::Unavailable(format!("Redis URL: {e}")))
 }
 
@@ -49,12 +47,15 @@ pub struct RedisBackend {
     connection: ConnectionManager,
 }
 
-/// Functions the scripts share. `put_key` reads its arguments from `ARGV[from]` on: id, creation
-/// score, owner, expiry score, then a count of field/value pairs and the pairs; it returns the index
-/// after them, or `nil` if the id is taken. `add_events` reads (id, key id, score, JSON) quadruples.
-macro_rules! lua_prelude {
-    () => {
-        r"
+/// A script of `$body` after the functions the scripts share. `put_key` reads its arguments from
+/// `ARGV[from]` on: id, creation score, owner, expiry score, then a count of field/value pairs and
+/// the pairs; it returns the index after them, or `nil` if the id is taken. `add_events` reads (id,
+/// key id, score, JSON) quadruples.
+macro_rules! script {
+    ($body:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                r"
 local function put_key(hash, from)
   local id, created, owner, expires, n = ARGV[from], ARGV[from + 1], ARGV[from + 2], ARGV[from + 3], tonumber(ARGV[from + 4])
   if redis.call('HSETNX', hash, 'record', ARGV[from + 5]) == 0 then return nil end
@@ -75,38 +76,33 @@ local function set_or_clear(hash, field, value)
   if value == 'keep' then return end
   if value == '' then redis.call('HDEL', hash, field) else redis.call('HSET', hash, field, value) end
 end
-"
+",
+                $body
+            ))
+        })
     };
 }
 
-static INSERT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        lua_prelude!(),
-        r"
+static INSERT: LazyLock<Script> = script!(
+    r"
 local after = put_key(KEYS[1], 1)
 if not after then return 0 end
 add_events(after)
 return 1
 "
-    ))
-});
+);
 
-static REVOKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        lua_prelude!(),
-        r"
+static REVOKE: LazyLock<Script> = script!(
+    r"
 if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return 0 end
 if redis.call('HSETNX', KEYS[1], 'revoked_at', ARGV[1]) == 1 then add_events(2) end
 return 1
 "
-    ))
-});
+);
 
 /// Compare-and-set on the record JSON: `-1` when another update came first (the caller retries).
-static UPDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        lua_prelude!(),
-        r"
+static UPDATE: LazyLock<Script> = script!(
+    r"
 local current = redis.call('HGET', KEYS[1], 'record')
 if not current then return 0 end
 if current ~= ARGV[2] then return -1 end
@@ -118,14 +114,11 @@ set_or_clear(KEYS[1], 'refilled_at', ARGV[6])
 add_events(7)
 return 1
 "
-    ))
-});
+);
 
 /// `0` when the old key cannot be rotated, `-1` when the new id is taken.
-static ROTATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        lua_prelude!(),
-        r"
+static ROTATE: LazyLock<Script> = script!(
+    r"
 local old = KEYS[1]
 if redis.call('HEXISTS', old, 'record') == 0 or redis.call('HEXISTS', old, 'revoked_at') == 1
   or redis.call('HEXISTS', old, 'replaced_by') == 1 then return 0 end
@@ -135,8 +128,7 @@ redis.call('HSET', old, 'replaced_by', ARGV[2], 'retires_at', ARGV[1])
 add_events(after)
 return 1
 "
-    ))
-});
+);
 
 /// Uses left after taking one; `-1` for no quota, `-2` for none left.
 static USE_QUOTA: LazyLock<Script> = LazyLock::new(|| {
@@ -190,6 +182,11 @@ fn owner_index(owner: &str) -> String {
 
 fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
+}
+
+/// A script argument for an optional time: empty when there is none.
+fn micros_or_empty(at: Option<DateTime<Utc>>) -> String {
+    at.map(|at| micros(at).to_string()).unwrap_or_default()
 }
 
 fn from_micros(value: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -247,11 +244,7 @@ fn put_key_args(
         .arg(&key.id)
         .arg(micros(key.created_at))
         .arg(key.owner_id.as_deref().unwrap_or_default())
-        .arg(
-            key.expires_at
-                .map(|at| micros(at).to_string())
-                .unwrap_or_default(),
-        )
+        .arg(micros_or_empty(key.expires_at))
         .arg(fields.len())
         .arg(record_json(key)?);
     for (field, value) in fields {
@@ -276,9 +269,15 @@ fn event_args(
 
 impl RedisBackend {
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        Ok(Self {
-            connection: connect(url)?,
-        })
+        connect(url).map(|connection| Self { connection })
+    }
+
+    /// Runs a script that answers with a number.
+    async fn invoke(&self, script: &ScriptInvocation<'_>) -> Result<i64, StoreError> {
+        script
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)
     }
 
     /// The key as stored, and its `record` field as it reads now (for compare-and-set).
@@ -300,18 +299,17 @@ impl RedisBackend {
         let Some(json) = fields.remove("record") else {
             return Ok(None);
         };
-        let bad = |field: &str| StoreError::Corrupt(format!("key {id}: bad {field}"));
         let mut record: ApiKeyRecord = serde_json::from_str(&json)
             .map_err(|e| StoreError::Corrupt(format!("key {id}: {e}")))?;
-        record.request_count = fields
-            .remove("request_count")
-            .map(|n| n.parse().map_err(|_| bad("request_count")))
-            .transpose()?
-            .unwrap_or(0);
-        record.remaining = fields
-            .remove("remaining")
-            .map(|n| n.parse().map_err(|_| bad("remaining")))
-            .transpose()?;
+        let mut count = |field: &str| {
+            let bad = || StoreError::Corrupt(format!("key {id}: bad {field}"));
+            fields
+                .remove(field)
+                .map(|n| n.parse().map_err(|_| bad()))
+                .transpose()
+        };
+        record.request_count = count("request_count")?.unwrap_or(0);
+        record.remaining = count("remaining")?;
         record.last_used_at = from_micros(fields.remove("last_used_at"))?;
         record.revoked_at = from_micros(fields.remove("revoked_at"))?;
         record.refilled_at = from_micros(fields.remove("refilled_at"))?;
@@ -332,11 +330,10 @@ impl RedisBackend {
             .query_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;
-        let mut items = Vec::with_capacity(ids.len());
-        for (id, fields) in ids.iter().zip(rows) {
-            items.extend(Self::decode(id, fields)?);
-        }
-        Ok(items)
+        ids.iter()
+            .zip(rows)
+            .filter_map(|(id, fields)| Self::decode(id, fields).transpose())
+            .collect()
     }
 
     /// Ids of a sorted set, highest score first, one page of them, and the set's size.
@@ -420,11 +417,7 @@ impl Backend for RedisBackend {
         let mut invocation = INSERT.key(key_of(&key.id));
         put_key_args(&mut invocation, key)?;
         event_args(&mut invocation, std::slice::from_ref(event))?;
-        let stored: i64 = invocation
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        if stored == 0 {
+        if self.invoke(&invocation).await? == 0 {
             return Err(StoreError::Duplicate);
         }
         Ok(())
@@ -458,11 +451,7 @@ impl Backend for RedisBackend {
         let mut invocation = REVOKE.key(key_of(id));
         invocation.arg(micros(at));
         event_args(&mut invocation, std::slice::from_ref(event))?;
-        let found: i64 = invocation
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(found == 1)
+        Ok(self.invoke(&invocation).await? == 1)
     }
 
     async fn update(
@@ -483,29 +472,19 @@ impl Backend for RedisBackend {
                 .arg(id)
                 .arg(&current)
                 .arg(record_json(&record)?)
-                .arg(
-                    record
-                        .expires_at
-                        .map(|at| micros(at).to_string())
-                        .unwrap_or_default(),
-                )
+                .arg(micros_or_empty(record.expires_at))
                 .arg(
                     changes
                         .remaining
                         .map_or_else(keep, |n| n.map(|n| n.to_string()).unwrap_or_default()),
                 )
-                .arg(changes.refill.map_or_else(keep, |_| {
-                    record
-                        .refilled_at
-                        .map(|at| micros(at).to_string())
-                        .unwrap_or_default()
-                }));
+                .arg(
+                    changes
+                        .refill
+                        .map_or_else(keep, |_| micros_or_empty(record.refilled_at)),
+                );
             event_args(&mut invocation, std::slice::from_ref(event))?;
-            let outcome: i64 = invocation
-                .invoke_async(&mut self.connection.clone())
-                .await
-                .map_err(unavailable)?;
-            match outcome {
+            match self.invoke(&invocation).await? {
                 1 => return self.get(id).await,
                 0 => return Ok(None),
                 _ => continue,
@@ -527,11 +506,7 @@ impl Backend for RedisBackend {
         invocation.key(key_of(&new.id)).arg(micros(retires_at));
         put_key_args(&mut invocation, new)?;
         event_args(&mut invocation, events)?;
-        let outcome: i64 = invocation
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        match outcome {
+        match self.invoke(&invocation).await? {
             -1 => Err(StoreError::Duplicate),
             rotated => Ok(rotated == 1),
         }
@@ -543,18 +518,11 @@ impl Backend for RedisBackend {
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
-        let left: i64 = USE_QUOTA
-            .key(key_of(id))
-            .arg(
-                refill_before
-                    .map(|at| micros(at).to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(micros(now))
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(match left {
+        let mut invocation = USE_QUOTA.key(key_of(id));
+        invocation
+            .arg(micros_or_empty(refill_before))
+            .arg(micros(now));
+        Ok(match self.invoke(&invocation).await? {
             -1 => QuotaUse::Unlimited,
             -2 => QuotaUse::Exhausted,
             left => QuotaUse::Taken {

@@ -141,7 +141,7 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
     let url = database_url.to_owned();
     tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
         // Diesel's migration harness is synchronous: run it on a blocking thread with a plain connection.
-        let (applied, _) = match Database::parse(&url)? {
+        Ok(match Database::parse(&url)? {
             #[cfg(feature = "sqlite")]
             Database::Sqlite { path } => {
                 if let Some(dir) = std::path::Path::new(path)
@@ -153,11 +153,9 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
                     })?;
                 }
                 let mut conn = diesel::SqliteConnection::establish(path).map_err(unavailable)?;
-                let applied = conn
-                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                conn.run_pending_migrations(SQLITE_MIGRATIONS)
                     .map_err(unavailable)?
-                    .len();
-                (applied, ())
+                    .len()
             }
             #[cfg(feature = "postgres")]
             Database::Postgres { url } => {
@@ -165,14 +163,11 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
                 let mut conn =
                     <AsyncConnectionWrapper<PgConnection> as diesel::Connection>::establish(url)
                         .map_err(unavailable)?;
-                let applied = conn
-                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                conn.run_pending_migrations(POSTGRES_MIGRATIONS)
                     .map_err(unavailable)?
-                    .len();
-                (applied, ())
+                    .len()
             }
-        };
-        Ok(applied)
+        })
     })
     .await
     .map_err(unavailable)?
@@ -446,14 +441,9 @@ impl Backend for SqlBackend {
                 remaining: left.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
             });
         }
-        let has_quota = self
-            .get(id)
-            .await?
-            .is_some_and(|key| key.remaining.is_some());
-        Ok(if has_quota {
-            QuotaUse::Exhausted
-        } else {
-            QuotaUse::Unlimited
+        Ok(match self.get(id).await? {
+            Some(key) if key.remaining.is_some() => QuotaUse::Exhausted,
+            _ => QuotaUse::Unlimited,
         })
     }
 

@@ -84,30 +84,23 @@ fn unsigned(n: i64) -> u64 {
 
 fn limit_columns(limit: Option<RateLimit>) -> (Option<i32>, Option<i32>) {
     let column = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
-    (
-        limit.map(|l| column(l.requests)),
-        limit.map(|l| column(l.window)),
-    )
+    limit
+        .map(|l| (column(l.requests), column(l.window)))
+        .unzip()
 }
 
 fn refill_columns(refill: Option<Refill>) -> (Option<String>, Option<i64>) {
-    (
-        refill.map(|r| r.interval.as_str().to_owned()),
-        refill.map(|r| signed(r.amount)),
-    )
+    refill
+        .map(|r| (r.interval.as_str().to_owned(), signed(r.amount)))
+        .unzip()
 }
 
 fn json_object(
     text: &str,
     what: impl FnOnce() -> String,
 ) -> Result<Map<String, Value>, StoreError> {
-    match serde_json::from_str(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(StoreError::Corrupt(format!(
-            "{} is not a JSON object",
-            what()
-        ))),
-    }
+    serde_json::from_str(text)
+        .map_err(|_| StoreError::Corrupt(format!("{} is not a JSON object", what())))
 }
 
 impl From<&ApiKeyRecord> for ApiKeyRow {
@@ -201,19 +194,19 @@ impl From<&KeyChanges> for ChangesRow {
             refill,
             refilled_at,
         } = changes.clone();
-        let limit = rate_limit.map(limit_columns);
-        let refill_set = refill.map(refill_columns);
+        let (rate_limit_requests, rate_limit_window) = rate_limit.map(limit_columns).unzip();
+        let (refill_interval, refill_amount) = refill.map(refill_columns).unzip();
         Self {
             name,
             scopes: scopes.map(|scopes| scopes.join(" ")),
             metadata: metadata.map(|m| Value::Object(m).to_string()),
             expires_at: expires_at.map(|at| at.map(naive)),
             enabled,
-            rate_limit_requests: limit.map(|(requests, _)| requests),
-            rate_limit_window: limit.map(|(_, window)| window),
+            rate_limit_requests,
+            rate_limit_window,
             remaining: remaining.map(|n| n.map(signed)),
-            refill_interval: refill_set.clone().map(|(interval, _)| interval),
-            refill_amount: refill_set.map(|(_, amount)| amount),
+            refill_interval,
+            refill_amount,
             refilled_at: refill
                 .map(|refill| refill.map(|_| naive(refilled_at.unwrap_or_else(now)))),
         }
