@@ -3,14 +3,13 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
-use chrono::Duration;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::bodies::{EventList, KeyCreated, KeyDetails, KeyList, ListParams, PageParams};
 use super::{ApiError, Problem};
-use crate::keys::validation::DEFAULT_GRACE_SECONDS;
-use crate::keys::{ApiKeyService, CreatedKey, Manager, Rotation, ServiceError};
-use crate::model::{KeyChanges, NewKey, now};
+use crate::keys::validation::{DEFAULT_GRACE_SECONDS, expiring_within};
+use crate::keys::{ApiKeyService, CreatedKey, Manager, Rotation};
+use crate::model::{KeyChanges, NewKey};
 use crate::store::ListQuery;
 
 /// The tag of these operations, by which the OpenAPI document finds them to give them the
@@ -39,9 +38,13 @@ pub fn routes(cfg: &mut ServiceConfig) {
         (status = 201, description = "Key created", body = KeyCreated, example = json!({
             "id": "4fTq9ZbX2mKp", "key": "sk_4fTq9ZbX2mKp_…", "name": "billing-sync",
             "scopes": ["invoices:read"], "owner_id": "team-billing", "metadata": {},
-            "created_at": "2026-11-25T09:00:00Z", "expires_at": null,
+            "status": "active", "enabled": true, "created_at": "2026-11-25T09:00:00Z",
+            "expires_at": null, "expires_in_seconds": null, "revoked_at": null,
+            "last_used_at": null, "request_count": 0,
             "rate_limit": {"requests": 100, "window": 60}, "remaining": 10000,
-            "refill": {"interval": "monthly", "amount": 10000}, "rotated_from": null
+            "refill": {"interval": "monthly", "amount": 10000},
+            "refilled_at": "2026-11-25T09:00:00Z", "rotated_from": null, "replaced_by": null,
+            "retires_at": null
         })),
     )
 )]
@@ -80,22 +83,9 @@ pub async fn list_keys(
     params: web::Query<ListParams>,
 ) -> Result<web::Json<KeyList>, ApiError> {
     let params = params.into_inner();
-    let expiring = match params.expiring_within_days {
-        None => None,
-        Some(days @ 1..=3660) => {
-            let now = now();
-            Some((now, now + Duration::days(i64::from(days))))
-        }
-        Some(_) => {
-            return Err(ApiError::Service(ServiceError::Invalid {
-                field: "expiring_within_days",
-                message: "must be between 1 and 3660".into(),
-            }));
-        }
-    };
     let query = ListQuery {
+        expiring: expiring_within(params.expiring_within_days)?,
         owner_id: params.owner_id,
-        expiring,
         limit: params.limit.unwrap_or(50),
         offset: params.offset.unwrap_or(0),
     };

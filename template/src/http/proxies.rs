@@ -21,15 +21,6 @@ pub struct TrustedProxies {
     header: ProxyHeader,
 }
 
-impl Default for TrustedProxies {
-    fn default() -> Self {
-        Self {
-            networks: Vec::new(),
-            header: ProxyHeader::XForwardedFor,
-        }
-    }
-}
-
 impl TrustedProxies {
     /// Believes `networks` to report the client in `header`.
     pub fn new(networks: Vec<IpNet>, header: ProxyHeader) -> Self {

@@ -2,13 +2,14 @@
 //!
 //! Checks run before anything is stored, so a refused request leaves no trace.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 
 use super::error::{ServiceError, invalid};
 use crate::auth::key_format::KeyFormat;
-use crate::model::{KeyChanges, NewKey, RateLimit, Refill};
+use crate::model::{KeyChanges, NewKey, RateLimit, Refill, now};
 use crate::scope;
+use crate::store::Window;
 
 pub const MAX_NAME_LEN: usize = 100;
 pub const MAX_OWNER_LEN: usize = 128;
@@ -25,6 +26,24 @@ pub const MAX_QUOTA: u64 = 1_000_000_000_000;
 /// How long a rotated key keeps working unless told otherwise (a day), and at most (30 days).
 pub const DEFAULT_GRACE_SECONDS: u64 = 86_400;
 pub const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
+
+/// How far ahead `expiring_within_days` looks, at most (ten years).
+pub const MAX_EXPIRING_DAYS: u32 = 3660;
+
+/// The window a listing of keys about to expire covers: from now to `days` days ahead.
+pub fn expiring_within(days: Option<u32>) -> Result<Option<Window>, ServiceError> {
+    let Some(days) = days else {
+        return Ok(None);
+    };
+    if !(1..=MAX_EXPIRING_DAYS).contains(&days) {
+        return Err(invalid(
+            "expiring_within_days",
+            format!("must be between 1 and {MAX_EXPIRING_DAYS}"),
+        ));
+    }
+    let now = now();
+    Ok(Some((now, now + Duration::days(i64::from(days)))))
+}
 
 /// Page sizes and offsets every listing accepts.
 pub(super) fn page_bounds(limit: u32, offset: u64) -> Result<(), ServiceError> {

@@ -47,12 +47,15 @@ pub struct EventQuery {
     pub offset: u64,
 }
 
+/// A span of time: after the first instant, up to and including the second.
+pub type Window = (DateTime<Utc>, DateTime<Utc>);
+
 /// Which keys to list: newest first, optionally one owner's, optionally only those about to expire.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub owner_id: Option<String>,
-    /// Only unrevoked keys whose expiry falls after the first time and no later than the second.
-    pub expiring: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Only unrevoked keys whose expiry falls in this window.
+    pub expiring: Option<Window>,
     pub limit: u32,
     pub offset: u64,
 }
