@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::keys::{ApiKeyService, Manager, Rotation};
-use crate::model::{KeyStatus, NewKey};
+use crate::model::{KeyStatus, NewKey, name_of};
 use crate::store::ListQuery;
 
 #[derive(Debug, Parser)]
@@ -163,7 +163,7 @@ impl KeysCommand {
                     println!(
                         "{:<12}  {:<8}  {:<24}  {:>8}  {:<12}  {}",
                         key.id,
-                        KeyStatus::of(key).as_str(),
+                        name_of(KeyStatus::of(key)),
                         key.name,
                         key.request_count,
                         expires_in,

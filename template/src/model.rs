@@ -320,16 +320,6 @@ impl KeyStatus {
             Self::Active
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Disabled => "disabled",
-            Self::Expired => "expired",
-            Self::Rotated => "rotated",
-            Self::Revoked => "revoked",
-        }
-    }
 }
 
 /// At most `requests` requests per `window` seconds, spread evenly: a key that has been idle may
@@ -361,19 +351,6 @@ pub enum RefillInterval {
 }
 
 impl RefillInterval {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Daily => "daily",
-            Self::Monthly => "monthly",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Daily, Self::Monthly]
-            .into_iter()
-            .find(|interval| interval.as_str() == text)
-    }
-
     /// When the period holding `now` began: midnight UTC of the day, or of the month's first day.
     pub fn period_start(self, now: DateTime<Utc>) -> DateTime<Utc> {
         use chrono::Datelike;
@@ -422,26 +399,22 @@ pub enum EventAction {
     Revoked,
 }
 
-impl EventAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Rotated => "rotated",
-            Self::Updated => "updated",
-            Self::Revoked => "revoked",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Created, Self::Rotated, Self::Updated, Self::Revoked]
-            .into_iter()
-            .find(|action| action.as_str() == text)
-    }
-}
-
 /// The current time at the precision every backend stores.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// The name serde gives a unit variant (`monthly`, `revoked`): what a text column or a table holds.
+pub fn name_of(variant: impl Serialize) -> String {
+    match serde_json::to_value(variant) {
+        Ok(Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
+/// The unit variant serde reads from `name`, if there is one.
+pub fn from_name<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
+    serde_json::from_value(Value::from(name)).ok()
 }
 
 /// A fresh random id for a record that has no other: 16 hex digits.

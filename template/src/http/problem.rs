@@ -56,46 +56,30 @@ pub fn management_problems() -> [(u16, String); 5] {
         field: "",
         message: String::new(),
     };
-    let code = |err: ApiError| err.code();
     [
         (
-            400,
-            format!(
-                "Malformed JSON, an unknown field or a bad query string (`{}`)",
-                code(ApiError::BadRequest(String::new()))
-            ),
+            ApiError::BadRequest(String::new()),
+            "Malformed JSON, an unknown field or a bad query string",
         ),
         (
-            403,
-            format!(
-                "The key lacks the admin and manage scopes (`{}`), or a manager key asked beyond \
-                 its reach: another owner, a scope it lacks, a later expiry or looser limits than \
-                 its own, re-enabling a key, or every key's events",
-                code(ApiError::InsufficientScope { required: vec![] })
-            ),
+            ApiError::InsufficientScope { required: vec![] },
+            "The key lacks the admin and manage scopes, or a manager key asked beyond its reach: \
+             another owner, a scope it lacks, a later expiry or looser limits than its own, \
+             re-enabling a key, or every key's events",
         ),
+        (ApiError::Service(ServiceError::NotFound), "No such key"),
+        (ApiError::PayloadTooLarge { limit: 0 }, "Body too large"),
         (
-            404,
-            format!(
-                "No such key (`{}`)",
-                code(ApiError::Service(ServiceError::NotFound))
-            ),
-        ),
-        (
-            413,
-            format!(
-                "Body too large (`{}`)",
-                code(ApiError::PayloadTooLarge { limit: 0 })
-            ),
-        ),
-        (
-            422,
-            format!(
-                "A field is out of bounds (`{}`, naming the `field`)",
-                code(ApiError::Service(invalid))
-            ),
+            ApiError::Service(invalid),
+            "A field is out of bounds, named in `field`",
         ),
     ]
+    .map(|(err, what)| {
+        (
+            err.status_code().as_u16(),
+            format!("{what} (`{}`)", err.code()),
+        )
+    })
 }
 
 /// An `application/problem+json` body.

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::schema::{api_key_events, api_keys};
 use crate::model::{
-    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, RateLimit, Refill, RefillInterval, now,
+    ApiKeyRecord, KeyChanges, KeyEvent, RateLimit, Refill, from_name, name_of, now,
 };
 use crate::store::StoreError;
 
@@ -91,7 +91,7 @@ fn limit_columns(limit: Option<RateLimit>) -> (Option<i32>, Option<i32>) {
 
 fn refill_columns(refill: Option<Refill>) -> (Option<String>, Option<i64>) {
     refill
-        .map(|r| (r.interval.as_str().to_owned(), signed(r.amount)))
+        .map(|r| (name_of(r.interval), signed(r.amount)))
         .unzip()
 }
 
@@ -150,7 +150,7 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
         };
         let refill = match (&row.refill_interval, row.refill_amount) {
             (Some(interval), Some(amount)) => Some(Refill {
-                interval: RefillInterval::parse(interval).ok_or_else(|| {
+                interval: from_name(interval).ok_or_else(|| {
                     StoreError::Corrupt(format!("refill interval of key {}: {interval:?}", row.id))
                 })?,
                 amount: unsigned(amount),
@@ -218,7 +218,7 @@ impl From<&KeyEvent> for EventRow {
         Self {
             id: event.id.clone(),
             key_id: event.key_id.clone(),
-            action: event.action.as_str().to_owned(),
+            action: name_of(event.action),
             actor_key_id: event.actor_key_id.clone(),
             client: event.client.clone(),
             changes: Value::Object(event.changes.clone()).to_string(),
@@ -232,7 +232,7 @@ impl TryFrom<EventRow> for KeyEvent {
 
     fn try_from(row: EventRow) -> Result<Self, StoreError> {
         Ok(Self {
-            action: EventAction::parse(&row.action).ok_or_else(|| {
+            action: from_name(&row.action).ok_or_else(|| {
                 StoreError::Corrupt(format!("event {}: unknown action {:?}", row.id, row.action))
             })?,
             changes: json_object(&row.changes, || format!("changes of event {}", row.id))?,
