@@ -96,10 +96,8 @@ pub fn app(
         InitError = (),
     >,
 > {
-    let (app, registered) = App::new()
-        .into_utoipa_app()
-        .configure(routes(&state.config))
-        .split_for_parts();
+    let (app, registered) =
+        App::new().into_utoipa_app().configure(routes(&state.config)).split_for_parts();
     let document = openapi::complete(registered, &state.config);
     app.app_data(state.authenticator)
         .app_data(state.allowance)
@@ -120,9 +118,7 @@ pub fn app(
 /// OpenAPI document.
 pub fn routes(config: &Config) -> impl FnOnce(&mut ServiceConfig) + '_ {
     move |cfg| {
-        cfg.service(health::health)
-            .service(health::ready)
-            .configure(crate::routes::routes);
+        cfg.service(health::health).service(health::ready).configure(crate::routes::routes);
         if config.metrics_addr.is_empty() {
             cfg.service(health::serve_metrics);
         }
@@ -134,10 +130,7 @@ pub fn routes(config: &Config) -> impl FnOnce(&mut ServiceConfig) + '_ {
 
 /// The complete OpenAPI document for this configuration, as the service serves it.
 pub fn document(config: &Config) -> Document {
-    let (_, registered) = App::new()
-        .into_utoipa_app()
-        .configure(routes(config))
-        .split_for_parts();
+    let (_, registered) = App::new().into_utoipa_app().configure(routes(config)).split_for_parts();
     openapi::complete(registered, config)
 }
 
@@ -148,9 +141,7 @@ async fn unmatched(
 ) -> Result<HttpResponse, ApiError> {
     let pattern = req.resource_map().match_pattern(req.path());
     match pattern.as_deref().and_then(|pattern| allowed.get(pattern)) {
-        Some(allow) => Err(ApiError::MethodNotAllowed {
-            allow: allow.to_owned(),
-        }),
+        Some(allow) => Err(ApiError::MethodNotAllowed { allow: allow.to_owned() }),
         None => Err(ApiError::RouteNotFound),
     }
 }
@@ -170,10 +161,8 @@ pub async fn serve(
     if let Some(path) = admin_key_file {
         write_admin_key(&state, path).await?;
     }
-    let flusher = state
-        .usage
-        .clone()
-        .spawn_flusher(state.store.clone(), state.config.usage_flush_interval());
+    let flusher =
+        state.usage.clone().spawn_flusher(state.store.clone(), state.config.usage_flush_interval());
 
     let address = (state.config.host.clone(), state.config.port);
     let docs_path = state.config.docs_path.clone();
@@ -236,16 +225,9 @@ mod tests {
         let operation =
             operations(doc).find(|op| op.operation_id.as_deref() == Some(operation_id))?;
         let requirements = serde_json::to_value(operation.security.as_ref()?).unwrap();
-        let scopes = requirements[0]["api_key"]
-            .as_array()
-            .expect("an api_key requirement");
+        let scopes = requirements[0]["api_key"].as_array().expect("an api_key requirement");
         assert_eq!(requirements[0]["api_key"], requirements[1]["bearer"]);
-        Some(
-            scopes
-                .iter()
-                .map(|s| s.as_str().unwrap().to_owned())
-                .collect(),
-        )
+        Some(scopes.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
     }
 
     #[test]
@@ -253,10 +235,7 @@ mod tests {
         let config = Config::default();
         let mut doc = document(&config);
         let guarded: Vec<_> = guarded_routes().collect();
-        assert!(
-            guarded.len() >= 3,
-            "the example routes register their guards"
-        );
+        assert!(guarded.len() >= 3, "the example routes register their guards");
 
         let mut seen = HashSet::new();
         for route in &guarded {
@@ -266,10 +245,7 @@ mod tests {
                 route.operation
             );
             let documented = security_of(&mut doc, route.operation).unwrap_or_else(|| {
-                panic!(
-                    "guarded handler {} is missing from the OpenAPI document",
-                    route.operation
-                )
+                panic!("guarded handler {} is missing from the OpenAPI document", route.operation)
             });
             assert_eq!(documented, route.scopes, "scopes of {}", route.operation);
         }
@@ -303,11 +279,6 @@ mod tests {
 
         let without = Config::from_vars([("API_KEYS_ROUTES", "false")]).unwrap();
         let doc = document(&without);
-        assert!(
-            !doc.paths
-                .paths
-                .keys()
-                .any(|p| p.starts_with(&without.api_keys_route_prefix))
-        );
+        assert!(!doc.paths.paths.keys().any(|p| p.starts_with(&without.api_keys_route_prefix)));
     }
 }

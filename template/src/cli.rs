@@ -82,29 +82,16 @@ impl KeysCommand {
         admin_scope: &str,
     ) -> Result<(), Box<dyn std::error::Error>> {
         match self {
-            Self::Create {
-                name,
-                mut scopes,
-                owner,
-                expires_in,
-                admin,
-            } => {
+            Self::Create { name, mut scopes, owner, expires_in, admin } => {
                 if admin {
                     scopes.push(admin_scope.to_owned());
                 }
-                let expires_at = expires_in
-                    .map(|d| later(d).ok_or("--expires-in is too long"))
-                    .transpose()?;
+                let expires_at =
+                    expires_in.map(|d| later(d).ok_or("--expires-in is too long")).transpose()?;
                 let created = service
                     .create_key(
                         &Manager::Operator,
-                        NewKey {
-                            name,
-                            scopes,
-                            owner_id: owner,
-                            expires_at,
-                            ..NewKey::default()
-                        },
+                        NewKey { name, scopes, owner_id: owner, expires_at, ..NewKey::default() },
                     )
                     .await?;
                 let record = &created.record;
@@ -113,37 +100,20 @@ impl KeysCommand {
                     record.id,
                     record.name,
                     record.scopes.join(", "),
-                    record
-                        .expires_at
-                        .map(|at| format!(", expiring {at}"))
-                        .unwrap_or_default()
+                    record.expires_at.map(|at| format!(", expiring {at}")).unwrap_or_default()
                 );
                 eprintln!("Store it now; it is not shown again:");
                 println!("{}", created.key.as_str());
             }
-            Self::List {
-                owner,
-                expiring,
-                limit,
-                offset,
-            } => {
+            Self::List { owner, expiring, limit, offset } => {
                 let now = crate::model::now();
                 let expiring = expiring
-                    .map(|within| {
-                        later(within)
-                            .map(|by| (now, by))
-                            .ok_or("--expiring is too long")
-                    })
+                    .map(|within| later(within).map(|by| (now, by)).ok_or("--expiring is too long"))
                     .transpose()?;
                 let page = service
                     .list_keys(
                         &Manager::Operator,
-                        &ListQuery {
-                            owner_id: owner,
-                            expiring,
-                            limit,
-                            offset,
-                        },
+                        &ListQuery { owner_id: owner, expiring, limit, offset },
                     )
                     .await?;
                 println!(
@@ -173,13 +143,9 @@ impl KeysCommand {
                 eprintln!("{} of {} keys", page.items.len(), page.total);
             }
             Self::Rotate { id, grace } => {
-                let rotation = Rotation {
-                    grace_period: Some(grace.as_secs()),
-                    ..Rotation::default()
-                };
-                let created = service
-                    .rotate_key(&Manager::Operator, &id, rotation)
-                    .await?;
+                let rotation =
+                    Rotation { grace_period: Some(grace.as_secs()), ..Rotation::default() };
+                let created = service.rotate_key(&Manager::Operator, &id, rotation).await?;
                 eprintln!(
                     "Rotated key {id} into {}; {id} keeps working for {}.",
                     created.record.id,

@@ -33,9 +33,7 @@ async fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
     }
 
-    let command = cli.command.unwrap_or(Command::Serve {
-        admin_key_file: None,
-    });
+    let command = cli.command.unwrap_or(Command::Serve { admin_key_file: None });
     match run(command, config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -116,8 +116,7 @@ impl Metrics {
     /// The counter of authentication attempts with this outcome (`authenticated`, or the code of
     /// the failure), for the authenticator to keep at hand rather than look up per request.
     pub fn auth_attempts(&self, outcome: &'static str) -> Counter {
-        self.auth_attempts
-            .get_or_create_owned(&[("outcome", outcome)])
+        self.auth_attempts.get_or_create_owned(&[("outcome", outcome)])
     }
 
     /// Counts a lookup in the cache called `cache` (`local` or `redis`).
@@ -127,31 +126,23 @@ impl Metrics {
             return;
         }
         let result = if hit { "hit" } else { "miss" };
-        self.key_cache
-            .get_or_create(&[("cache", cache), ("result", result)])
-            .inc();
+        self.key_cache.get_or_create(&[("cache", cache), ("result", result)]).inc();
     }
 
     /// Counts one round trip to the key store.
     pub fn storage_operation(&self, operation: &'static str) {
-        self.storage_operations
-            .get_or_create(&[("operation", operation)])
-            .inc();
+        self.storage_operations.get_or_create(&[("operation", operation)]).inc();
     }
 
     /// Counts a usage flush of `keys` keys.
     pub fn usage_flush(&self, keys: usize, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.usage_flushes
-            .get_or_create(&[("result", result)])
-            .inc();
+        self.usage_flushes.get_or_create(&[("result", result)]).inc();
         if ok {
             self.usage_flushed_keys.inc_by(keys as u64);
             let since_start = self.started.elapsed().as_millis();
-            self.last_flush_ms.store(
-                u64::try_from(since_start).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
+            self.last_flush_ms
+                .store(u64::try_from(since_start).unwrap_or(u64::MAX), Ordering::Relaxed);
         }
     }
 
@@ -170,9 +161,7 @@ impl Metrics {
             route: route.map_or(Cow::Borrowed("unmatched"), Cow::Owned),
             status,
         };
-        self.request_durations
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        self.request_durations.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
     /// Counts a request refused by its key's rate limit or quota, by problem `code`.
@@ -192,13 +181,9 @@ impl Metrics {
 }
 
 fn method_label(method: &Method) -> &'static str {
-    const METHODS: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
-    ];
-    METHODS
-        .into_iter()
-        .find(|known| *known == method.as_str())
-        .unwrap_or("other")
+    const METHODS: [&str; 9] =
+        ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+    METHODS.into_iter().find(|known| *known == method.as_str()).unwrap_or("other")
 }
 
 /// A new metric, registered under `name`; the registry keeps a handle to the same values.

@@ -7,11 +7,9 @@
 //! the SQL table in `store/sql/`; the compiler points at every conversion that must carry it.
 
 use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
@@ -88,10 +86,7 @@ pub struct StoredRecord<'a> {
 
 impl ApiKeyRecord {
     pub fn stored(&self) -> StoredRecord<'_> {
-        StoredRecord {
-            key_hash: &self.key_hash,
-            record: self,
-        }
+        StoredRecord { key_hash: &self.key_hash, record: self }
     }
 }
 
@@ -195,35 +190,19 @@ pub struct KeyChanges {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
     /// `false` refuses the key (`disabled_api_key`) until set back to `true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<RateLimit>)]
     pub rate_limit: Option<Option<RateLimit>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<u64>, minimum = 0)]
     pub remaining: Option<Option<u64>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Refill>)]
     pub refill: Option<Option<Refill>>,
     /// When `refill` was set, so that the quota's periods count from then (now, if not given).
@@ -425,30 +404,13 @@ pub fn random_id() -> String {
 }
 
 /// The stored digest of a key (SHA-256, or HMAC-SHA256 under the pepper), written as 64 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct KeyHash(pub(crate) [u8; 32]);
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyHash(#[serde(with = "hex")] pub(crate) [u8; 32]);
 
 impl From<[u8; 32]> for KeyHash {
     fn from(bytes: [u8; 32]) -> Self {
         Self(bytes)
-    }
-}
-
-impl FromStr for KeyHash {
-    type Err = hex::FromHexError;
-
-    fn from_str(hex: &str) -> Result<Self, Self::Err> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex, &mut bytes)?;
-        Ok(Self(bytes))
-    }
-}
-
-impl fmt::Display for KeyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut hex = [0u8; 64];
-        hex::encode_to_slice(self.0, &mut hex).map_err(|_| fmt::Error)?;
-        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -457,18 +419,5 @@ impl fmt::Display for KeyHash {
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("KeyHash(…)")
-    }
-}
-
-impl Serialize for KeyHash {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for KeyHash {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let hex = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        hex.parse().map_err(D::Error::custom)
     }
 }

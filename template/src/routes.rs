@@ -12,9 +12,7 @@ use crate::auth::ApiKey;
 use crate::http::{require_api_key, require_scope};
 
 pub fn routes(cfg: &mut ServiceConfig) {
-    cfg.service(protected)
-        .service(api_data)
-        .service(delete_user);
+    cfg.service(protected).service(api_data).service(delete_user);
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -28,9 +26,7 @@ pub struct Status {
 #[get("/protected")]
 #[require_api_key]
 pub async fn protected() -> web::Json<Status> {
-    web::Json(Status {
-        status: "authenticated",
-    })
+    web::Json(Status { status: "authenticated" })
 }
 
 /// Any valid key, and who it belongs to

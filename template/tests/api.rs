@@ -31,18 +31,12 @@ async fn seed_flow(store: Arc<dyn Backend>) {
     assert!(created.get("key_hash").is_none(), "{created}");
     let key = created["key"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
-    assert!(
-        key.starts_with("acme_"),
-        "the configured prefix is used: {key}"
-    );
+    assert!(key.starts_with("acme_"), "the configured prefix is used: {key}");
     assert!(key.contains(&id), "the key carries its public id");
 
     let (status, _, body) =
         call(&h.app, with_key(TestRequest::get().uri("/protected"), &key)).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (StatusCode::OK, Some("authenticated"))
-    );
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("authenticated")));
     let bearer = TestRequest::get()
         .uri("/api/data")
         .insert_header(("Authorization", format!("Bearer {key}")));
@@ -50,25 +44,16 @@ async fn seed_flow(store: Arc<dyn Backend>) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["owner_id"], owner.as_str());
 
-    let (status, _, problem) = call(
-        &h.app,
-        with_key(TestRequest::delete().uri("/api/admin/users/42"), &key),
-    )
-    .await;
+    let (status, _, problem) =
+        call(&h.app, with_key(TestRequest::delete().uri("/api/admin/users/42"), &key)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(problem["code"], "insufficient_scope");
     assert_eq!(problem["required_scopes"], json!(["admin:delete"]));
-    assert!(
-        !problem.to_string().contains("users:read"),
-        "a 403 never lists the key's own scopes"
-    );
+    assert!(!problem.to_string().contains("users:read"), "a 403 never lists the key's own scopes");
 
     let (status, _, list) = call(
         &h.app,
-        with_key(
-            TestRequest::get().uri(&format!("{KEYS}?owner_id={owner}")),
-            &h.admin,
-        ),
+        with_key(TestRequest::get().uri(&format!("{KEYS}?owner_id={owner}")), &h.admin),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -76,38 +61,25 @@ async fn seed_flow(store: Arc<dyn Backend>) {
     assert_eq!(list["items"][0]["id"], id.as_str());
     assert!(!list.to_string().contains("key_hash"), "{list}");
 
-    let (status, _, details) = call(
-        &h.app,
-        with_key(TestRequest::get().uri(&format!("{KEYS}/{id}")), &h.admin),
-    )
-    .await;
+    let (status, _, details) =
+        call(&h.app, with_key(TestRequest::get().uri(&format!("{KEYS}/{id}")), &h.admin)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(details["status"], "active");
-    assert_eq!(
-        details["request_count"], 3,
-        "uses are counted, including the 403"
-    );
+    assert_eq!(details["request_count"], 3, "uses are counted, including the 403");
     assert!(details["last_used_at"].is_string());
     assert_eq!(details["metadata"], json!({"team": "core"}));
     assert!(details.get("key").is_none() && details.get("key_hash").is_none());
 
     let revoke = || with_key(TestRequest::delete().uri(&format!("{KEYS}/{id}")), &h.admin);
     assert_eq!(call(&h.app, revoke()).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(
-        call(&h.app, revoke()).await.0,
-        StatusCode::NO_CONTENT,
-        "revoking twice is fine"
-    );
+    assert_eq!(call(&h.app, revoke()).await.0, StatusCode::NO_CONTENT, "revoking twice is fine");
 
     let (status, headers, problem) =
         call(&h.app, with_key(TestRequest::get().uri("/protected"), &key)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(problem["code"], "revoked_api_key");
     assert!(headers.get(header::WWW_AUTHENTICATE).is_some());
-    assert_eq!(
-        headers.get(header::CONTENT_TYPE).unwrap(),
-        "application/problem+json"
-    );
+    assert_eq!(headers.get(header::CONTENT_TYPE).unwrap(), "application/problem+json");
 
     // Usage counted in memory reaches the store with one flush, exactly.
     h.state.usage.flush(h.state.store.as_ref()).await.unwrap();
@@ -126,10 +98,7 @@ async fn seed_flow_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("keys.db").display());
     {{crate_name}}::store::migrate(&url).await.unwrap();
-    seed_flow(Arc::new(
-        {{crate_name}}::store::SqlBackend::connect(&url).await.unwrap(),
-    ))
-    .await;
+    seed_flow(Arc::new({{crate_name}}::store::SqlBackend::connect(&url).await.unwrap())).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -140,10 +109,7 @@ async fn seed_flow_on_postgres() {
         return;
     };
     {{crate_name}}::store::migrate(&url).await.unwrap();
-    seed_flow(Arc::new(
-        {{crate_name}}::store::SqlBackend::connect(&url).await.unwrap(),
-    ))
-    .await;
+    seed_flow(Arc::new({{crate_name}}::store::SqlBackend::connect(&url).await.unwrap())).await;
 }
 
 #[cfg(feature = "redis")]
@@ -153,31 +119,16 @@ async fn seed_flow_on_redis() {
         eprintln!("SKIPPED seed_flow_on_redis: set TEST_REDIS_URL=redis://... to run it");
         return;
     };
-    seed_flow(Arc::new(
-        {{crate_name}}::store::redis::RedisBackend::connect(&url).unwrap(),
-    ))
-    .await;
+    seed_flow(Arc::new({{crate_name}}::store::redis::RedisBackend::connect(&url).unwrap())).await;
 }
 
 #[actix_web::test]
 async fn key_routes_need_a_management_scope() {
     let h = memory_harness().await;
-    let (_, plain) = create(
-        &h.app,
-        &h.admin,
-        json!({"name": "plain", "scopes": ["*:read"]}),
-    )
-    .await;
-    assert_eq!(
-        plain["code"], "validation_failed",
-        "'*:read' is not a scope"
-    );
-    let (_, plain) = create(
-        &h.app,
-        &h.admin,
-        json!({"name": "plain", "scopes": ["users:*"]}),
-    )
-    .await;
+    let (_, plain) = create(&h.app, &h.admin, json!({"name": "plain", "scopes": ["*:read"]})).await;
+    assert_eq!(plain["code"], "validation_failed", "'*:read' is not a scope");
+    let (_, plain) =
+        create(&h.app, &h.admin, json!({"name": "plain", "scopes": ["users:*"]})).await;
     let plain = plain["key"].as_str().unwrap().to_owned();
 
     let routes = [
@@ -189,32 +140,15 @@ async fn key_routes_need_a_management_scope() {
     for route in routes {
         let req = route.to_request();
         let (method, uri) = (req.method().clone(), req.uri().clone());
-        let anonymous = TestRequest::default()
-            .method(method.clone())
-            .uri(&uri.to_string());
+        let anonymous = TestRequest::default().method(method.clone()).uri(&uri.to_string());
         let (status, _, problem) = call(&h.app, anonymous.set_json(json!({"name": "x"}))).await;
-        assert_eq!(
-            status,
-            StatusCode::UNAUTHORIZED,
-            "{method} {uri} without a key"
-        );
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} without a key");
         assert_eq!(problem["code"], "missing_api_key");
-        let plain_key = with_key(
-            TestRequest::default()
-                .method(method.clone())
-                .uri(&uri.to_string()),
-            &plain,
-        );
+        let plain_key =
+            with_key(TestRequest::default().method(method.clone()).uri(&uri.to_string()), &plain);
         let (status, _, problem) = call(&h.app, plain_key.set_json(json!({"name": "x"}))).await;
-        assert_eq!(
-            status,
-            StatusCode::FORBIDDEN,
-            "{method} {uri} with a plain key"
-        );
-        assert_eq!(
-            problem["required_scopes"],
-            json!(["api_keys:admin", "api_keys:manage"])
-        );
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri} with a plain key");
+        assert_eq!(problem["required_scopes"], json!(["api_keys:admin", "api_keys:manage"]));
     }
 }
 
@@ -237,11 +171,8 @@ async fn bad_keys_are_rejected_with_their_own_codes() {
         forged.replace_range(at..=at, if &key[at..=at] == "a" { "b" } else { "a" });
         forged
     };
-    let (status, _, _) = call(
-        &h.app,
-        with_key(TestRequest::get().uri("/protected"), &h.admin),
-    )
-    .await;
+    let (status, _, _) =
+        call(&h.app, with_key(TestRequest::get().uri("/protected"), &h.admin)).await;
     assert_eq!(status, StatusCode::OK);
     let forged_id = flip(&h.admin, 10);
     let forged_secret = flip(&h.admin, 20);
@@ -263,17 +194,9 @@ async fn bad_keys_are_rejected_with_their_own_codes() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{code}");
         assert_eq!(problem["code"], code);
         assert!(
-            headers
-                .get(header::WWW_AUTHENTICATE)
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("Bearer")
+            headers.get(header::WWW_AUTHENTICATE).unwrap().to_str().unwrap().starts_with("Bearer")
         );
-        assert!(
-            !problem.to_string().contains(&h.admin[4..]),
-            "no key material in errors"
-        );
+        assert!(!problem.to_string().contains(&h.admin[4..]), "no key material in errors");
     }
 
     let twice = TestRequest::get()
@@ -285,14 +208,12 @@ async fn bad_keys_are_rejected_with_their_own_codes() {
         "invalid_api_key",
         "a repeated key header is ambiguous"
     );
-    let basic = TestRequest::get()
-        .uri("/protected")
-        .insert_header(("Authorization", "Basic dXNlcjpwYXNz"));
+    let basic =
+        TestRequest::get().uri("/protected").insert_header(("Authorization", "Basic dXNlcjpwYXNz"));
     assert_eq!(call(&h.app, basic).await.2["code"], "invalid_api_key");
-    let non_ascii = TestRequest::get().uri("/protected").insert_header((
-        "X-API-Key",
-        header::HeaderValue::from_bytes(b"sk_\xff\xfe").unwrap(),
-    ));
+    let non_ascii = TestRequest::get()
+        .uri("/protected")
+        .insert_header(("X-API-Key", header::HeaderValue::from_bytes(b"sk_\xff\xfe").unwrap()));
     assert_eq!(call(&h.app, non_ascii).await.0, StatusCode::UNAUTHORIZED);
 }
 
@@ -302,34 +223,19 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
     let long_name = "x".repeat(101);
     let cases = [
         (json!({"scopes": []}), StatusCode::BAD_REQUEST),
-        (
-            json!({"name": "x", "surprise": true}),
-            StatusCode::BAD_REQUEST,
-        ),
+        (json!({"name": "x", "surprise": true}), StatusCode::BAD_REQUEST),
         (json!({"name": ""}), StatusCode::UNPROCESSABLE_ENTITY),
         (json!({"name": "   "}), StatusCode::UNPROCESSABLE_ENTITY),
         (json!({"name": long_name}), StatusCode::UNPROCESSABLE_ENTITY),
         (json!({"name": "x\u{7}"}), StatusCode::UNPROCESSABLE_ENTITY),
-        (
-            json!({"name": "x", "scopes": ["Users:Read"]}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            json!({"name": "x", "scopes": vec!["a"; 33]}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            json!({"name": "x", "expires_in": 0}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
+        (json!({"name": "x", "scopes": ["Users:Read"]}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": "x", "scopes": vec!["a"; 33]}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"name": "x", "expires_in": 0}), StatusCode::UNPROCESSABLE_ENTITY),
         (
             json!({"name": "x", "expires_in": 10, "expires_at": "2999-01-01T00:00:00Z"}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        (
-            json!({"name": "x", "expires_at": "2999-01-01T00:00:00"}),
-            StatusCode::BAD_REQUEST,
-        ),
+        (json!({"name": "x", "expires_at": "2999-01-01T00:00:00"}), StatusCode::BAD_REQUEST),
         (
             json!({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -338,10 +244,7 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
             json!({"name": "x", "metadata": {"blob": "y".repeat(5000)}}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        (
-            json!({"name": "x", "metadata": ["not", "an", "object"]}),
-            StatusCode::BAD_REQUEST,
-        ),
+        (json!({"name": "x", "metadata": ["not", "an", "object"]}), StatusCode::BAD_REQUEST),
         // A key pasted where it would be stored in clear.
         (json!({"name": h.admin}), StatusCode::UNPROCESSABLE_ENTITY),
         (
@@ -352,18 +255,12 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
             json!({"name": "x", "metadata": {"note": format!("old key was {}", h.admin)}}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        (
-            json!({"name": "x", "owner_id": "has space"}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
+        (json!({"name": "x", "owner_id": "has space"}), StatusCode::UNPROCESSABLE_ENTITY),
     ];
     for (body, expected) in cases {
         let (status, problem) = create(&h.app, &h.admin, body.clone()).await;
         assert_eq!(status, expected, "{body}: {problem}");
-        assert!(
-            problem["code"].is_string() && problem["detail"].is_string(),
-            "{problem}"
-        );
+        assert!(problem["code"].is_string() && problem["detail"].is_string(), "{problem}");
     }
     let malformed = with_key(TestRequest::post().uri(KEYS), &h.admin)
         .insert_header(("Content-Type", "application/json"))
@@ -377,53 +274,31 @@ async fn bad_input_gets_a_problem_and_stores_nothing() {
         (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
     );
 
-    for query in [
-        "limit=0",
-        "limit=101",
-        "limit=abc",
-        "offset=-1",
-        "colour=red",
-    ] {
-        let (status, _, problem) = call(
-            &h.app,
-            with_key(TestRequest::get().uri(&format!("{KEYS}?{query}")), &h.admin),
-        )
-        .await;
+    for query in ["limit=0", "limit=101", "limit=abc", "offset=-1", "colour=red"] {
+        let (status, _, problem) =
+            call(&h.app, with_key(TestRequest::get().uri(&format!("{KEYS}?{query}")), &h.admin))
+                .await;
         assert!(status.is_client_error(), "{query}: {status}");
         assert!(problem["code"].is_string());
     }
     let (_, _, list) = call(&h.app, with_key(TestRequest::get().uri(KEYS), &h.admin)).await;
-    assert_eq!(
-        list["total"], 1,
-        "only the admin key exists: nothing was half-stored"
-    );
+    assert_eq!(list["total"], 1, "only the admin key exists: nothing was half-stored");
 
-    let (status, _, problem) = call(
-        &h.app,
-        with_key(TestRequest::get().uri(&format!("{KEYS}/nope")), &h.admin),
-    )
-    .await;
+    let (status, _, problem) =
+        call(&h.app, with_key(TestRequest::get().uri(&format!("{KEYS}/nope")), &h.admin)).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("api_key_not_found"))
     );
     let (status, _, problem) = call(&h.app, TestRequest::get().uri("/no/such/route")).await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
-    );
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
 }
 
 #[actix_web::test]
 async fn list_total_is_the_real_count() {
     let h = memory_harness().await;
     for i in 0..5 {
-        create(
-            &h.app,
-            &h.admin,
-            json!({"name": format!("k{i}"), "owner_id": "team"}),
-        )
-        .await;
+        create(&h.app, &h.admin, json!({"name": format!("k{i}"), "owner_id": "team"})).await;
     }
     let (_, _, page) = call(
         &h.app,
@@ -436,32 +311,18 @@ async fn list_total_is_the_real_count() {
     assert_eq!(page["total"], 5);
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert_eq!(page["items"][0]["name"], "k3", "newest first");
-    assert_eq!(
-        (page["limit"].as_u64(), page["offset"].as_u64()),
-        (Some(2), Some(1))
-    );
+    assert_eq!((page["limit"].as_u64(), page["offset"].as_u64()), (Some(2), Some(1)));
 }
 
 #[actix_web::test]
 async fn wildcards_and_the_docs() {
     let h = memory_harness().await;
-    let (_, admin_star) = create(
-        &h.app,
-        &h.admin,
-        json!({"name": "ops", "scopes": ["admin:*"]}),
-    )
-    .await;
+    let (_, admin_star) =
+        create(&h.app, &h.admin, json!({"name": "ops", "scopes": ["admin:*"]})).await;
     let key = admin_star["key"].as_str().unwrap();
-    let (status, _, _) = call(
-        &h.app,
-        with_key(TestRequest::delete().uri("/api/admin/users/1"), key),
-    )
-    .await;
-    assert_eq!(
-        status,
-        StatusCode::NO_CONTENT,
-        "admin:* grants admin:delete"
-    );
+    let (status, _, _) =
+        call(&h.app, with_key(TestRequest::delete().uri("/api/admin/users/1"), key)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "admin:* grants admin:delete");
 
     let (status, headers, _) = call(&h.app, TestRequest::get().uri("/docs")).await;
     assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
@@ -471,10 +332,7 @@ async fn wildcards_and_the_docs() {
     assert!(String::from_utf8_lossy(&test::read_body(response).await).contains("swagger-ui"));
     let (status, _, doc) = call(&h.app, TestRequest::get().uri("/docs/openapi.json")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        doc["components"]["securitySchemes"]["api_key"]["name"],
-        "X-API-Key"
-    );
+    assert_eq!(doc["components"]["securitySchemes"]["api_key"]["name"], "X-API-Key");
     assert_eq!(
         doc["paths"]["/api/admin/users/{user_id}"]["delete"]["security"][0]["api_key"],
         json!(["admin:delete"])
@@ -500,10 +358,7 @@ async fn wildcards_and_the_docs() {
             .contains("grace_period")
     );
     assert!(doc["components"]["schemas"]["UpdateKeyRequest"]["example"].is_object());
-    assert!(
-        !doc.to_string().contains("key_hash"),
-        "the document never names the digest"
-    );
+    assert!(!doc.to_string().contains("key_hash"), "the document never names the digest");
     let list = doc["paths"][KEYS]["get"]["parameters"].to_string();
     assert!(list.contains("expiring_within_days"), "{list}");
 }
@@ -518,26 +373,16 @@ async fn a_known_path_with_another_method_is_405_naming_the_methods() {
     let (status, _, _) = call(&h.app, with_key(TestRequest::patch().uri(KEYS), &h.admin)).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     let (status, _, problem) = call(&h.app, TestRequest::get().uri("/nowhere")).await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("not_found"))
-    );
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
 }
 
 #[actix_web::test]
 async fn key_routes_can_be_switched_off() {
-    let h = harness_with(
-        Arc::new(MemoryBackend::default()),
-        &[("API_KEYS_ROUTES", "false")],
-    )
-    .await;
+    let h = harness_with(Arc::new(MemoryBackend::default()), &[("API_KEYS_ROUTES", "false")]).await;
     let (status, _, _) = call(&h.app, with_key(TestRequest::get().uri(KEYS), &h.admin)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, _) = call(
-        &h.app,
-        with_key(TestRequest::get().uri("/protected"), &h.admin),
-    )
-    .await;
+    let (status, _, _) =
+        call(&h.app, with_key(TestRequest::get().uri("/protected"), &h.admin)).await;
     assert_eq!(status, StatusCode::OK, "guards still work");
 }
 
@@ -569,21 +414,14 @@ async fn metrics_count_outcomes_and_store_round_trips() {
     let before = metrics_text(&h.app).await;
 
     for _ in 0..3 {
-        let (status, _, _) = call(
-            &h.app,
-            with_key(TestRequest::get().uri("/protected"), &h.admin),
-        )
-        .await;
+        let (status, _, _) =
+            call(&h.app, with_key(TestRequest::get().uri("/protected"), &h.admin)).await;
         assert_eq!(status, StatusCode::OK);
     }
     // Change the last checksum character, so the key fails before any lookup.
     let last = if h.admin.ends_with('x') { 'y' } else { 'x' };
     let garbage = format!("{}{last}", &h.admin[..h.admin.len() - 1]);
-    call(
-        &h.app,
-        with_key(TestRequest::get().uri("/protected"), &garbage),
-    )
-    .await;
+    call(&h.app, with_key(TestRequest::get().uri("/protected"), &garbage)).await;
 
     let after = metrics_text(&h.app).await;
     assert!(series(&after, authenticated) >= series(&before, authenticated) + 3);

@@ -33,11 +33,7 @@ async fn sqlite() -> (tempfile::TempDir, Arc<dyn Backend>) {
         shipped.unwrap().count(),
         "a new database gets every migration"
     );
-    assert_eq!(
-        migrate(&url).await.unwrap(),
-        0,
-        "migrating twice is a no-op"
-    );
+    assert_eq!(migrate(&url).await.unwrap(), 0, "migrating twice is a no-op");
     (dir, Arc::new(SqlBackend::connect(&url).await.unwrap()))
 }
 
@@ -61,11 +57,7 @@ async fn postgres_backend_conforms() {
         return;
     };
     migrate(&url).await.unwrap();
-    assert_eq!(
-        migrate(&url).await.unwrap(),
-        0,
-        "migrating twice is a no-op"
-    );
+    assert_eq!(migrate(&url).await.unwrap(), 0, "migrating twice is a no-op");
     let sql = Arc::new(SqlBackend::connect(&url).await.unwrap());
     conformance::run(sql.as_ref()).await;
     conformance::run(&CachedBackend::new(sql.clone())).await;
@@ -88,33 +80,18 @@ async fn revocation_reaches_other_instances(
     second: CachedBackend,
 ) -> Duration {
     let key = conformance::sample("bound", Utc::now());
-    first
-        .insert(&key, &conformance::event(&key.id))
-        .await
-        .unwrap();
+    first.insert(&key, &conformance::event(&key.id)).await.unwrap();
     assert!(!is_revoked(&second, &key.id).await, "cached as valid");
 
-    first
-        .revoke(&key.id, Utc::now(), &conformance::event(&key.id))
-        .await
-        .unwrap();
+    first.revoke(&key.id, Utc::now(), &conformance::event(&key.id)).await.unwrap();
     let revoked_at = Instant::now();
-    assert!(
-        is_revoked(&first, &key.id).await,
-        "at once where it was revoked"
-    );
+    assert!(is_revoked(&first, &key.id).await, "at once where it was revoked");
     while !is_revoked(&second, &key.id).await {
-        assert!(
-            revoked_at.elapsed() < DEFAULT_LOCAL_TTL * 3,
-            "the revocation never arrived"
-        );
+        assert!(revoked_at.elapsed() < DEFAULT_LOCAL_TTL * 3, "the revocation never arrived");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = revoked_at.elapsed();
-    assert!(
-        took <= DEFAULT_LOCAL_TTL + Duration::from_millis(250),
-        "took {took:?}"
-    );
+    assert!(took <= DEFAULT_LOCAL_TTL + Duration::from_millis(250), "took {took:?}");
     took
 }
 
@@ -192,31 +169,13 @@ mod redis {
         conformance::adds_usage_and_moves_last_use_forward(&backend).await;
 
         let key = conformance::sample("outage", Utc::now());
-        backend
-            .insert(&key, &conformance::event(&key.id))
-            .await
-            .unwrap();
+        backend.insert(&key, &conformance::event(&key.id)).await.unwrap();
         assert!(backend.lookup(&key.id).await.unwrap().is_some());
         // A revocation is saved and enforced here at once; fencing its Redis entry off is retried
         // in the background until Redis answers (see the harness's fault tests).
         let revoked = conformance::event(&key.id);
         assert!(backend.revoke(&key.id, Utc::now(), &revoked).await.unwrap());
-        assert!(
-            sql.get(&key.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .revoked_at
-                .is_some()
-        );
-        assert!(
-            backend
-                .lookup(&key.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .revoked_at
-                .is_some()
-        );
+        assert!(sql.get(&key.id).await.unwrap().unwrap().revoked_at.is_some());
+        assert!(backend.lookup(&key.id).await.unwrap().unwrap().revoked_at.is_some());
     }
 }

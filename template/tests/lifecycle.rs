@@ -50,9 +50,7 @@ where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
-    let req = TestRequest::post()
-        .uri(&format!("{KEYS}/{id}/rotate"))
-        .set_json(body);
+    let req = TestRequest::post().uri(&format!("{KEYS}/{id}/rotate")).set_json(body);
     let (status, _, body) = call(app, with_key(req, key)).await;
     (status, body)
 }
@@ -90,23 +88,14 @@ async fn lifecycle_flow(store: Arc<dyn Backend>) {
     assert_eq!(get(&h.app, &h.admin, &expiring(1)).await.1["total"], 0);
 
     // Update: rename and disable; the key is refused with its own code, then works again.
-    let (status, updated) = patch(
-        &h.app,
-        &h.admin,
-        &id,
-        json!({"name": "billing v2", "enabled": false}),
-    )
-    .await;
+    let (status, updated) =
+        patch(&h.app, &h.admin, &id, json!({"name": "billing v2", "enabled": false})).await;
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(
         (&updated["name"], &updated["enabled"], &updated["status"]),
         (&json!("billing v2"), &json!(false), &json!("disabled"))
     );
-    assert_eq!(
-        updated["scopes"],
-        json!(["users:read"]),
-        "untouched fields stay"
-    );
+    assert_eq!(updated["scopes"], json!(["users:read"]), "untouched fields stay");
     let (status, problem) = get(&h.app, &key, "/protected").await;
     assert_eq!(
         (status, problem["code"].as_str()),
@@ -132,10 +121,7 @@ async fn lifecycle_flow(store: Arc<dyn Backend>) {
     assert_eq!(get(&h.app, &key, "/protected").await.0, StatusCode::OK);
     assert_eq!(get(&h.app, &new_key, "/protected").await.0, StatusCode::OK);
     let (status, again) = rotate(&h.app, &h.admin, &id, json!({})).await;
-    assert_eq!(
-        (status, again["code"].as_str()),
-        (StatusCode::CONFLICT, Some("already_rotated"))
-    );
+    assert_eq!((status, again["code"].as_str()), (StatusCode::CONFLICT, Some("already_rotated")));
 
     // After the grace period the old key fails with its own code; the new one carries on.
     tokio::time::sleep(StdDuration::from_millis(2100)).await;
@@ -151,28 +137,16 @@ async fn lifecycle_flow(store: Arc<dyn Backend>) {
     // The audit trail: every change, newest first, by whom and from where; never a key.
     let (status, events) = get(&h.app, &h.admin, &format!("{KEYS}/{id}/events")).await;
     assert_eq!(status, StatusCode::OK, "{events}");
-    assert_eq!(
-        actions(&events),
-        ["rotated", "updated", "updated", "created"]
-    );
+    assert_eq!(actions(&events), ["rotated", "updated", "updated", "created"]);
     assert_eq!(events["total"], 4);
     let update = &events["items"][2];
     assert_eq!(update["actor_key_id"], admin_id.as_str());
     assert_eq!(update["client"], "203.0.113.7");
-    assert_eq!(
-        update["changes"],
-        json!({"name": "billing v2", "enabled": false})
-    );
-    assert_eq!(
-        events["items"][0]["changes"]["replaced_by"],
-        new_id.as_str()
-    );
+    assert_eq!(update["changes"], json!({"name": "billing v2", "enabled": false}));
+    assert_eq!(events["items"][0]["changes"]["replaced_by"], new_id.as_str());
     let (_, new_events) = get(&h.app, &h.admin, &format!("{KEYS}/{new_id}/events")).await;
     assert_eq!(actions(&new_events), ["created"]);
-    assert_eq!(
-        new_events["items"][0]["changes"]["rotated_from"],
-        id.as_str()
-    );
+    assert_eq!(new_events["items"][0]["changes"]["rotated_from"], id.as_str());
     let (_, page) = get(&h.app, &h.admin, &format!("{KEYS}/events?limit=2")).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert!(page["total"].as_u64().unwrap() >= 5, "{page}");
@@ -231,33 +205,22 @@ async fn a_rate_limit_answers_429_with_its_headers() {
     let key = h
         .mint(NewKey {
             name: "limited".into(),
-            rate_limit: Some(RateLimit {
-                requests: 5,
-                window: 60,
-            }),
+            rate_limit: Some(RateLimit { requests: 5, window: 60 }),
             ..NewKey::default()
         })
         .await
         .key
         .to_string();
     let header = |headers: &actix_web::http::header::HeaderMap, name: &str| {
-        headers
-            .get(name)
-            .map(|value| value.to_str().unwrap().to_owned())
+        headers.get(name).map(|value| value.to_str().unwrap().to_owned())
     };
     for left in (0..5).rev() {
         let (status, headers, _) =
             call(&h.app, with_key(TestRequest::get().uri("/protected"), &key)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(header(&headers, "ratelimit-limit").as_deref(), Some("5"));
-        assert_eq!(
-            header(&headers, "ratelimit-remaining"),
-            Some(left.to_string())
-        );
-        assert_eq!(
-            header(&headers, "ratelimit-policy").as_deref(),
-            Some("5;w=60")
-        );
+        assert_eq!(header(&headers, "ratelimit-remaining"), Some(left.to_string()));
+        assert_eq!(header(&headers, "ratelimit-policy").as_deref(), Some("5;w=60"));
     }
     // Open routes do not charge the key, nor report its limit.
     let (status, headers, _) =
@@ -269,26 +232,17 @@ async fn a_rate_limit_answers_429_with_its_headers() {
         call(&h.app, with_key(TestRequest::get().uri("/protected"), &key)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(problem["code"], "rate_limit_exceeded");
-    assert_eq!(
-        header(&headers, "ratelimit-remaining").as_deref(),
-        Some("0")
-    );
+    assert_eq!(header(&headers, "ratelimit-remaining").as_deref(), Some("0"));
     let retry: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
-    assert!(
-        (11..=12).contains(&retry),
-        "one request every 12 s: {retry}"
-    );
+    assert!((11..=12).contains(&retry), "one request every 12 s: {retry}");
     let metrics = {{crate_name}}::metrics::metrics().render();
     assert!(
         metrics.contains(r#"key_limit_refusals_total{code="rate_limit_exceeded"}"#),
         "{metrics}"
     );
     // Another key is not affected.
-    let (status, _, _) = call(
-        &h.app,
-        with_key(TestRequest::get().uri("/protected"), &h.admin),
-    )
-    .await;
+    let (status, _, _) =
+        call(&h.app, with_key(TestRequest::get().uri("/protected"), &h.admin)).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -298,10 +252,7 @@ async fn a_used_up_quota_still_reports_the_rate_limit() {
     let key = h
         .mint(NewKey {
             name: "metered and limited".into(),
-            rate_limit: Some(RateLimit {
-                requests: 5,
-                window: 60,
-            }),
+            rate_limit: Some(RateLimit { requests: 5, window: 60 }),
             remaining: Some(1),
             ..NewKey::default()
         })
@@ -314,9 +265,7 @@ async fn a_used_up_quota_still_reports_the_rate_limit() {
         call(&h.app, with_key(TestRequest::get().uri("/protected"), &key)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(problem["code"], "usage_exceeded");
-    let remaining = headers
-        .get("ratelimit-remaining")
-        .map(|v| v.to_str().unwrap());
+    let remaining = headers.get("ratelimit-remaining").map(|v| v.to_str().unwrap());
     assert_eq!(remaining, Some("3"), "the refused request was counted too");
 }
 
@@ -327,11 +276,7 @@ where
     B: MessageBody,
 {
     let calls = (0..requests).map(|_| call(app, with_key(TestRequest::get().uri(uri), key)));
-    join_all(calls)
-        .await
-        .into_iter()
-        .map(|(status, _, _)| status)
-        .collect()
+    join_all(calls).await.into_iter().map(|(status, _, _)| status).collect()
 }
 
 fn count(statuses: &[StatusCode], status: StatusCode) -> usize {
@@ -344,10 +289,7 @@ async fn a_rate_limit_holds_under_parallel_requests() {
     let key = h
         .mint(NewKey {
             name: "limited".into(),
-            rate_limit: Some(RateLimit {
-                requests: 10,
-                window: 3600,
-            }),
+            rate_limit: Some(RateLimit { requests: 10, window: 3600 }),
             ..NewKey::default()
         })
         .await
@@ -362,12 +304,8 @@ async fn a_rate_limit_holds_under_parallel_requests() {
 /// key twice): exactly 20 pass, each charged once, and the count ends at zero.
 async fn quota_is_never_overspent(store: Arc<dyn Backend>) {
     let h = harness_with(store, &[]).await;
-    let (status, created) = create(
-        &h.app,
-        &h.admin,
-        json!({"name": "metered", "remaining": 20}),
-    )
-    .await;
+    let (status, created) =
+        create(&h.app, &h.admin, json!({"name": "metered", "remaining": 20})).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let key = created["key"].as_str().unwrap();
     let id = created["id"].as_str().unwrap();
@@ -386,10 +324,7 @@ async fn quota_is_never_overspent(store: Arc<dyn Backend>) {
     let (status, _) = patch(&h.app, &h.admin, id, json!({"remaining": 1})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(get(&h.app, key, "/protected").await.0, StatusCode::OK);
-    assert_eq!(
-        get(&h.app, key, "/protected").await.0,
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    assert_eq!(get(&h.app, key, "/protected").await.0, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[actix_web::test]
@@ -416,11 +351,7 @@ async fn a_rotated_key_in_its_grace_period_shares_the_new_keys_quota() {
     let new = rotated["key"].as_str().unwrap();
     let mut statuses = in_parallel(&h.app, old, "/protected", 3).await;
     statuses.extend(in_parallel(&h.app, new, "/protected", 3).await);
-    assert_eq!(
-        count(&statuses, StatusCode::OK),
-        4,
-        "old and new together: {statuses:?}"
-    );
+    assert_eq!(count(&statuses, StatusCode::OK), 4, "old and new together: {statuses:?}");
 }
 
 #[actix_web::test]
@@ -434,17 +365,9 @@ async fn a_key_rotated_twice_in_its_grace_period_charges_the_newest() {
     for key in [&first, &second, &third] {
         statuses.extend(in_parallel(&h.app, key["key"].as_str().unwrap(), "/protected", 2).await);
     }
-    assert_eq!(
-        count(&statuses, StatusCode::OK),
-        4,
-        "three keys, one quota: {statuses:?}"
-    );
-    let (_, newest) = get(
-        &h.app,
-        &h.admin,
-        &format!("{KEYS}/{}", third["id"].as_str().unwrap()),
-    )
-    .await;
+    assert_eq!(count(&statuses, StatusCode::OK), 4, "three keys, one quota: {statuses:?}");
+    let (_, newest) =
+        get(&h.app, &h.admin, &format!("{KEYS}/{}", third["id"].as_str().unwrap())).await;
     assert_eq!(newest["remaining"], 0);
 }
 
@@ -486,24 +409,11 @@ async fn managers_cannot_escalate_through_updates_or_rotation() {
             ..NewKey::default()
         })
     };
-    let manager = mint(
-        "manager",
-        &["api_keys:manage", "reports:read"],
-        "team-a",
-        30,
-    )
-    .await
-    .key
-    .to_string();
-    let target = mint("target", &["reports:read"], "team-a", 10)
-        .await
-        .record
-        .id;
+    let manager =
+        mint("manager", &["api_keys:manage", "reports:read"], "team-a", 30).await.key.to_string();
+    let target = mint("target", &["reports:read"], "team-a", 10).await.record.id;
     let refused = [
-        (
-            json!({"scopes": ["reports:read", "billing:write"]}),
-            "scope_escalation",
-        ),
+        (json!({"scopes": ["reports:read", "billing:write"]}), "scope_escalation"),
         (json!({"expires_at": null}), "expiry_escalation"),
         (
             json!({"expires_at": (Utc::now() + Duration::days(90)).to_rfc3339()}),
@@ -518,13 +428,8 @@ async fn managers_cannot_escalate_through_updates_or_rotation() {
             "{body}"
         );
     }
-    let (status, problem) = rotate(
-        &h.app,
-        &manager,
-        &target,
-        json!({"expires_in": 90 * 86_400}),
-    )
-    .await;
+    let (status, problem) =
+        rotate(&h.app, &manager, &target, json!({"expires_in": 90 * 86_400})).await;
     assert_eq!(
         (status, problem["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("expiry_escalation"))
@@ -536,13 +441,8 @@ async fn managers_cannot_escalate_through_updates_or_rotation() {
     let (_, events) = get(&h.app, &h.admin, &format!("{KEYS}/{target}/events")).await;
     assert_eq!(actions(&events), ["created"]);
     // Within its own grants, the manager can change the key.
-    let (status, updated) = patch(
-        &h.app,
-        &manager,
-        &target,
-        json!({"name": "renamed", "enabled": false}),
-    )
-    .await;
+    let (status, updated) =
+        patch(&h.app, &manager, &target, json!({"name": "renamed", "enabled": false})).await;
     assert_eq!(status, StatusCode::OK, "{updated}");
 }
 
@@ -554,35 +454,14 @@ async fn bad_updates_and_rotations_store_nothing() {
     let updates = [
         (json!({"colour": "red"}), StatusCode::BAD_REQUEST),
         (json!({"name": ""}), StatusCode::UNPROCESSABLE_ENTITY),
-        (
-            json!({"scopes": ["Not A Scope"]}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            json!({"expires_at": "2001-01-01T00:00:00Z"}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            json!({"rate_limit": {"requests": 0, "window": 60}}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            json!({"rate_limit": {"requests": 5, "window": 0}}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            json!({"rate_limit": {"requests": 5}}),
-            StatusCode::BAD_REQUEST,
-        ),
+        (json!({"scopes": ["Not A Scope"]}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"expires_at": "2001-01-01T00:00:00Z"}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"rate_limit": {"requests": 0, "window": 60}}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"rate_limit": {"requests": 5, "window": 0}}), StatusCode::UNPROCESSABLE_ENTITY),
+        (json!({"rate_limit": {"requests": 5}}), StatusCode::BAD_REQUEST),
         (json!({"remaining": -1}), StatusCode::BAD_REQUEST),
-        (
-            json!({"refill": {"interval": "hourly", "amount": 5}}),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            json!({"refill": {"interval": "daily", "amount": 0}}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
+        (json!({"refill": {"interval": "hourly", "amount": 5}}), StatusCode::BAD_REQUEST),
+        (json!({"refill": {"interval": "daily", "amount": 0}}), StatusCode::UNPROCESSABLE_ENTITY),
         (
             json!({"refill": {"interval": "daily", "amount": 5}, "remaining": null}),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -594,19 +473,13 @@ async fn bad_updates_and_rotations_store_nothing() {
         assert_eq!(status, expected, "{body}: {problem}");
     }
     let rotations = [
-        (
-            json!({"grace_period": 2_592_001}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
+        (json!({"grace_period": 2_592_001}), StatusCode::UNPROCESSABLE_ENTITY),
         (json!({"grace_period": -1}), StatusCode::BAD_REQUEST),
         (
             json!({"expires_in": 60, "expires_at": "2100-01-01T00:00:00Z"}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        (
-            json!({"expires_at": "2001-01-01T00:00:00Z"}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
+        (json!({"expires_at": "2001-01-01T00:00:00Z"}), StatusCode::UNPROCESSABLE_ENTITY),
     ];
     for (body, expected) in rotations {
         let (status, problem) = rotate(&h.app, &h.admin, id, body.clone()).await;
@@ -622,23 +495,13 @@ async fn bad_updates_and_rotations_store_nothing() {
     assert_eq!(details["name"], "target");
     assert!(details["rate_limit"].is_null() && details["remaining"].is_null());
     let (_, events) = get(&h.app, &h.admin, &format!("{KEYS}/{id}/events")).await;
-    assert_eq!(
-        actions(&events),
-        ["created"],
-        "no event for a refused change"
-    );
+    assert_eq!(actions(&events), ["created"], "no event for a refused change");
     let (_, all) = get(&h.app, &h.admin, KEYS).await;
-    assert_eq!(
-        all["total"], 2,
-        "the admin and the target: no rotated key was stored"
-    );
+    assert_eq!(all["total"], 2, "the admin and the target: no rotated key was stored");
 
     // A revoked key cannot be rotated.
     let revoke = with_key(TestRequest::delete().uri(&format!("{KEYS}/{id}")), &h.admin);
     assert_eq!(call(&h.app, revoke).await.0, StatusCode::NO_CONTENT);
     let (status, problem) = rotate(&h.app, &h.admin, id, json!({})).await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::CONFLICT, Some("key_revoked"))
-    );
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::CONFLICT, Some("key_revoked")));
 }

@@ -12,9 +12,7 @@ use common::{call, harness_with, with_key};
 use {{crate_name}}::store::MemoryBackend;
 
 fn from(address: &str) -> TestRequest {
-    TestRequest::get()
-        .uri("/protected")
-        .peer_addr(address.parse::<SocketAddr>().unwrap())
+    TestRequest::get().uri("/protected").peer_addr(address.parse::<SocketAddr>().unwrap())
 }
 
 /// The admin key with one character of its secret changed: right id, wrong secret.
@@ -29,10 +27,7 @@ fn wrong_secret(key: &str) -> String {
 async fn an_address_that_keeps_failing_is_refused_for_a_while() {
     let h = harness_with(
         Arc::new(MemoryBackend::default()),
-        &[
-            ("AUTH_FAILURES_PER_MINUTE", "3"),
-            ("AUTH_FAILURES_PER_KEY_PER_MINUTE", "0"),
-        ],
+        &[("AUTH_FAILURES_PER_MINUTE", "3"), ("AUTH_FAILURES_PER_KEY_PER_MINUTE", "0")],
     )
     .await;
     let attacker = "198.51.100.7:40000";
@@ -52,13 +47,8 @@ async fn an_address_that_keeps_failing_is_refused_for_a_while() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (status, _, _) = call(&h.app, with_key(from("198.51.100.8:40000"), &h.admin)).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = call(
-        &h.app,
-        TestRequest::get()
-            .uri("/health")
-            .peer_addr(attacker.parse().unwrap()),
-    )
-    .await;
+    let (status, _, _) =
+        call(&h.app, TestRequest::get().uri("/health").peer_addr(attacker.parse().unwrap())).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -66,10 +56,7 @@ async fn an_address_that_keeps_failing_is_refused_for_a_while() {
 async fn wrong_secrets_for_one_key_are_refused_but_its_holder_is_not() {
     let h = harness_with(
         Arc::new(MemoryBackend::default()),
-        &[
-            ("AUTH_FAILURES_PER_MINUTE", "0"),
-            ("AUTH_FAILURES_PER_KEY_PER_MINUTE", "2"),
-        ],
+        &[("AUTH_FAILURES_PER_MINUTE", "0"), ("AUTH_FAILURES_PER_KEY_PER_MINUTE", "2")],
     )
     .await;
     // Warm the cache, so a changed secret reaches the digest comparison without a checksum to fix.
@@ -82,11 +69,7 @@ async fn wrong_secrets_for_one_key_are_refused_but_its_holder_is_not() {
         let (status, _, _) = call(&h.app, with_key(from(&address), &wrong)).await;
         statuses.push(status.as_u16());
     }
-    assert_eq!(
-        statuses,
-        [401, 401, 429, 429],
-        "counted per key, from any address"
-    );
+    assert_eq!(statuses, [401, 401, 429, 429], "counted per key, from any address");
     let (status, _, _) = call(&h.app, with_key(from("203.0.113.9:5000"), &h.admin)).await;
     assert_eq!(status, StatusCode::OK, "the right secret still works");
 }

@@ -33,13 +33,8 @@ impl Caller {
     }
 }
 
-const CALLERS: [Caller; 5] = [
-    Caller::Admin,
-    Caller::SameOwner,
-    Caller::OtherOwner,
-    Caller::Plain,
-    Caller::Anonymous,
-];
+const CALLERS: [Caller; 5] =
+    [Caller::Admin, Caller::SameOwner, Caller::OtherOwner, Caller::Plain, Caller::Anonymous];
 
 struct Keys {
     admin: String,
@@ -86,20 +81,12 @@ async fn every_route_against_every_kind_of_caller() {
     };
     let keys = Keys {
         admin: h.admin.clone(),
-        same_owner: mint(new_key(
-            "manager a",
-            &["api_keys:manage", "users:read"],
-            "team-a",
-        ))
-        .await
-        .1,
-        other_owner: mint(new_key(
-            "manager b",
-            &["api_keys:manage", "users:read"],
-            "team-b",
-        ))
-        .await
-        .1,
+        same_owner: mint(new_key("manager a", &["api_keys:manage", "users:read"], "team-a"))
+            .await
+            .1,
+        other_owner: mint(new_key("manager b", &["api_keys:manage", "users:read"], "team-b"))
+            .await
+            .1,
         plain: mint(new_key("plain a", &["users:read"], "team-a")).await.1,
     };
 
@@ -114,11 +101,8 @@ async fn every_route_against_every_kind_of_caller() {
         let item = format!("{KEYS}/{target}");
 
         let body = json!({"name": "new", "scopes": ["users:read"], "owner_id": "team-a", "expires_in": 3600});
-        let (status, _, created) = call(
-            &h.app,
-            request(TestRequest::post().uri(KEYS), key).set_json(body),
-        )
-        .await;
+        let (status, _, created) =
+            call(&h.app, request(TestRequest::post().uri(KEYS), key).set_json(body)).await;
         let expected = match caller {
             Caller::Admin | Caller::SameOwner => StatusCode::CREATED,
             Caller::OtherOwner | Caller::Plain => StatusCode::FORBIDDEN,
@@ -130,10 +114,7 @@ async fn every_route_against_every_kind_of_caller() {
         }
         if matches!(caller, Caller::Plain) {
             assert_eq!(created["code"], "insufficient_scope");
-            assert_eq!(
-                created["required_scopes"],
-                json!(["api_keys:admin", "api_keys:manage"])
-            );
+            assert_eq!(created["required_scopes"], json!(["api_keys:admin", "api_keys:manage"]));
         }
 
         let (status, _, list) = call(&h.app, request(TestRequest::get().uri(KEYS), key)).await;
@@ -141,22 +122,12 @@ async fn every_route_against_every_kind_of_caller() {
             Caller::Admin => {
                 assert_eq!(status, StatusCode::OK);
                 assert!(ids(&list).contains(&target.as_str()));
-                assert!(
-                    owners(&list).contains(&"team-b"),
-                    "the admin sees every owner"
-                );
+                assert!(owners(&list).contains(&"team-b"), "the admin sees every owner");
             }
             Caller::SameOwner | Caller::OtherOwner => {
                 assert_eq!(status, StatusCode::OK);
-                let own = if matches!(caller, Caller::SameOwner) {
-                    "team-a"
-                } else {
-                    "team-b"
-                };
-                assert!(
-                    owners(&list).iter().all(|o| *o == own),
-                    "{caller:?}: {list}"
-                );
+                let own = if matches!(caller, Caller::SameOwner) { "team-a" } else { "team-b" };
+                assert!(owners(&list).iter().all(|o| *o == own), "{caller:?}: {list}");
                 assert_eq!(
                     ids(&list).contains(&target.as_str()),
                     matches!(caller, Caller::SameOwner)
@@ -170,10 +141,7 @@ async fn every_route_against_every_kind_of_caller() {
         if matches!(caller, Caller::OtherOwner) {
             let (status, _, list) = call(
                 &h.app,
-                request(
-                    TestRequest::get().uri(&format!("{KEYS}?owner_id=team-a")),
-                    key,
-                ),
+                request(TestRequest::get().uri(&format!("{KEYS}?owner_id=team-a")), key),
             )
             .await;
             assert_eq!(status, StatusCode::OK);
@@ -185,15 +153,10 @@ async fn every_route_against_every_kind_of_caller() {
         let expected = caller.on_a_team_a_key(StatusCode::OK);
         assert_eq!(status, expected, "get as {caller:?}: {got}");
         if matches!(caller, Caller::OtherOwner) {
-            assert_eq!(
-                got["code"], "api_key_not_found",
-                "the same answer as a missing key"
-            );
+            assert_eq!(got["code"], "api_key_not_found", "the same answer as a missing key");
         }
 
-        let patch = TestRequest::patch()
-            .uri(&item)
-            .set_json(json!({"name": "renamed"}));
+        let patch = TestRequest::patch().uri(&item).set_json(json!({"name": "renamed"}));
         let (status, _, updated) = call(&h.app, request(patch, key)).await;
         assert_eq!(
             status,
@@ -203,11 +166,7 @@ async fn every_route_against_every_kind_of_caller() {
 
         let events = TestRequest::get().uri(&format!("{item}/events"));
         let (status, _, _) = call(&h.app, request(events, key)).await;
-        assert_eq!(
-            status,
-            caller.on_a_team_a_key(StatusCode::OK),
-            "key events as {caller:?}"
-        );
+        assert_eq!(status, caller.on_a_team_a_key(StatusCode::OK), "key events as {caller:?}");
 
         let all = TestRequest::get().uri(&format!("{KEYS}/events"));
         let (status, _, events) = call(&h.app, request(all, key)).await;
@@ -221,9 +180,7 @@ async fn every_route_against_every_kind_of_caller() {
             assert_eq!(events["code"], "admin_required");
         }
 
-        let rotate = TestRequest::post()
-            .uri(&format!("{item}/rotate"))
-            .set_json(json!({}));
+        let rotate = TestRequest::post().uri(&format!("{item}/rotate")).set_json(json!({}));
         let (status, _, rotated) = call(&h.app, request(rotate, key)).await;
         assert_eq!(
             status,
@@ -234,12 +191,7 @@ async fn every_route_against_every_kind_of_caller() {
         let (status, _, _) = call(&h.app, request(TestRequest::delete().uri(&item), key)).await;
         let expected = caller.on_a_team_a_key(StatusCode::NO_CONTENT);
         assert_eq!(status, expected, "revoke as {caller:?}");
-        let stored = h
-            .state
-            .service
-            .get_key(&Manager::Operator, &target)
-            .await
-            .unwrap();
+        let stored = h.state.service.get_key(&Manager::Operator, &target).await.unwrap();
         assert_eq!(
             stored.revoked_at.is_some(),
             expected == StatusCode::NO_CONTENT,
@@ -255,51 +207,26 @@ async fn a_manager_grants_no_more_than_it_holds() {
     let manager = h
         .mint(NewKey {
             expires_at: Some(own_expiry),
-            ..new_key(
-                "manager",
-                &["api_keys:manage", "users:read", "billing:*"],
-                "team-a",
-            )
+            ..new_key("manager", &["api_keys:manage", "users:read", "billing:*"], "team-a")
         })
         .await
         .key
         .to_string();
     let create = |body: Value| {
-        call(
-            &h.app,
-            with_key(TestRequest::post().uri(KEYS), &manager).set_json(body),
-        )
+        call(&h.app, with_key(TestRequest::post().uri(KEYS), &manager).set_json(body))
     };
 
     let refused = [
-        (
-            json!({"name": "x", "scopes": ["users:write"], "expires_in": 60}),
-            "scope_escalation",
-        ),
-        (
-            json!({"name": "x", "scopes": ["users:*"], "expires_in": 60}),
-            "scope_escalation",
-        ),
-        (
-            json!({"name": "x", "scopes": ["*"], "expires_in": 60}),
-            "scope_escalation",
-        ),
-        (
-            json!({"name": "x", "scopes": ["api_keys:admin"], "expires_in": 60}),
-            "scope_escalation",
-        ),
-        (
-            json!({"name": "x", "scopes": ["users:read"]}),
-            "expiry_escalation",
-        ),
+        (json!({"name": "x", "scopes": ["users:write"], "expires_in": 60}), "scope_escalation"),
+        (json!({"name": "x", "scopes": ["users:*"], "expires_in": 60}), "scope_escalation"),
+        (json!({"name": "x", "scopes": ["*"], "expires_in": 60}), "scope_escalation"),
+        (json!({"name": "x", "scopes": ["api_keys:admin"], "expires_in": 60}), "scope_escalation"),
+        (json!({"name": "x", "scopes": ["users:read"]}), "expiry_escalation"),
         (
             json!({"name": "x", "scopes": ["users:read"], "expires_in": 60 * 86400}),
             "expiry_escalation",
         ),
-        (
-            json!({"name": "x", "owner_id": "team-b", "expires_in": 60}),
-            "owner_mismatch",
-        ),
+        (json!({"name": "x", "owner_id": "team-b", "expires_in": 60}), "owner_mismatch"),
     ];
     for (body, code) in refused {
         let (status, _, problem) = create(body.clone()).await;
@@ -315,16 +242,10 @@ async fn a_manager_grants_no_more_than_it_holds() {
     }))
     .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    assert_eq!(
-        created["owner_id"], "team-a",
-        "the manager's owner is the default"
-    );
+    assert_eq!(created["owner_id"], "team-a", "the manager's owner is the default");
 
     let (_, _, list) = call(&h.app, with_key(TestRequest::get().uri(KEYS), &h.admin)).await;
-    assert_eq!(
-        list["total"], 3,
-        "nothing was stored by the refused requests: {list}"
-    );
+    assert_eq!(list["total"], 3, "nothing was stored by the refused requests: {list}");
 }
 
 #[actix_web::test]
@@ -345,19 +266,9 @@ async fn a_manager_without_an_owner_manages_nothing() {
 }
 
 fn ids(list: &Value) -> Vec<&str> {
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["id"].as_str().unwrap())
-        .collect()
+    list["items"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap()).collect()
 }
 
 fn owners(list: &Value) -> Vec<&str> {
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|k| k["owner_id"].as_str())
-        .collect()
+    list["items"].as_array().unwrap().iter().filter_map(|k| k["owner_id"].as_str()).collect()
 }

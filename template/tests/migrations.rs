@@ -8,9 +8,7 @@ use std::path::Path;
 type Tables = BTreeMap<String, BTreeSet<String>>;
 
 fn migration_names(dialect: &str) -> BTreeSet<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(dialect);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dialect);
     fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
@@ -19,14 +17,10 @@ fn migration_names(dialect: &str) -> BTreeSet<String> {
 
 /// Tables and columns created by `CREATE TABLE` and `ALTER TABLE ... ADD COLUMN` in every `up.sql`.
 fn migrated_tables(dialect: &str) -> Tables {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(dialect);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dialect);
     let mut tables = Tables::new();
     for name in migration_names(dialect) {
-        let sql = fs::read_to_string(dir.join(name).join("up.sql"))
-            .unwrap()
-            .to_lowercase();
+        let sql = fs::read_to_string(dir.join(name).join("up.sql")).unwrap().to_lowercase();
         let mut current: Option<String> = None;
         for line in sql.lines().map(str::trim) {
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -35,10 +29,7 @@ fn migrated_tables(dialect: &str) -> Tables {
                     current = Some(table.trim_end_matches('(').to_owned());
                 }
                 ["alter", "table", table, "add", "column", column, ..] => {
-                    tables
-                        .entry((*table).to_owned())
-                        .or_default()
-                        .insert((*column).to_owned());
+                    tables.entry((*table).to_owned()).or_default().insert((*column).to_owned());
                 }
                 [")" | ");", ..] => current = None,
                 [column, ..]
@@ -46,10 +37,7 @@ fn migrated_tables(dialect: &str) -> Tables {
                         && !["primary", "unique", "foreign", "constraint"].contains(column) =>
                 {
                     let table = current.clone().unwrap();
-                    tables
-                        .entry(table)
-                        .or_default()
-                        .insert((*column).to_owned());
+                    tables.entry(table).or_default().insert((*column).to_owned());
                 }
                 _ => {}
             }

@@ -14,10 +14,7 @@ use {{crate_name}}::store::MemoryBackend;
 async fn health_and_readiness_answer_without_a_key() {
     let h = memory_harness().await;
     let (status, _, body) = call(&h.app, TestRequest::get().uri("/health")).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (StatusCode::OK, Some("ok"))
-    );
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (status, _, body) = call(&h.app, TestRequest::get().uri("/ready")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ready");
@@ -70,33 +67,21 @@ async fn readiness_names_an_unreachable_redis_cache() {
 async fn every_answer_carries_a_request_id() {
     let h = memory_harness().await;
     let id = |headers: &actix_web::http::header::HeaderMap| {
-        headers
-            .get("x-request-id")
-            .map(|value| value.to_str().unwrap().to_owned())
+        headers.get("x-request-id").map(|value| value.to_str().unwrap().to_owned())
     };
     let (_, headers, _) = call(&h.app, TestRequest::get().uri("/nowhere")).await;
     let made = id(&headers).expect("a new id");
-    assert!(
-        made.len() == 16 && made.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{made}"
-    );
+    assert!(made.len() == 16 && made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
     let (_, other, _) = call(&h.app, TestRequest::get().uri("/nowhere")).await;
     assert_ne!(id(&other).unwrap(), made, "each request gets its own");
 
-    let given = TestRequest::get()
-        .uri("/protected")
-        .insert_header(("X-Request-Id", "edge-7f3a9c"));
+    let given = TestRequest::get().uri("/protected").insert_header(("X-Request-Id", "edge-7f3a9c"));
     let (status, headers, _) = call(&h.app, with_key(given, &h.admin)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        id(&headers).as_deref(),
-        Some("edge-7f3a9c"),
-        "a caller's id is kept"
-    );
+    assert_eq!(id(&headers).as_deref(), Some("edge-7f3a9c"), "a caller's id is kept");
 
-    let unusable = TestRequest::get()
-        .uri("/health")
-        .insert_header(("X-Request-Id", "has spaces in it"));
+    let unusable =
+        TestRequest::get().uri("/health").insert_header(("X-Request-Id", "has spaces in it"));
     let (_, headers, _) = call(&h.app, unusable).await;
     assert_ne!(id(&headers).as_deref(), Some("has spaces in it"));
 }
@@ -104,32 +89,21 @@ async fn every_answer_carries_a_request_id() {
 #[actix_web::test]
 async fn request_durations_are_recorded_by_route_pattern() {
     let h = harness_with(Arc::new(MemoryBackend::default()), &[]).await;
-    let (status, _, _) = call(
-        &h.app,
-        with_key(
-            TestRequest::get().uri("/api/v1/api-keys/4fTq9ZbX2mKp"),
-            &h.admin,
-        ),
-    )
-    .await;
+    let (status, _, _) =
+        call(&h.app, with_key(TestRequest::get().uri("/api/v1/api-keys/4fTq9ZbX2mKp"), &h.admin))
+            .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let metrics = {{crate_name}}::metrics::metrics().render();
     let series = r#"http_request_duration_seconds_count{method="GET",route="/api/v1/api-keys/{id}",status="404"}"#;
     assert!(metrics.contains(series), "{metrics}");
-    assert!(
-        !metrics.contains("4fTq9ZbX2mKp"),
-        "ids never become label values"
-    );
+    assert!(!metrics.contains("4fTq9ZbX2mKp"), "ids never become label values");
     assert!(metrics.contains("usage_flush_lag_seconds"));
 }
 
 #[actix_web::test]
 async fn metrics_leave_the_api_listener_when_they_have_their_own() {
-    let h = harness_with(
-        Arc::new(MemoryBackend::default()),
-        &[("METRICS_ADDR", "127.0.0.1:9100")],
-    )
-    .await;
+    let h = harness_with(Arc::new(MemoryBackend::default()), &[("METRICS_ADDR", "127.0.0.1:9100")])
+        .await;
     let (status, _, _) = call(&h.app, TestRequest::get().uri("/metrics")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, _, document) = call(&h.app, TestRequest::get().uri("/docs/openapi.json")).await;

@@ -28,14 +28,7 @@ fn team_a(name: &str, scopes: &[&str]) -> NewKey {
 }
 
 fn limited(new: NewKey) -> NewKey {
-    NewKey {
-        rate_limit: Some(RateLimit {
-            requests: 10,
-            window: 60,
-        }),
-        remaining: Some(100),
-        ..new
-    }
+    NewKey { rate_limit: Some(RateLimit { requests: 10, window: 60 }), remaining: Some(100), ..new }
 }
 
 fn patch(id: &str, key: &str, body: Value) -> TestRequest {
@@ -45,9 +38,7 @@ fn patch(id: &str, key: &str, body: Value) -> TestRequest {
 #[actix_web::test]
 async fn a_manager_cannot_raise_or_remove_a_limit_an_admin_set() {
     let h = memory_harness().await;
-    let manager = h
-        .mint(team_a("manager", &["api_keys:manage", "users:read"]))
-        .await;
+    let manager = h.mint(team_a("manager", &["api_keys:manage", "users:read"])).await;
     let manager = manager.key.as_str();
     let target = h.mint(limited(team_a("metered", &["users:read"]))).await;
     let id = target.record.id.as_str();
@@ -67,10 +58,7 @@ async fn a_manager_cannot_raise_or_remove_a_limit_an_admin_set() {
     }
     // Refills may not grow either, once an admin set one.
     let refilled = NewKey {
-        refill: Some(Refill {
-            interval: RefillInterval::Daily,
-            amount: 100,
-        }),
+        refill: Some(Refill { interval: RefillInterval::Daily, amount: 100 }),
         ..limited(team_a("refilled", &["users:read"]))
     };
     let refilled = h.mint(refilled).await.record.id;
@@ -97,19 +85,10 @@ async fn a_manager_cannot_raise_or_remove_a_limit_an_admin_set() {
 #[actix_web::test]
 async fn a_manager_creates_no_key_looser_than_itself() {
     let h = memory_harness().await;
-    let manager = h
-        .mint(limited(team_a(
-            "manager",
-            &["api_keys:manage", "users:read"],
-        )))
-        .await;
+    let manager = h.mint(limited(team_a("manager", &["api_keys:manage", "users:read"]))).await;
     let manager = manager.key.as_str();
-    let create = |body: Value| {
-        call(
-            &h.app,
-            with_key(TestRequest::post().uri(KEYS), manager).set_json(body),
-        )
-    };
+    let create =
+        |body: Value| call(&h.app, with_key(TestRequest::post().uri(KEYS), manager).set_json(body));
     for body in [
         json!({"name": "x", "expires_in": 60, "rate_limit": {"requests": 11, "window": 60}}),
         json!({"name": "x", "expires_in": 60, "remaining": 101}),
@@ -136,10 +115,7 @@ async fn a_manager_only_tightens_the_keys_it_changes() {
     let h = memory_harness().await;
     // A manager with no expiry of its own and wide scopes.
     let manager = h
-        .mint(NewKey {
-            expires_at: None,
-            ..team_a("manager", &["api_keys:manage", "users:*"])
-        })
+        .mint(NewKey { expires_at: None, ..team_a("manager", &["api_keys:manage", "users:*"]) })
         .await;
     let manager = manager.key.as_str();
     let target = h.mint(team_a("narrow", &["users:read"])).await;
@@ -150,10 +126,7 @@ async fn a_manager_only_tightens_the_keys_it_changes() {
             json!({"expires_at": (Utc::now() + Duration::days(90)).to_rfc3339()}),
             "expiry_escalation",
         ),
-        (
-            json!({"scopes": ["users:read", "users:write"]}),
-            "scope_escalation",
-        ),
+        (json!({"scopes": ["users:read", "users:write"]}), "scope_escalation"),
     ] {
         let (status, _, problem) = call(&h.app, patch(id, manager, body.clone())).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}: {problem}");
@@ -165,15 +138,9 @@ async fn a_manager_only_tightens_the_keys_it_changes() {
     assert_eq!(status, StatusCode::OK, "{details}");
 
     // Rotating a key hands out its secret's successor: not for a key looser than the manager.
-    let limited_manager = h
-        .mint(limited(team_a(
-            "limited manager",
-            &["api_keys:manage", "users:read"],
-        )))
-        .await;
-    let rotate = TestRequest::post()
-        .uri(&format!("{KEYS}/{id}/rotate"))
-        .set_json(json!({}));
+    let limited_manager =
+        h.mint(limited(team_a("limited manager", &["api_keys:manage", "users:read"]))).await;
+    let rotate = TestRequest::post().uri(&format!("{KEYS}/{id}/rotate")).set_json(json!({}));
     let (status, _, problem) = call(&h.app, with_key(rotate, limited_manager.key.as_str())).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
     assert_eq!(problem["code"], "limit_escalation");
@@ -200,9 +167,7 @@ async fn an_expired_key_is_not_brought_back_by_a_rotation() {
 #[actix_web::test]
 async fn a_key_an_admin_disabled_stays_disabled_for_managers_and_rotations() {
     let h = memory_harness().await;
-    let manager = h
-        .mint(team_a("manager", &["api_keys:manage", "users:read"]))
-        .await;
+    let manager = h.mint(team_a("manager", &["api_keys:manage", "users:read"])).await;
     let manager = manager.key.as_str();
     let target = h.mint(limited(team_a("target", &["users:read"]))).await;
     let id = target.record.id.as_str();
@@ -214,21 +179,14 @@ async fn a_key_an_admin_disabled_stays_disabled_for_managers_and_rotations() {
     assert_eq!(problem["code"], "admin_required");
 
     // A rotation, even an admin's, keeps the key disabled and keeps its limits.
-    let rotated = h
-        .state
-        .service
-        .rotate_key(&Manager::Operator, id, Rotation::default())
-        .await
-        .unwrap();
+    let rotated =
+        h.state.service.rotate_key(&Manager::Operator, id, Rotation::default()).await.unwrap();
     assert!(!rotated.record.enabled);
     assert_eq!(rotated.record.rate_limit, target.record.rate_limit);
     assert_eq!(rotated.record.remaining, target.record.remaining);
     assert_eq!(rotated.record.refill, target.record.refill);
-    let (status, _, problem) = call(
-        &h.app,
-        with_key(TestRequest::get().uri("/protected"), rotated.key.as_str()),
-    )
-    .await;
+    let (status, _, problem) =
+        call(&h.app, with_key(TestRequest::get().uri("/protected"), rotated.key.as_str())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(problem["code"], "disabled_api_key");
 }
@@ -237,16 +195,9 @@ async fn a_key_an_admin_disabled_stays_disabled_for_managers_and_rotations() {
 async fn limits_set_on_a_replacement_bind_the_old_key_in_its_grace_period() {
     let h = memory_harness().await;
     let old = h.mint(team_a("old", &["users:read"])).await;
-    let rotation = Rotation {
-        grace_period: Some(3600),
-        ..Rotation::default()
-    };
-    let new = h
-        .state
-        .service
-        .rotate_key(&Manager::Operator, &old.record.id, rotation)
-        .await
-        .unwrap();
+    let rotation = Rotation { grace_period: Some(3600), ..Rotation::default() };
+    let new =
+        h.state.service.rotate_key(&Manager::Operator, &old.record.id, rotation).await.unwrap();
     // The replacement gets a limit the old key never had.
     let body = json!({"rate_limit": {"requests": 1, "window": 3600}});
     let (status, _, _) = call(&h.app, patch(&new.record.id, &h.admin, body)).await;
@@ -266,26 +217,14 @@ async fn limits_set_on_a_replacement_bind_the_old_key_in_its_grace_period() {
 #[actix_web::test]
 async fn a_manager_changes_no_key_holding_scopes_it_lacks() {
     let h = memory_harness().await;
-    let manager = h
-        .mint(team_a("manager", &["api_keys:manage", "users:read"]))
-        .await;
+    let manager = h.mint(team_a("manager", &["api_keys:manage", "users:read"])).await;
     let manager = manager.key.as_str();
     let billing = h.mint(team_a("billing", &["billing:write"])).await;
     let item = format!("{KEYS}/{}", billing.record.id);
 
     for (what, request) in [
-        (
-            "update",
-            TestRequest::patch()
-                .uri(&item)
-                .set_json(json!({"name": "mine"})),
-        ),
-        (
-            "rotate",
-            TestRequest::post()
-                .uri(&format!("{item}/rotate"))
-                .set_json(json!({})),
-        ),
+        ("update", TestRequest::patch().uri(&item).set_json(json!({"name": "mine"}))),
+        ("rotate", TestRequest::post().uri(&format!("{item}/rotate")).set_json(json!({}))),
         ("revoke", TestRequest::delete().uri(&item)),
     ] {
         let (status, _, problem) = call(&h.app, with_key(request, manager)).await;
@@ -303,30 +242,14 @@ async fn a_manager_changes_no_key_holding_scopes_it_lacks() {
 async fn a_manager_in_its_grace_period_grants_nothing_beyond_it() {
     let h = memory_harness().await;
     let manager = h
-        .mint(NewKey {
-            expires_at: None,
-            ..team_a("manager", &["api_keys:manage", "users:read"])
-        })
+        .mint(NewKey { expires_at: None, ..team_a("manager", &["api_keys:manage", "users:read"]) })
         .await;
-    let rotation = Rotation {
-        grace_period: Some(3600),
-        ..Rotation::default()
-    };
-    h.state
-        .service
-        .rotate_key(&Manager::Operator, &manager.record.id, rotation)
-        .await
-        .unwrap();
+    let rotation = Rotation { grace_period: Some(3600), ..Rotation::default() };
+    h.state.service.rotate_key(&Manager::Operator, &manager.record.id, rotation).await.unwrap();
     let create = |body: Value| {
-        call(
-            &h.app,
-            with_key(TestRequest::post().uri(KEYS), manager.key.as_str()).set_json(body),
-        )
+        call(&h.app, with_key(TestRequest::post().uri(KEYS), manager.key.as_str()).set_json(body))
     };
-    for body in [
-        json!({"name": "forever"}),
-        json!({"name": "later", "expires_in": 2 * 3600}),
-    ] {
+    for body in [json!({"name": "forever"}), json!({"name": "later", "expires_in": 2 * 3600})] {
         let (status, _, problem) = create(body.clone()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}: {problem}");
         assert_eq!(problem["code"], "expiry_escalation");
@@ -338,39 +261,26 @@ async fn a_manager_in_its_grace_period_grants_nothing_beyond_it() {
 #[actix_web::test]
 async fn tenants_do_not_learn_who_outside_them_acted() {
     let h = memory_harness().await;
-    let manager = h
-        .mint(team_a("manager", &["api_keys:manage", "users:read"]))
-        .await;
+    let manager = h.mint(team_a("manager", &["api_keys:manage", "users:read"])).await;
     let target = h.mint(team_a("target", &["users:read"])).await;
     let id = target.record.id.as_str();
     let from = |address: &str, request: TestRequest| {
         request.peer_addr(address.parse::<SocketAddr>().unwrap())
     };
-    let admin_change = from(
-        "192.0.2.10:5000",
-        patch(id, &h.admin, json!({"name": "by admin"})),
-    );
+    let admin_change = from("192.0.2.10:5000", patch(id, &h.admin, json!({"name": "by admin"})));
     assert_eq!(call(&h.app, admin_change).await.0, StatusCode::OK);
-    let own_change = from(
-        "198.51.100.20:5000",
-        patch(id, manager.key.as_str(), json!({"name": "by manager"})),
-    );
+    let own_change =
+        from("198.51.100.20:5000", patch(id, manager.key.as_str(), json!({"name": "by manager"})));
     assert_eq!(call(&h.app, own_change).await.0, StatusCode::OK);
 
     let events = TestRequest::get().uri(&format!("{KEYS}/{id}/events"));
     let (status, _, page) = call(&h.app, with_key(events, manager.key.as_str())).await;
     assert_eq!(status, StatusCode::OK);
     let items = page["items"].as_array().unwrap();
-    let by_admin = items
-        .iter()
-        .find(|e| e["changes"]["name"] == "by admin")
-        .unwrap();
+    let by_admin = items.iter().find(|e| e["changes"]["name"] == "by admin").unwrap();
     assert!(by_admin["actor_key_id"].is_null(), "{by_admin}");
     assert!(by_admin["client"].is_null(), "{by_admin}");
-    let by_manager = items
-        .iter()
-        .find(|e| e["changes"]["name"] == "by manager")
-        .unwrap();
+    let by_manager = items.iter().find(|e| e["changes"]["name"] == "by manager").unwrap();
     assert_eq!(by_manager["actor_key_id"], manager.record.id.as_str());
     assert_eq!(by_manager["client"], "198.51.100.20");
 
@@ -389,17 +299,10 @@ async fn tenants_do_not_learn_who_outside_them_acted() {
 
 #[actix_web::test]
 async fn a_stale_key_does_not_lock_its_address_out() {
-    let h = harness_with(
-        Arc::new(MemoryBackend::default()),
-        &[("AUTH_FAILURES_PER_MINUTE", "3")],
-    )
-    .await;
+    let h = harness_with(Arc::new(MemoryBackend::default()), &[("AUTH_FAILURES_PER_MINUTE", "3")])
+        .await;
     let stale = h.mint(team_a("stale", &["users:read"])).await;
-    h.state
-        .service
-        .revoke_key(&Manager::Operator, &stale.record.id)
-        .await
-        .unwrap();
+    h.state.service.revoke_key(&Manager::Operator, &stale.record.id).await.unwrap();
     let shared_nat = "203.0.113.50:4000".parse::<SocketAddr>().unwrap();
     let get = |key: &str| with_key(TestRequest::get().uri("/protected"), key).peer_addr(shared_nat);
     for n in 0..10 {
@@ -408,11 +311,7 @@ async fn a_stale_key_does_not_lock_its_address_out() {
         assert_eq!(problem["code"], "revoked_api_key");
     }
     let (status, _, _) = call(&h.app, get(&h.admin)).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "the valid key behind the same address"
-    );
+    assert_eq!(status, StatusCode::OK, "the valid key behind the same address");
 }
 
 #[actix_web::test]
@@ -456,10 +355,8 @@ async fn behind_trusted_proxies_the_client_is_who_the_last_proxy_saw() {
         .set_json(json!({"name": "audited"}));
     let (status, _, created) = call(&h.app, create).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let events = TestRequest::get().uri(&format!(
-        "{KEYS}/{}/events",
-        created["id"].as_str().unwrap()
-    ));
+    let events =
+        TestRequest::get().uri(&format!("{KEYS}/{}/events", created["id"].as_str().unwrap()));
     let (_, _, page) = call(&h.app, with_key(events, &h.admin)).await;
     assert_eq!(page["items"][0]["client"], "2001:db8::7");
 }
@@ -490,31 +387,18 @@ async fn numbers_too_large_for_anything_are_refused_not_a_panic() {
     let h = memory_harness().await;
     let target = h.mint(team_a("target", &["users:read"])).await;
     let rotate = format!("{KEYS}/{}/rotate", target.record.id);
-    for grace in [
-        json!(10_000_000_000_000_000_u64),
-        json!(u64::MAX),
-        json!(2_592_001),
-    ] {
+    for grace in [json!(10_000_000_000_000_000_u64), json!(u64::MAX), json!(2_592_001)] {
         let request = with_key(TestRequest::post().uri(&rotate), &h.admin)
             .set_json(json!({"grace_period": grace}));
         let (status, _, problem) = call(&h.app, request).await;
-        assert_eq!(
-            status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{grace}: {problem}"
-        );
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{grace}: {problem}");
         assert_eq!(problem["code"], "validation_failed", "{grace}");
     }
     let body = json!({"name": "x", "expires_in": u64::MAX});
     let request = with_key(TestRequest::post().uri(KEYS), &h.admin).set_json(body);
-    assert_eq!(
-        call(&h.app, request).await.0,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    assert_eq!(call(&h.app, request).await.0, StatusCode::UNPROCESSABLE_ENTITY);
     let huge =
         format!("{KEYS}?expiring_within_days=18446744073709551616&offset=18446744073709551615");
-    let status = call(&h.app, with_key(TestRequest::get().uri(&huge), &h.admin))
-        .await
-        .0;
+    let status = call(&h.app, with_key(TestRequest::get().uri(&huge), &h.admin)).await.0;
     assert!(status.is_client_error(), "{status}");
 }

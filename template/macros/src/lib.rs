@@ -45,10 +45,7 @@ pub fn require_api_key(attr: TokenStream, item: TokenStream) -> TokenStream {
     if let Err(err) = check_handler(&handler) {
         return with_error(&handler, err);
     }
-    handler
-        .sig
-        .inputs
-        .insert(0, parse_quote!(__api_key: crate::auth::ApiKey));
+    handler.sig.inputs.insert(0, parse_quote!(__api_key: crate::auth::ApiKey));
     let registration = register(&handler.sig.ident, &[], &format_ident!("All"));
     quote!(#registration #handler).into()
 }
@@ -77,10 +74,7 @@ pub fn require_scope(attr: TokenStream, item: TokenStream) -> TokenStream {
     let scopes: Vec<&LitStr> = requirement.scopes.iter().collect();
     let mode = &requirement.mode;
     let vis = &handler.vis;
-    handler.sig.inputs.insert(
-        0,
-        parse_quote!(__scope: crate::http::guard::RequireScopes<#marker>),
-    );
+    handler.sig.inputs.insert(0, parse_quote!(__scope: crate::http::guard::RequireScopes<#marker>));
     let registration = register(name, &scopes, mode);
     quote! {
         #[doc(hidden)]
@@ -164,10 +158,7 @@ fn check_handler(handler: &ItemFn) -> syn::Result<()> {
         ));
     }
     if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
-        return Err(syn::Error::new_spanned(
-            receiver,
-            "a handler cannot take `self`",
-        ));
+        return Err(syn::Error::new_spanned(receiver, "a handler cannot take `self`"));
     }
     if sig.inputs.len() > MAX_OWN_ARGUMENTS {
         return Err(syn::Error::new_spanned(

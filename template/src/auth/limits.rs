@@ -51,17 +51,11 @@ pub struct LimitState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("this API key's rate limit is exhausted, try again later")]
-    RateLimited {
-        state: LimitState,
-        retry_after: Duration,
-    },
+    RateLimited { state: LimitState, retry_after: Duration },
     /// The quota is used up; with a refill, it fills again after `retry_after`. `state` is the
     /// key's standing against its rate limit, when it has one too.
     #[error("this API key has no uses left")]
-    UsageExceeded {
-        retry_after: Option<Duration>,
-        state: Option<LimitState>,
-    },
+    UsageExceeded { retry_after: Option<Duration>, state: Option<LimitState> },
     /// The store could not take a use from the quota.
     #[error("storage is unavailable, try again later")]
     Unavailable,
@@ -189,20 +183,13 @@ impl Allowance {
             .ok()
         else {
             // Validation keeps limits positive; a stored zero admits nothing.
-            return Err(Refusal::UsageExceeded {
-                retry_after: None,
-                state: None,
-            });
+            return Err(Refusal::UsageExceeded { retry_after: None, state: None });
         };
         let interval = interval(limit);
         match limiter.check() {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
-                Ok(LimitState {
-                    limit,
-                    remaining,
-                    reset: interval * (limit.requests - remaining),
-                })
+                Ok(LimitState { limit, remaining, reset: interval * (limit.requests - remaining) })
             }
             Err(not_until) => {
                 let retry_after = not_until.wait_time_from(DefaultClock::default().now());
@@ -296,10 +283,7 @@ async fn shared_rate(
     Ok(if admitted == 1 {
         Ok(state)
     } else {
-        Err(Refusal::RateLimited {
-            state,
-            retry_after: micros(retry),
-        })
+        Err(Refusal::RateLimited { state, retry_after: micros(retry) })
     })
 }
 
@@ -314,10 +298,7 @@ mod tests {
     async fn a_burst_then_refusal_with_the_wait() {
         let allowance = Allowance::new(Arc::new(MemoryBackend::default()));
         let mut record = sample("owner", Utc::now());
-        record.rate_limit = Some(RateLimit {
-            requests: 3,
-            window: 60,
-        });
+        record.rate_limit = Some(RateLimit { requests: 3, window: 60 });
         let key = ApiKey::new(Arc::new(record), None);
         let remaining: Vec<u32> =
             futures_util::future::join_all((0..3).map(|_| allowance.admit(&key)))
@@ -340,16 +321,10 @@ mod tests {
             .shared_through("redis://127.0.0.1:1/")
             .unwrap();
         let mut record = sample("owner", Utc::now());
-        record.rate_limit = Some(RateLimit {
-            requests: 2,
-            window: 60,
-        });
+        record.rate_limit = Some(RateLimit { requests: 2, window: 60 });
         let key = ApiKey::new(Arc::new(record), None);
         assert!(allowance.admit(&key).await.is_ok());
         assert!(allowance.admit(&key).await.is_ok());
-        assert!(matches!(
-            allowance.admit(&key).await,
-            Err(Refusal::RateLimited { .. })
-        ));
+        assert!(matches!(allowance.admit(&key).await, Err(Refusal::RateLimited { .. })));
     }
 }

@@ -50,17 +50,12 @@ impl FailureLimits {
 
     /// Whether requests from `address` are refused for now.
     pub fn address_blocked(&self, address: IpAddr) -> bool {
-        self.by_address
-            .as_ref()
-            .is_some_and(|c| c.blocked(&client(address)))
+        self.by_address.as_ref().is_some_and(|c| c.blocked(&client(address)))
     }
 
     /// Counts a failed authentication from `address`; `true` when it went over the limit.
     pub fn address_failed(&self, address: IpAddr) -> bool {
-        let over = self
-            .by_address
-            .as_ref()
-            .is_some_and(|counter| counter.failed(&client(address)));
+        let over = self.by_address.as_ref().is_some_and(|counter| counter.failed(&client(address)));
         if over {
             tracing::warn!(target: "audit", client = %address, "too many failed authentications: address refused for now");
         }
@@ -123,9 +118,7 @@ impl<K: Hash + Eq + Clone> Counter<K> {
     }
 
     fn blocked(&self, key: &K) -> bool {
-        self.refused_until
-            .get(key)
-            .is_some_and(|until| Instant::now() < until)
+        self.refused_until.get(key).is_some_and(|until| Instant::now() < until)
     }
 
     /// Counts one failure; `true` when it went over the limit.
@@ -134,8 +127,7 @@ impl<K: Hash + Eq + Clone> Counter<K> {
             Ok(()) => false,
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                self.refused_until
-                    .insert(key.clone(), Instant::now() + wait);
+                self.refused_until.insert(key.clone(), Instant::now() + wait);
                 true
             }
         }
@@ -174,10 +166,7 @@ mod tests {
             assert!(!limits.address_blocked(attacker));
             assert!(!limits.address_failed(attacker));
         }
-        assert!(
-            limits.address_failed(attacker),
-            "the fourth failure is one too many"
-        );
+        assert!(limits.address_failed(attacker), "the fourth failure is one too many");
         assert!(limits.address_blocked(attacker));
         assert!(!limits.address_blocked(neighbour));
         assert_eq!(limits.retry_after(), Duration::from_secs(20));

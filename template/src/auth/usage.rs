@@ -27,9 +27,7 @@ struct Pending {
 impl UsageTracker {
     fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
         // Counters stay consistent even if a holder panicked, so a poisoned lock is still usable.
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts one use of a key at `now`.
@@ -41,13 +39,7 @@ impl UsageTracker {
                 entry.last_used_at = entry.last_used_at.max(now);
             }
             None => {
-                pending.insert(
-                    id.to_owned(),
-                    Pending {
-                        requests: 1,
-                        last_used_at: now,
-                    },
-                );
+                pending.insert(id.to_owned(), Pending { requests: 1, last_used_at: now });
             }
         }
     }
@@ -78,10 +70,9 @@ impl UsageTracker {
             Err(err) => {
                 let mut pending = self.pending();
                 for (id, p) in taken {
-                    let entry = pending.entry(id).or_insert(Pending {
-                        requests: 0,
-                        last_used_at: p.last_used_at,
-                    });
+                    let entry = pending
+                        .entry(id)
+                        .or_insert(Pending { requests: 0, last_used_at: p.last_used_at });
                     entry.requests += p.requests;
                     entry.last_used_at = entry.last_used_at.max(p.last_used_at);
                 }
@@ -147,18 +138,13 @@ mod tests {
             ..FlakyStore::default()
         });
         let key = conformance::sample("owner", Utc::now());
-        store
-            .insert(&key, &conformance::event(&key.id))
-            .await
-            .unwrap();
+        store.insert(&key, &conformance::event(&key.id)).await.unwrap();
         let tracker = Arc::new(UsageTracker::default());
         for _ in 0..3 {
             tracker.record(&key.id, Utc::now());
         }
         // The first tick is immediate: that flush is still writing when we finish.
-        let flusher = tracker
-            .clone()
-            .spawn_flusher(store.clone(), Duration::from_secs(3600));
+        let flusher = tracker.clone().spawn_flusher(store.clone(), Duration::from_secs(3600));
         tokio::time::sleep(Duration::from_millis(20)).await;
         tracker.record(&key.id, Utc::now());
         flusher.finish().await;
@@ -185,10 +171,7 @@ mod tests {
         for _ in 0..3 {
             tracker.record("a", Utc::now());
         }
-        let down = FlakyStore {
-            usage_fails: true,
-            ..FlakyStore::default()
-        };
+        let down = FlakyStore { usage_fails: true, ..FlakyStore::default() };
         assert!(tracker.flush(&down).await.is_err());
         tracker.record("a", Utc::now());
         assert_eq!(tracker.unflushed("a").map(|(n, _)| n), Some(4));

@@ -79,9 +79,7 @@ impl FromStr for ProxyHeader {
             "x-forwarded-for" => Ok(Self::XForwardedFor),
             "forwarded" => Ok(Self::Forwarded),
             "x-real-ip" => Ok(Self::XRealIp),
-            _ => Err(format!(
-                "must be x-forwarded-for, forwarded or x-real-ip, got {name:?}"
-            )),
+            _ => Err(format!("must be x-forwarded-for, forwarded or x-real-ip, got {name:?}")),
         }
     }
 }
@@ -108,6 +106,20 @@ fn canonical(net: IpNet) -> IpNet {
         .to_ipv4_mapped()
         .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len().checked_sub(96)?).ok())
         .map_or(net, IpNet::V4)
+}
+
+/// The kind of store a `DATABASE_URL` names: `memory`, `sqlite`, `postgres` or `redis`.
+pub fn store_kind(url: &str) -> Option<&'static str> {
+    [
+        ("memory:", "memory"),
+        ("sqlite:", "sqlite"),
+        ("postgres://", "postgres"),
+        ("postgresql://", "postgres"),
+        ("redis://", "redis"),
+        ("rediss://", "redis"),
+    ]
+    .into_iter()
+    .find_map(|(scheme, kind)| url.starts_with(scheme).then_some(kind))
 }
 
 /// How log lines are written.
@@ -172,10 +184,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(variable: &str, problem: impl Into<String>) -> Self {
-        Self {
-            variable: variable.into(),
-            problem: problem.into(),
-        }
+        Self { variable: variable.into(), problem: problem.into() }
     }
 }
 
@@ -203,10 +212,7 @@ impl Config {
     pub fn from_vars<'a>(
         vars: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, ConfigError> {
-        let map = vars
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        let map = vars.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
         Self::from_source(config::Environment::default().source(Some(map)))
     }
 
@@ -221,17 +227,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let url = &self.database_url;
-        let schemes = [
-            "sqlite:",
-            "postgres://",
-            "postgresql://",
-            "redis://",
-            "rediss://",
-            "memory:",
-        ];
         ensure!(
-            schemes.iter().any(|scheme| url.starts_with(scheme)),
+            store_kind(&self.database_url).is_some(),
             "DATABASE_URL",
             "must start with sqlite://, postgres://, postgresql://, redis:// or memory://"
         );
@@ -268,9 +265,7 @@ impl Config {
         let body = prefix.strip_suffix('_').unwrap_or_default();
         ensure!(
             (1..=15).contains(&body.len())
-                && body
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                && body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
             "API_KEY_PREFIX",
             format!("must be 2-16 lowercase letters or digits ending in '_', got {prefix:?}")
         );
@@ -340,10 +335,8 @@ impl Config {
 
     /// The Redis that instances share rate-limit counts through: the cache's, else the store's.
     pub fn shared_redis_url(&self) -> Option<&str> {
-        self.redis_url.as_deref().or_else(|| {
-            let url = self.database_url.as_str();
-            (url.starts_with("redis://") || url.starts_with("rediss://")).then_some(url)
-        })
+        let url = self.database_url.as_str();
+        (self.redis_url.as_deref()).or((store_kind(url) == Some("redis")).then_some(url))
     }
 
     pub fn log_format(&self) -> LogFormat {
@@ -361,13 +354,10 @@ impl Config {
 fn check_path(variable: &str, path: &str) -> Result<(), ConfigError> {
     let segment_ok = |segment: &str| {
         !segment.is_empty()
-            && segment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
     };
     ensure!(
-        path.strip_prefix('/')
-            .is_some_and(|rest| rest.split('/').all(segment_ok)),
+        path.strip_prefix('/').is_some_and(|rest| rest.split('/').all(segment_ok)),
         variable,
         format!("must be a path like /api/v1/keys (no trailing slash), got {path:?}")
     );
@@ -376,15 +366,9 @@ fn check_path(variable: &str, path: &str) -> Result<(), ConfigError> {
 
 fn describe(err: config::ConfigError) -> ConfigError {
     match err {
-        config::ConfigError::Type {
-            key: Some(key),
-            unexpected,
-            expected,
-            ..
-        } => ConfigError::new(
-            &key.to_uppercase(),
-            format!("expected {expected}, got {unexpected}"),
-        ),
+        config::ConfigError::Type { key: Some(key), unexpected, expected, .. } => {
+            ConfigError::new(&key.to_uppercase(), format!("expected {expected}, got {unexpected}"))
+        }
         other => ConfigError::new("environment", other.to_string()),
     }
 }
@@ -394,10 +378,7 @@ mod tests {
     use super::*;
 
     fn error(vars: &[(&str, &str)]) -> String {
-        Config::from_vars(vars.iter().copied())
-            .err()
-            .expect("the value is rejected")
-            .to_string()
+        Config::from_vars(vars.iter().copied()).err().expect("the value is rejected").to_string()
     }
 
     #[test]
@@ -449,10 +430,7 @@ mod tests {
             ("API_KEYS_ROUTES", "maybe"),
         ] {
             let message = error(&[(var, value)]);
-            assert!(
-                message.starts_with(&format!("{var}: ")),
-                "{var}={value} gave {message:?}"
-            );
+            assert!(message.starts_with(&format!("{var}: ")), "{var}={value} gave {message:?}");
             assert!(!message.contains('\n'), "{message:?}");
         }
     }

@@ -25,9 +25,7 @@ impl From<ApiKeyRecord> for KeyDetails {
     fn from(record: ApiKeyRecord) -> Self {
         Self {
             status: KeyStatus::of(&record),
-            expires_in_seconds: record
-                .expires_at
-                .map(|at| (at - Utc::now()).num_seconds().max(0)),
+            expires_in_seconds: record.expires_at.map(|at| (at - Utc::now()).num_seconds().max(0)),
             record,
         }
     }
@@ -46,10 +44,7 @@ pub struct KeyCreated {
 
 impl From<CreatedKey> for KeyCreated {
     fn from(created: CreatedKey) -> Self {
-        Self {
-            key: created.key,
-            details: created.record.into(),
-        }
+        Self { key: created.key, details: created.record.into() }
     }
 }
 
@@ -77,24 +72,14 @@ impl KeyList {
     pub fn of(page: Page<ApiKeyRecord>, limit: u32, offset: u64) -> Self {
         let items = page.items.into_iter().map(KeyDetails::from).collect();
         let total = page.total;
-        Self {
-            items,
-            total,
-            limit,
-            offset,
-        }
+        Self { items, total, limit, offset }
     }
 }
 
 impl EventList {
     pub fn of(page: Page<KeyEvent>, limit: u32, offset: u64) -> Self {
         let (items, total) = (page.items, page.total);
-        Self {
-            items,
-            total,
-            limit,
-            offset,
-        }
+        Self { items, total, limit, offset }
     }
 }
 

@@ -135,13 +135,7 @@ impl<S: ScopeRequirement + 'static> FromRequest for RequireScopes<S> {
             req,
             authenticated(req).and_then(|key| {
                 if scope::satisfies(key.scopes(), S::SCOPES, S::MATCH) {
-                    Ok((
-                        key.clone(),
-                        Self {
-                            key,
-                            requirement: PhantomData,
-                        },
-                    ))
+                    Ok((key.clone(), Self { key, requirement: PhantomData }))
                 } else {
                     Err(ApiError::InsufficientScope {
                         required: S::SCOPES.iter().map(|s| (*s).to_owned()).collect(),

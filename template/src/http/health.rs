@@ -60,10 +60,7 @@ pub async fn ready(store: web::Data<dyn Backend>) -> HttpResponse {
         };
         checks.insert(name, verdict);
     }
-    let body = Readiness {
-        status: if ready { "ready" } else { "not_ready" },
-        checks,
-    };
+    let body = Readiness { status: if ready { "ready" } else { "not_ready" }, checks };
     if !ready {
         return HttpResponse::ServiceUnavailable().json(body);
     }

@@ -149,12 +149,7 @@ pub async fn update_key(
     id: web::Path<String>,
     body: web::Json<KeyChanges>,
 ) -> Result<web::Json<KeyDetails>, ApiError> {
-    Ok(web::Json(
-        service
-            .update_key(&by, &id, body.into_inner())
-            .await?
-            .into(),
-    ))
+    Ok(web::Json(service.update_key(&by, &id, body.into_inner()).await?.into()))
 }
 
 /// Rotate a key
@@ -181,11 +176,8 @@ pub async fn rotate_key(
 ) -> Result<HttpResponse, ApiError> {
     let created = service.rotate_key(&by, &id, body.into_inner()).await?;
     let prefix = req.path().trim_end_matches("/rotate");
-    let location = format!(
-        "{}/{}",
-        prefix.rsplit_once('/').map_or(prefix, |(p, _)| p),
-        created.record.id
-    );
+    let location =
+        format!("{}/{}", prefix.rsplit_once('/').map_or(prefix, |(p, _)| p), created.record.id);
     Ok(created_response(location, created))
 }
 
@@ -213,14 +205,8 @@ pub async fn list_key_events(
     id: web::Path<String>,
     params: web::Query<PageParams>,
 ) -> Result<web::Json<EventList>, ApiError> {
-    let page = service
-        .key_events(&by, &id, params.limit(), params.offset())
-        .await?;
-    Ok(web::Json(EventList::of(
-        page,
-        params.limit(),
-        params.offset(),
-    )))
+    let page = service.key_events(&by, &id, params.limit(), params.offset()).await?;
+    Ok(web::Json(EventList::of(page, params.limit(), params.offset())))
 }
 
 /// List every key's events
@@ -239,12 +225,6 @@ pub async fn list_all_events(
     service: web::Data<ApiKeyService>,
     params: web::Query<PageParams>,
 ) -> Result<web::Json<EventList>, ApiError> {
-    let page = service
-        .all_events(&by, params.limit(), params.offset())
-        .await?;
-    Ok(web::Json(EventList::of(
-        page,
-        params.limit(),
-        params.offset(),
-    )))
+    let page = service.all_events(&by, params.limit(), params.offset()).await?;
+    Ok(web::Json(EventList::of(page, params.limit(), params.offset())))
 }

@@ -32,11 +32,7 @@ pub async fn authenticate(
     };
     req.extensions_mut().insert(Authentication(outcome));
     let mut res = next.call(req).await?;
-    let state = res
-        .request()
-        .extensions()
-        .get::<Admission>()
-        .and_then(Admission::limit_state);
+    let state = res.request().extensions().get::<Admission>().and_then(Admission::limit_state);
     if let Some(state) = state {
         report(res.headers_mut(), state);
     }
@@ -45,19 +41,12 @@ pub async fn authenticate(
 
 fn report(headers: &mut HeaderMap, state: LimitState) {
     let limit = state.limit;
-    let reset = if state.reset.is_zero() {
-        0
-    } else {
-        whole_seconds(state.reset)
-    };
+    let reset = if state.reset.is_zero() { 0 } else { whole_seconds(state.reset) };
     for (name, value) in [
         ("ratelimit-limit", limit.requests.to_string()),
         ("ratelimit-remaining", state.remaining.to_string()),
         ("ratelimit-reset", reset.to_string()),
-        (
-            "ratelimit-policy",
-            format!("{};w={}", limit.requests, limit.window),
-        ),
+        ("ratelimit-policy", format!("{};w={}", limit.requests, limit.window)),
     ] {
         if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(HeaderName::from_static(name), value);

@@ -28,10 +28,8 @@ use crate::scope::Match;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(
-        description = "API-key authenticated service. Send your key in the `X-API-Key` header \
-                        (or the configured one), or as `Authorization: Bearer <key>`."
-    ),
+    info(description = "API-key authenticated service. Send your key in the `X-API-Key` header \
+                        (or the configured one), or as `Authorization: Bearer <key>`."),
     components(schemas(Problem))
 )]
 struct ApiDoc;
@@ -50,10 +48,8 @@ pub fn complete(registered: Document, config: &Config) -> Document {
         });
         for operation in management {
             add_problems(operation, has_id);
-            let scopes = [
-                config.api_keys_admin_scope.as_str(),
-                config.api_keys_manage_scope.as_str(),
-            ];
+            let scopes =
+                [config.api_keys_admin_scope.as_str(), config.api_keys_manage_scope.as_str()];
             protect(operation, &scopes, Match::Any);
         }
     }
@@ -89,9 +85,7 @@ pub fn docs(config: &Config, doc: Document) -> impl FnOnce(&mut web::ServiceConf
         .service(web::resource(docs_path).to(move || {
             let location = location.clone();
             async move {
-                HttpResponse::PermanentRedirect()
-                    .insert_header(("Location", location))
-                    .finish()
+                HttpResponse::PermanentRedirect().insert_header(("Location", location)).finish()
             }
         }));
     }
@@ -160,9 +154,7 @@ fn add_problems(operation: &mut Operation, has_id: bool) {
             _ => true,
         };
         if applies {
-            responses
-                .entry(status.to_string())
-                .or_insert(problem(&description).into());
+            responses.entry(status.to_string()).or_insert(problem(&description).into());
         }
     }
 }
@@ -188,10 +180,7 @@ fn protect(operation: &mut Operation, scopes: &[&str], mode: Match) {
         // A route's own description of the same status wins: it knows more.
         responses.entry(status.into()).or_insert(response.into());
     };
-    answer(
-        "401",
-        problem("Missing, invalid, expired, revoked, disabled or rotated API key"),
-    );
+    answer("401", problem("Missing, invalid, expired, revoked, disabled or rotated API key"));
     if !scopes.is_empty() {
         answer("403", problem("The API key lacks a required scope"));
     }
@@ -200,12 +189,7 @@ fn protect(operation: &mut Operation, scopes: &[&str], mode: Match) {
          (`too_many_failed_attempts`), the key's rate limit is spent (`rate_limit_exceeded`, with \
          `RateLimit-*` headers), or its quota is (`usage_exceeded`); retry after `Retry-After` seconds",
     );
-    for header in [
-        "Retry-After",
-        "RateLimit-Limit",
-        "RateLimit-Remaining",
-        "RateLimit-Reset",
-    ] {
+    for header in ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
         throttled.headers.insert(
             header.into(),
             Header::new(ObjectBuilder::new().schema_type(Type::Integer).build()),
@@ -220,9 +204,7 @@ fn problem(description: &str) -> utoipa::openapi::Response {
         .description(description)
         .content(
             "application/problem+json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("Problem")))
-                .build(),
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
         )
         .build()
 }

@@ -25,8 +25,7 @@ pub enum ApiError {
     #[error(transparent)]
     Limited(#[from] Refusal),
     /// The key service refused the change (bad field, no such key, beyond a manager's reach, the
-    /// wrong state). Its storage errors answer as `StorageUnavailable` or `Internal` would, and
-    /// `?` turns them into those, logged.
+    /// wrong state). `?` turns its storage errors into `StorageUnavailable` or `Internal`, logged.
     #[error(transparent)]
     Service(ServiceError),
     #[error("this API key lacks the required scope")]
@@ -52,10 +51,7 @@ pub enum ApiError {
 /// What a problem answer with each status means on the key-management routes, for the OpenAPI
 /// document (which gives each operation those its shape allows).
 pub fn management_problems() -> [(u16, String); 5] {
-    let invalid = ServiceError::Invalid {
-        field: "",
-        message: String::new(),
-    };
+    let invalid = ServiceError::Invalid { field: "", message: String::new() };
     [
         (
             ApiError::BadRequest(String::new()),
@@ -69,17 +65,9 @@ pub fn management_problems() -> [(u16, String); 5] {
         ),
         (ApiError::Service(ServiceError::NotFound), "No such key"),
         (ApiError::PayloadTooLarge { limit: 0 }, "Body too large"),
-        (
-            ApiError::Service(invalid),
-            "A field is out of bounds, named in `field`",
-        ),
+        (ApiError::Service(invalid), "A field is out of bounds, named in `field`"),
     ]
-    .map(|(err, what)| {
-        (
-            err.status_code().as_u16(),
-            format!("{what} (`{}`)", err.code()),
-        )
-    })
+    .map(|(err, what)| (err.status_code().as_u16(), format!("{what} (`{}`)", err.code())))
 }
 
 /// An `application/problem+json` body.
@@ -106,9 +94,6 @@ pub struct Problem {
 
 impl ApiError {
     pub fn code(&self) -> &'static str {
-        if let Some(err) = self.store_error() {
-            return err.code();
-        }
         match self {
             Self::Auth(err) => err.code(),
             Self::Limited(refusal) => refusal.code(),
@@ -130,27 +115,15 @@ impl ApiError {
         }
     }
 
-    /// What a store error wrapped in a service error answers as.
-    fn store_error(&self) -> Option<Self> {
-        match self {
-            Self::Service(ServiceError::Store(StoreError::Unavailable(_))) => {
-                Some(Self::StorageUnavailable)
-            }
-            Self::Service(ServiceError::Store(_)) => Some(Self::Internal),
-            _ => None,
-        }
-    }
-
     pub fn problem(&self) -> Problem {
-        if let Some(err) = self.store_error() {
-            return err.problem();
-        }
         let status = self.status_code();
         Problem {
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: match self {
                 Self::Service(ServiceError::Invalid { message, .. }) => message.clone(),
+                // Never the store's own words: they can name hosts, tables or data.
+                Self::Service(ServiceError::Store(_)) => Self::StorageUnavailable.to_string(),
                 _ => self.to_string(),
             },
             code: self.code(),
@@ -177,9 +150,6 @@ impl ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        if let Some(err) = self.store_error() {
-            return err.status_code();
-        }
         match self {
             Self::Auth(AuthError::Unavailable)
             | Self::Limited(Refusal::Unavailable)
@@ -211,10 +181,7 @@ impl ResponseError for ApiError {
         if let Self::Auth(err) = self
             && let Some(challenge) = err.challenge()
         {
-            response.insert_header((
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            ));
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge)));
         }
         if let Self::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, allow.as_str()));
@@ -288,24 +255,22 @@ pub mod extractors {
     pub const JSON_LIMIT: usize = 16 * 1024;
 
     pub fn json_config() -> web::JsonConfig {
-        web::JsonConfig::default()
-            .limit(JSON_LIMIT)
-            .error_handler(|err, _: &HttpRequest| {
-                match err {
-                    JsonPayloadError::OverflowKnownLength { .. }
-                    | JsonPayloadError::Overflow { .. } => {
-                        ApiError::PayloadTooLarge { limit: JSON_LIMIT }
-                    }
-                    JsonPayloadError::ContentType => ApiError::BadRequest(
-                        "the body must be JSON (Content-Type: application/json)".into(),
-                    ),
-                    JsonPayloadError::Deserialize(err) => {
-                        ApiError::BadRequest(format!("invalid JSON body: {err}"))
-                    }
-                    other => ApiError::BadRequest(format!("invalid JSON body: {other}")),
+        web::JsonConfig::default().limit(JSON_LIMIT).error_handler(|err, _: &HttpRequest| {
+            match err {
+                JsonPayloadError::OverflowKnownLength { .. }
+                | JsonPayloadError::Overflow { .. } => {
+                    ApiError::PayloadTooLarge { limit: JSON_LIMIT }
                 }
-                .into()
-            })
+                JsonPayloadError::ContentType => ApiError::BadRequest(
+                    "the body must be JSON (Content-Type: application/json)".into(),
+                ),
+                JsonPayloadError::Deserialize(err) => {
+                    ApiError::BadRequest(format!("invalid JSON body: {err}"))
+                }
+                other => ApiError::BadRequest(format!("invalid JSON body: {other}")),
+            }
+            .into()
+        })
     }
 
     pub fn query_config() -> web::QueryConfig {

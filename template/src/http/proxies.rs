@@ -125,10 +125,7 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
-        trusting(proxies, header)
-            .unwrap()
-            .client(Some(ip(peer)), &headers)
-            .unwrap()
+        trusting(proxies, header).unwrap().client(Some(ip(peer)), &headers).unwrap()
     }
 
     const NGINX: &str = "10.0.0.5";
@@ -139,10 +136,7 @@ mod tests {
         let sent = [("x-forwarded-for", "203.0.113.9")];
         assert_eq!(client("", XFF, "198.51.100.7", &sent), ip("198.51.100.7"));
         // A peer that is not a configured proxy cannot speak for anyone else either.
-        assert_eq!(
-            client(NGINX, XFF, "198.51.100.7", &sent),
-            ip("198.51.100.7")
-        );
+        assert_eq!(client(NGINX, XFF, "198.51.100.7", &sent), ip("198.51.100.7"));
     }
 
     #[test]
@@ -154,10 +148,7 @@ mod tests {
         let two = [("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.1.2.3")];
         assert_eq!(client("10.0.0.0/8", XFF, NGINX, &two), ip("198.51.100.7"));
         // Repeated header lines are one list, in order.
-        let lines = [
-            ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-for", "198.51.100.7"),
-        ];
+        let lines = [("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "198.51.100.7")];
         assert_eq!(client(NGINX, XFF, NGINX, &lines), ip("198.51.100.7"));
     }
 
@@ -172,10 +163,7 @@ mod tests {
         }
         assert_eq!(client(NGINX, XFF, NGINX, &[]), ip(NGINX));
         let forwarded = [("forwarded", "for=unknown")];
-        assert_eq!(
-            client(NGINX, ProxyHeader::Forwarded, NGINX, &forwarded),
-            ip(NGINX)
-        );
+        assert_eq!(client(NGINX, ProxyHeader::Forwarded, NGINX, &forwarded), ip(NGINX));
     }
 
     #[test]
@@ -191,15 +179,9 @@ mod tests {
         let xff = [("x-forwarded-for", "1.2.3.4, 2001:db8::1")];
         assert_eq!(client("fd00::/8", XFF, "fd00::5", &xff), ip("2001:db8::1"));
         // An IPv4 peer seen through an IPv6 socket is still the IPv4 proxy.
-        assert_eq!(
-            client(NGINX, XFF, "::ffff:10.0.0.5", &xff),
-            ip("2001:db8::1")
-        );
+        assert_eq!(client(NGINX, XFF, "::ffff:10.0.0.5", &xff), ip("2001:db8::1"));
         let real = [("x-real-ip", "198.51.100.7")];
-        assert_eq!(
-            client(NGINX, ProxyHeader::XRealIp, NGINX, &real),
-            ip("198.51.100.7")
-        );
+        assert_eq!(client(NGINX, ProxyHeader::XRealIp, NGINX, &real), ip("198.51.100.7"));
     }
 
     #[test]
@@ -210,16 +192,10 @@ mod tests {
             HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap(),
         );
         let proxies = trusting(NGINX, XFF).unwrap();
-        assert_eq!(
-            proxies.client(Some(ip(NGINX)), &headers),
-            Some(ip("198.51.100.7"))
-        );
+        assert_eq!(proxies.client(Some(ip(NGINX)), &headers), Some(ip("198.51.100.7")));
         // A network written IPv4-mapped trusts the IPv4 proxy it names.
         let sent = [("x-forwarded-for", "198.51.100.7")];
-        assert_eq!(
-            client("::ffff:10.0.0.0/104", XFF, "10.0.0.5", &sent),
-            ip("198.51.100.7")
-        );
+        assert_eq!(client("::ffff:10.0.0.0/104", XFF, "10.0.0.5", &sent), ip("198.51.100.7"));
     }
 
     #[test]

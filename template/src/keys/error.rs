@@ -5,10 +5,7 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
     #[error("no API key with this id")]
     NotFound,
     /// A manager key asked for more than it holds; `code` is the problem code clients see.
@@ -22,24 +19,15 @@ pub enum ServiceError {
 }
 
 pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::Invalid {
-        field,
-        message: message.into(),
-    }
+    ServiceError::Invalid { field, message: message.into() }
 }
 
 pub(super) fn forbidden(code: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::Forbidden {
-        code,
-        message: message.into(),
-    }
+    ServiceError::Forbidden { code, message: message.into() }
 }
 
 pub(super) fn conflict(code: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::Conflict {
-        code,
-        message: message.into(),
-    }
+    ServiceError::Conflict { code, message: message.into() }
 }
 
 /// Only an admin key or the operator may do this.

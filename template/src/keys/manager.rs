@@ -47,10 +47,7 @@ impl Manager {
             key_id: key_id.to_owned(),
             action,
             actor_key_id: self.key_id().map(str::to_owned),
-            client: self
-                .key()
-                .and_then(ApiKey::client)
-                .map(|address| address.to_string()),
+            client: self.key().and_then(ApiKey::client).map(|address| address.to_string()),
             changes,
             at: now(),
         }
@@ -156,11 +153,7 @@ pub(super) struct Limits {
 
 impl Limits {
     pub(super) fn of(record: &ApiKeyRecord) -> Self {
-        Self {
-            rate_limit: record.rate_limit,
-            remaining: record.remaining,
-            refill: record.refill,
-        }
+        Self { rate_limit: record.rate_limit, remaining: record.remaining, refill: record.refill }
     }
 
     /// Refuses `wanted` where it is looser than `self`: a faster rate or a larger burst, a larger
@@ -215,10 +208,7 @@ fn granted(held: &[String], wanted: &[String]) -> Result<(), ServiceError> {
     }
     Err(forbidden(
         "scope_escalation",
-        format!(
-            "scopes beyond what the manager may grant: {}",
-            beyond.join(", ")
-        ),
+        format!("scopes beyond what the manager may grant: {}", beyond.join(", ")),
     ))
 }
 
@@ -228,10 +218,9 @@ pub(super) fn no_later(
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(), ServiceError> {
     match limit {
-        Some(limit) if expires_at.is_none_or(|at| at > limit) => Err(forbidden(
-            "expiry_escalation",
-            format!("the key must expire by {limit}"),
-        )),
+        Some(limit) if expires_at.is_none_or(|at| at > limit) => {
+            Err(forbidden("expiry_escalation", format!("the key must expire by {limit}")))
+        }
         _ => Ok(()),
     }
 }

@@ -56,11 +56,7 @@ pub struct ApiKeyService {
 
 impl ApiKeyService {
     pub fn new(store: Arc<dyn Backend>, format: KeyFormat, usage: Arc<UsageTracker>) -> Self {
-        Self {
-            store,
-            format,
-            usage,
-        }
+        Self { store, format, usage }
     }
 
     pub async fn create_key(
@@ -108,8 +104,7 @@ impl ApiKeyService {
     ) -> (Zeroizing<String>, ApiKeyRecord) {
         let minted = self.format.generate();
         let record =
-            new.clone()
-                .into_record(minted.id, minted.hash, now, rotated_from.map(str::to_owned));
+            new.clone().into_record(minted.id, minted.hash, now, rotated_from.map(str::to_owned));
         (minted.key, record)
     }
 
@@ -168,17 +163,9 @@ impl ApiKeyService {
                     EventAction::Rotated,
                     to_object(&json!({"replaced_by": record.id, "retires_at": retires_at})),
                 ),
-                by.event(
-                    &record.id,
-                    EventAction::Created,
-                    described(&new, Some(&old.id)),
-                ),
+                by.event(&record.id, EventAction::Created, described(&new, Some(&old.id))),
             ];
-            match self
-                .store
-                .rotate(&old.id, &record, retires_at, &events)
-                .await
-            {
+            match self.store.rotate(&old.id, &record, retires_at, &events).await {
                 Ok(true) => {
                     tracing::info!(
                         target: "audit",
@@ -232,11 +219,8 @@ impl ApiKeyService {
         let changed = to_object(&changes);
         let fields: Vec<_> = changed.keys().cloned().collect();
         let event = by.event(id, EventAction::Updated, changed);
-        let updated = self
-            .store
-            .update(id, &changes, &event)
-            .await?
-            .ok_or(ServiceError::NotFound)?;
+        let updated =
+            self.store.update(id, &changes, &event).await?.ok_or(ServiceError::NotFound)?;
         tracing::info!(
             target: "audit",
             action = "update",
@@ -258,11 +242,7 @@ impl ApiKeyService {
     ) -> Result<Page<KeyEvent>, ServiceError> {
         page_bounds(limit, offset)?;
         self.reachable(by, id).await?;
-        let query = EventQuery {
-            key_id: Some(id.to_owned()),
-            limit,
-            offset,
-        };
+        let query = EventQuery { key_id: Some(id.to_owned()), limit, offset };
         let mut page = self.store.events(&query).await?;
         if let Manager::Owner(_) = by {
             self.redact_outside_actors(by, &mut page.items).await;
@@ -307,11 +287,7 @@ impl ApiKeyService {
             ));
         }
         page_bounds(limit, offset)?;
-        let query = EventQuery {
-            key_id: None,
-            limit,
-            offset,
-        };
+        let query = EventQuery { key_id: None, limit, offset };
         Ok(self.store.events(&query).await?)
     }
 
@@ -331,19 +307,12 @@ impl ApiKeyService {
                 None => break,
             }
         }
-        Ok(Some(
-            own.as_ref()
-                .map_or_else(|| Limits::of(key.record()), Limits::of),
-        ))
+        Ok(Some(own.as_ref().map_or_else(|| Limits::of(key.record()), Limits::of)))
     }
 
     /// The key, if `by` reaches it.
     async fn reachable(&self, by: &Manager, id: &str) -> Result<ApiKeyRecord, ServiceError> {
-        self.store
-            .get(id)
-            .await?
-            .filter(|record| by.reaches(record))
-            .ok_or(ServiceError::NotFound)
+        self.store.get(id).await?.filter(|record| by.reaches(record)).ok_or(ServiceError::NotFound)
     }
 
     /// A key's details, including uses counted since the last flush.
@@ -363,19 +332,13 @@ impl ApiKeyService {
         if let Manager::Owner(key) = by {
             let own = key.owner_id().map(str::to_owned);
             if query.owner_id.is_some() && query.owner_id != own {
-                return Ok(Page {
-                    items: Vec::new(),
-                    total: 0,
-                });
+                return Ok(Page { items: Vec::new(), total: 0 });
             }
             query.owner_id = own;
         }
         let mut page = self.store.list(&query).await?;
-        page.items = page
-            .items
-            .into_iter()
-            .map(|record| self.with_unflushed_usage(record))
-            .collect();
+        page.items =
+            page.items.into_iter().map(|record| self.with_unflushed_usage(record)).collect();
         Ok(page)
     }
 
@@ -431,10 +394,7 @@ fn expiry(
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, ServiceError> {
     match (expires_in, expires_at) {
-        (Some(_), Some(_)) => Err(invalid(
-            "expires_in",
-            "give expires_in or expires_at, not both",
-        )),
+        (Some(_), Some(_)) => Err(invalid("expires_in", "give expires_in or expires_at, not both")),
         (Some(seconds), None) => i64::try_from(seconds)
             .ok()
             .filter(|s| (1..=MAX_LIFETIME_SECONDS).contains(s))

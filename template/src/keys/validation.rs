@@ -48,10 +48,7 @@ pub fn expiring_within(days: Option<u32>) -> Result<Option<Window>, ServiceError
 /// Page sizes and offsets every listing accepts.
 pub(super) fn page_bounds(limit: u32, offset: u64) -> Result<(), ServiceError> {
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(invalid(
-            "limit",
-            format!("must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
+        return Err(invalid("limit", format!("must be between 1 and {MAX_PAGE_SIZE}")));
     }
     // The databases count in signed 64-bit integers, and so does the documented schema.
     if i64::try_from(offset).is_err() {
@@ -111,10 +108,7 @@ pub(super) fn validate_update(
 
 fn validate_name(name: &str, format: &KeyFormat) -> Result<(), ServiceError> {
     if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
-        return Err(invalid(
-            "name",
-            format!("must be 1 to {MAX_NAME_LEN} characters, not blank"),
-        ));
+        return Err(invalid("name", format!("must be 1 to {MAX_NAME_LEN} characters, not blank")));
     }
     if name.chars().any(char::is_control) {
         return Err(invalid("name", "must not contain control characters"));
@@ -206,10 +200,7 @@ fn validate_limits(
     if let Some(refill) = refill
         && !(1..=MAX_QUOTA).contains(&refill.amount)
     {
-        return Err(invalid(
-            "refill",
-            format!("amount must be between 1 and {MAX_QUOTA}"),
-        ));
+        return Err(invalid("refill", format!("amount must be between 1 and {MAX_QUOTA}")));
     }
     Ok(())
 }

@@ -69,8 +69,7 @@ impl LocalCache {
     /// invalidation's removal comes after this insert, or this check sees its bump.
     fn insert(&self, record: &Arc<ApiKeyRecord>, generation: u64) {
         let expires = Instant::now() + self.ttl;
-        self.entries
-            .insert(record.id.clone(), (expires, record.clone()));
+        self.entries.insert(record.id.clone(), (expires, record.clone()));
         if self.generation() != generation {
             self.entries.remove(&record.id);
         }
@@ -177,9 +176,7 @@ impl CachedBackend {
 
 #[cfg(feature = "redis")]
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[async_trait]
@@ -361,10 +358,8 @@ mod tests {
     #[tokio::test]
     async fn a_lookup_overtaken_by_a_revocation_does_not_cache_the_old_key() {
         // A slow database: lookups read at once but answer only when told to.
-        let slow = Arc::new(FlakyStore {
-            held_lookups: Some(Notify::new()),
-            ..FlakyStore::default()
-        });
+        let slow =
+            Arc::new(FlakyStore { held_lookups: Some(Notify::new()), ..FlakyStore::default() });
         let cache = Arc::new(CachedBackend::new(slow.clone()));
         let key = sample("owner", Utc::now());
         cache.insert(&key, &event(&key.id)).await.unwrap();
@@ -379,15 +374,9 @@ mod tests {
         assert!(cache.revoke(&key.id, Utc::now(), &revoked).await.unwrap());
         slow.held_lookups.as_ref().unwrap().notify_one();
         let answered = lookup.await.unwrap().unwrap().unwrap();
-        assert!(
-            answered.revoked_at.is_none(),
-            "the slow lookup read before the revocation"
-        );
+        assert!(answered.revoked_at.is_none(), "the slow lookup read before the revocation");
 
-        assert!(
-            cache.cached(&key.id).is_none(),
-            "but did not cache what it read"
-        );
+        assert!(cache.cached(&key.id).is_none(), "but did not cache what it read");
         slow.held_lookups.as_ref().unwrap().notify_one();
         let now = cache.lookup(&key.id).await.unwrap().unwrap();
         assert!(now.revoked_at.is_some());

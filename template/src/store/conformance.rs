@@ -46,10 +46,7 @@ pub fn sample(owner: &str, created_at: DateTime<Utc>) -> ApiKeyRecord {
         scopes: vec!["users:read".into(), "billing:*".into()],
         metadata: to_object(&json!({"team": "core", "limits": {"rps": 5}})),
         expires_at: Some(created_at + Duration::days(30)),
-        rate_limit: Some(RateLimit {
-            requests: 100,
-            window: 60,
-        }),
+        rate_limit: Some(RateLimit { requests: 100, window: 60 }),
         ..NewKey::default()
     };
     let created_at = created_at.trunc_subsecs(6);
@@ -89,11 +86,7 @@ pub async fn stores_and_returns_keys(backend: &dyn Backend) {
         Some(key.clone()),
         "a stored key reads back unchanged"
     );
-    assert_eq!(
-        backend.get("no-such-id").await.expect("get"),
-        None,
-        "an unknown id is None"
-    );
+    assert_eq!(backend.get("no-such-id").await.expect("get"), None, "an unknown id is None");
 }
 
 pub async fn rejects_duplicate_ids(backend: &dyn Backend) {
@@ -102,10 +95,7 @@ pub async fn rejects_duplicate_ids(backend: &dyn Backend) {
     let mut again = key.clone();
     again.name = "impostor".into();
     assert!(
-        matches!(
-            backend.insert(&again, &event(&key.id)).await,
-            Err(StoreError::Duplicate)
-        ),
+        matches!(backend.insert(&again, &event(&key.id)).await, Err(StoreError::Duplicate)),
         "a second key with the same id is refused"
     );
     assert_eq!(
@@ -142,13 +132,8 @@ pub async fn lists_newest_first_with_the_real_total(backend: &dyn Backend) {
     assert!(page.items.is_empty());
     assert_eq!(page.total, 5, "total is kept past the end");
 
-    let everyone = backend
-        .list(&ListQuery {
-            limit: 100,
-            ..ListQuery::default()
-        })
-        .await
-        .expect("list");
+    let everyone =
+        backend.list(&ListQuery { limit: 100, ..ListQuery::default() }).await.expect("list");
     assert!(everyone.total >= 6, "without an owner every key counts");
 }
 
@@ -161,33 +146,17 @@ pub async fn revokes_idempotently(backend: &dyn Backend) {
     stored(backend, &key).await;
     let first = Utc::now().trunc_subsecs(6);
     let revoked = event(&key.id);
-    assert!(
-        backend
-            .revoke(&key.id, first, &revoked)
-            .await
-            .expect("revoke")
-    );
+    assert!(backend.revoke(&key.id, first, &revoked).await.expect("revoke"));
     assert!(
         backend
             .revoke(&key.id, first + Duration::minutes(1), &event(&key.id))
             .await
             .expect("revoke again")
     );
-    let stored = backend
-        .get(&key.id)
-        .await
-        .expect("get")
-        .expect("still stored");
-    assert_eq!(
-        stored.revoked_at,
-        Some(first),
-        "the first revocation time is kept"
-    );
+    let stored = backend.get(&key.id).await.expect("get").expect("still stored");
+    assert_eq!(stored.revoked_at, Some(first), "the first revocation time is kept");
     assert!(
-        !backend
-            .revoke("no-such-id", first, &event("no-such-id"))
-            .await
-            .expect("revoke"),
+        !backend.revoke("no-such-id", first, &event("no-such-id")).await.expect("revoke"),
         "an unknown id reports false"
     );
 }
@@ -201,29 +170,14 @@ pub async fn lookups_see_revocation_at_once(backend: &dyn Backend) {
         "a lookup finds the key"
     );
     assert_eq!(
-        backend
-            .lookup(&key.id)
-            .await
-            .expect("lookup again")
-            .as_deref(),
+        backend.lookup(&key.id).await.expect("lookup again").as_deref(),
         Some(&key),
         "and again"
     );
     let at = Utc::now().trunc_subsecs(6);
-    backend
-        .revoke(&key.id, at, &event(&key.id))
-        .await
-        .expect("revoke");
-    let seen = backend
-        .lookup(&key.id)
-        .await
-        .expect("lookup")
-        .expect("still there");
-    assert_eq!(
-        seen.revoked_at,
-        Some(at),
-        "the next lookup on this instance sees the revocation"
-    );
+    backend.revoke(&key.id, at, &event(&key.id)).await.expect("revoke");
+    let seen = backend.lookup(&key.id).await.expect("lookup").expect("still there");
+    assert_eq!(seen.revoked_at, Some(at), "the next lookup on this instance sees the revocation");
     assert_eq!(backend.lookup("no-such-id").await.expect("lookup"), None);
 }
 
@@ -232,38 +186,15 @@ pub async fn adds_usage_and_moves_last_use_forward(backend: &dyn Backend) {
     stored(backend, &key).await;
     let later = Utc::now().trunc_subsecs(6);
     let earlier = later - Duration::minutes(5);
-    let usage = |requests, last_used_at| {
-        vec![Usage {
-            id: key.id.clone(),
-            requests,
-            last_used_at,
-        }]
-    };
-    backend
-        .record_usage(&usage(3, later))
-        .await
-        .expect("record");
-    backend
-        .record_usage(&usage(4, earlier))
-        .await
-        .expect("record");
+    let usage = |requests, last_used_at| vec![Usage { id: key.id.clone(), requests, last_used_at }];
+    backend.record_usage(&usage(3, later)).await.expect("record");
+    backend.record_usage(&usage(4, earlier)).await.expect("record");
     let stored = backend.get(&key.id).await.expect("get").expect("stored");
     assert_eq!(stored.request_count, 7, "counts add up");
-    assert_eq!(
-        stored.last_used_at,
-        Some(later),
-        "last use never moves back"
-    );
+    assert_eq!(stored.last_used_at, Some(later), "last use never moves back");
 
-    let unknown = vec![Usage {
-        id: "no-such-id".into(),
-        requests: 1,
-        last_used_at: later,
-    }];
-    backend
-        .record_usage(&unknown)
-        .await
-        .expect("usage of a deleted key is ignored");
+    let unknown = vec![Usage { id: "no-such-id".into(), requests: 1, last_used_at: later }];
+    backend.record_usage(&unknown).await.expect("usage of a deleted key is ignored");
 }
 
 pub async fn lists_keys_about_to_expire(backend: &dyn Backend) {
@@ -292,11 +223,7 @@ pub async fn lists_keys_about_to_expire(backend: &dyn Backend) {
         })
         .await
         .expect("list");
-    assert_eq!(
-        ids(&page.items),
-        [soon.id.as_str()],
-        "only unrevoked keys expiring in the window"
-    );
+    assert_eq!(ids(&page.items), [soon.id.as_str()], "only unrevoked keys expiring in the window");
     assert_eq!(page.total, 1);
 }
 
@@ -322,10 +249,7 @@ pub async fn updates_only_what_changes(backend: &dyn Backend) {
     assert_eq!(reread(backend, &key.id).await, expected, "and stored");
     assert_eq!(expected.scopes, key.scopes, "fields not named are kept");
     assert_eq!(
-        backend
-            .update("no-such-id", &changes, &event("no-such-id"))
-            .await
-            .expect("update"),
+        backend.update("no-such-id", &changes, &event("no-such-id")).await.expect("update"),
         None
     );
 }
@@ -338,12 +262,7 @@ pub async fn rotates_once_and_links_both_keys(backend: &dyn Backend) {
     new.rotated_from = Some(old.id.clone());
     let retires_at = now + Duration::hours(1);
     let events = [event(&old.id), event(&new.id)];
-    assert!(
-        backend
-            .rotate(&old.id, &new, retires_at, &events)
-            .await
-            .expect("rotate")
-    );
+    assert!(backend.rotate(&old.id, &new, retires_at, &events).await.expect("rotate"));
     let old_now = reread(backend, &old.id).await;
     assert_eq!(old_now.replaced_by.as_deref(), Some(new.id.as_str()));
     assert_eq!(old_now.retires_at, Some(retires_at));
@@ -357,17 +276,10 @@ pub async fn rotates_once_and_links_both_keys(backend: &dyn Backend) {
             .expect("rotate again"),
         "a replaced key is not rotated twice"
     );
-    assert_eq!(
-        backend.get(&another.id).await.expect("get"),
-        None,
-        "and nothing is stored"
-    );
+    assert_eq!(backend.get(&another.id).await.expect("get"), None, "and nothing is stored");
     let revoked = sample(&fresh_owner(), now);
     stored(backend, &revoked).await;
-    backend
-        .revoke(&revoked.id, now, &event(&revoked.id))
-        .await
-        .expect("revoke");
+    backend.revoke(&revoked.id, now, &event(&revoked.id)).await.expect("revoke");
     assert!(
         !backend
             .rotate(&revoked.id, &another, retires_at, &[event(&revoked.id)])
@@ -385,32 +297,15 @@ pub async fn takes_quota_atomically(backend: &dyn Backend) {
     let uses =
         futures_util::future::join_all((0..50).map(|_| backend.use_quota(&key.id, None, now)))
             .await;
-    let taken = uses
-        .iter()
-        .filter(|used| matches!(used, Ok(QuotaUse::Taken { .. })))
-        .count();
-    let exhausted = uses
-        .iter()
-        .filter(|used| matches!(used, Ok(QuotaUse::Exhausted)))
-        .count();
-    assert_eq!(
-        (taken, exhausted),
-        (20, 30),
-        "50 concurrent uses of 20: {uses:?}"
-    );
-    assert_eq!(
-        reread(backend, &key.id).await.remaining,
-        Some(0),
-        "never below zero"
-    );
+    let taken = uses.iter().filter(|used| matches!(used, Ok(QuotaUse::Taken { .. }))).count();
+    let exhausted = uses.iter().filter(|used| matches!(used, Ok(QuotaUse::Exhausted))).count();
+    assert_eq!((taken, exhausted), (20, 30), "50 concurrent uses of 20: {uses:?}");
+    assert_eq!(reread(backend, &key.id).await.remaining, Some(0), "never below zero");
 
     let unlimited = sample(&fresh_owner(), Utc::now());
     stored(backend, &unlimited).await;
     assert_eq!(
-        backend
-            .use_quota(&unlimited.id, None, now)
-            .await
-            .expect("use"),
+        backend.use_quota(&unlimited.id, None, now).await.expect("use"),
         QuotaUse::Unlimited
     );
 }
@@ -419,37 +314,25 @@ pub async fn refills_quota_once_per_period(backend: &dyn Backend) {
     let now = Utc::now().trunc_subsecs(6);
     let mut key = sample(&fresh_owner(), now);
     key.remaining = Some(0);
-    key.refill = Some(Refill {
-        interval: RefillInterval::Daily,
-        amount: 3,
-    });
+    key.refill = Some(Refill { interval: RefillInterval::Daily, amount: 3 });
     key.refilled_at = Some(now - Duration::days(1));
     stored(backend, &key).await;
     let period = RefillInterval::Daily.period_start(now);
     assert_eq!(
-        backend
-            .use_quota(&key.id, Some(period), now)
-            .await
-            .expect("use"),
+        backend.use_quota(&key.id, Some(period), now).await.expect("use"),
         QuotaUse::Taken { remaining: 2 },
         "a new period refills, then takes one"
     );
     assert_eq!(reread(backend, &key.id).await.refilled_at, Some(now));
     for left in [1, 0] {
         assert_eq!(
-            backend
-                .use_quota(&key.id, Some(period), now)
-                .await
-                .expect("use"),
+            backend.use_quota(&key.id, Some(period), now).await.expect("use"),
             QuotaUse::Taken { remaining: left },
             "the same period does not refill again"
         );
     }
     assert_eq!(
-        backend
-            .use_quota(&key.id, Some(period), now)
-            .await
-            .expect("use"),
+        backend.use_quota(&key.id, Some(period), now).await.expect("use"),
         QuotaUse::Exhausted
     );
 }
@@ -457,43 +340,22 @@ pub async fn refills_quota_once_per_period(backend: &dyn Backend) {
 pub async fn records_events_with_their_mutations(backend: &dyn Backend) {
     let key = sample(&fresh_owner(), Utc::now());
     let mut created = event(&key.id);
-    created
-        .changes
-        .insert("name".into(), key.name.clone().into());
+    created.changes.insert("name".into(), key.name.clone().into());
     backend.insert(&key, &created).await.expect("insert");
     let mut updated = event(&key.id);
     updated.action = EventAction::Updated;
     updated.at = created.at + Duration::seconds(1);
     updated.actor_key_id = Some("actor".into());
-    let changes = KeyChanges {
-        enabled: Some(false),
-        ..KeyChanges::default()
-    };
-    backend
-        .update(&key.id, &changes, &updated)
-        .await
-        .expect("update");
+    let changes = KeyChanges { enabled: Some(false), ..KeyChanges::default() };
+    backend.update(&key.id, &changes, &updated).await.expect("update");
     let mut revoked = event(&key.id);
     revoked.action = EventAction::Revoked;
     revoked.at = created.at + Duration::seconds(2);
-    backend
-        .revoke(&key.id, revoked.at, &revoked)
-        .await
-        .expect("revoke");
-    backend
-        .revoke(&key.id, revoked.at, &event(&key.id))
-        .await
-        .expect("revoke again");
-    backend
-        .insert(&key, &event(&key.id))
-        .await
-        .expect_err("a duplicate");
+    backend.revoke(&key.id, revoked.at, &revoked).await.expect("revoke");
+    backend.revoke(&key.id, revoked.at, &event(&key.id)).await.expect("revoke again");
+    backend.insert(&key, &event(&key.id)).await.expect_err("a duplicate");
 
-    let query = |limit, offset| EventQuery {
-        key_id: Some(key.id.clone()),
-        limit,
-        offset,
-    };
+    let query = |limit, offset| EventQuery { key_id: Some(key.id.clone()), limit, offset };
     let page = backend.events(&query(10, 0)).await.expect("events");
     assert_eq!(
         page.items,
@@ -503,13 +365,7 @@ pub async fn records_events_with_their_mutations(backend: &dyn Backend) {
     assert_eq!(page.total, 3);
     let page = backend.events(&query(1, 1)).await.expect("events");
     assert_eq!(page.items, [updated], "paginated");
-    let all = backend
-        .events(&EventQuery {
-            key_id: None,
-            limit: 100,
-            offset: 0,
-        })
-        .await
-        .expect("events");
+    let all =
+        backend.events(&EventQuery { key_id: None, limit: 100, offset: 0 }).await.expect("events");
     assert!(all.total >= 3, "the global log holds every key's events");
 }

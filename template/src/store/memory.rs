@@ -42,12 +42,7 @@ fn page<T: Clone>(
     let offset = usize::try_from(offset).unwrap_or(usize::MAX);
     Page {
         total: matching.len() as u64,
-        items: matching
-            .into_iter()
-            .skip(offset)
-            .take(limit as usize)
-            .cloned()
-            .collect(),
+        items: matching.into_iter().skip(offset).take(limit as usize).cloned().collect(),
     }
 }
 
@@ -79,12 +74,7 @@ impl Backend for MemoryBackend {
                 })
             })
             .collect();
-        Ok(page(
-            matching,
-            |k| (k.created_at, &k.id),
-            query.limit,
-            query.offset,
-        ))
+        Ok(page(matching, |k| (k.created_at, &k.id), query.limit, query.offset))
     }
 
     async fn revoke(

@@ -15,7 +15,7 @@ pub(crate) mod testing;
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, store_kind};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -176,20 +176,20 @@ pub trait Backend: Send + Sync + 'static {
 /// is set.
 pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
     let url = config.database_url.as_str();
-    let primary: Arc<dyn Backend> = if url.starts_with("memory:") {
-        Arc::new(MemoryBackend::default())
-    } else if is_redis(url) {
-        redis_backend(url)?
-    } else {
-        sql_backend(url).await?
+    let primary: Arc<dyn Backend> = match store_kind(url).filter(|kind| included(kind)) {
+        Some("memory") => Arc::new(MemoryBackend::default()),
+        #[cfg(feature = "redis")]
+        Some("redis") => Arc::new(redis::RedisBackend::connect(url)?),
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        Some(_) => Arc::new(SqlBackend::connect(url).await?),
+        _ => return Err(not_built(url)),
     };
     let cached = CachedBackend::new(primary).with_local_ttl(config.key_cache_ttl());
     #[cfg(feature = "redis")]
     let cached = match &config.redis_url {
-        Some(redis_url) => cached.with_redis(redis::RedisCache::connect(
-            redis_url,
-            config.redis_cache_ttl(),
-        )?),
+        Some(redis_url) => {
+            cached.with_redis(redis::RedisCache::connect(redis_url, config.redis_cache_ttl())?)
+        }
         None => cached,
     };
     Ok(Arc::new(cached))
@@ -197,55 +197,32 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
 
 /// Brings the database named by `DATABASE_URL` up to date. Returns how many migrations ran.
 pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
-    if database_url.starts_with("memory:") || is_redis(database_url) {
-        return Ok(0);
+    match store_kind(database_url).filter(|kind| included(kind)) {
+        Some("memory" | "redis") => Ok(0),
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        Some(_) => sql::migrate(database_url).await,
+        _ => Err(not_built(database_url)),
     }
-    sql_migrate(database_url).await
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-async fn sql_backend(url: &str) -> Result<Arc<dyn Backend>, StoreError> {
-    Ok(Arc::new(SqlBackend::connect(url).await?))
+/// Whether this build includes the store of this kind (see [`store_kind`]).
+fn included(kind: &str) -> bool {
+    match kind {
+        "sqlite" => cfg!(feature = "sqlite"),
+        "postgres" => cfg!(feature = "postgres"),
+        "redis" => cfg!(feature = "redis"),
+        _ => true,
+    }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-async fn sql_migrate(url: &str) -> Result<usize, StoreError> {
-    sql::migrate(url).await
-}
-
-#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-async fn sql_backend(_: &str) -> Result<Arc<dyn Backend>, StoreError> {
-    Err(no_sql())
-}
-
-#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-async fn sql_migrate(_: &str) -> Result<usize, StoreError> {
-    Err(no_sql())
-}
-
-#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
-fn no_sql() -> StoreError {
-    StoreError::Unavailable(
-        "DATABASE_URL names a SQL database, which this build does not include: rebuild with \
-         `--features sqlite` or `--features postgres`"
-            .into(),
-    )
-}
-
-fn is_redis(url: &str) -> bool {
-    url.starts_with("redis://") || url.starts_with("rediss://")
-}
-
-#[cfg(feature = "redis")]
-fn redis_backend(url: &str) -> Result<Arc<dyn Backend>, StoreError> {
-    Ok(Arc::new(redis::RedisBackend::connect(url)?))
-}
-
-#[cfg(not(feature = "redis"))]
-fn redis_backend(_: &str) -> Result<Arc<dyn Backend>, StoreError> {
-    Err(StoreError::Unavailable(
-        "DATABASE_URL names Redis, which this build does not include: rebuild with `--features redis`".into(),
-    ))
+/// Why `url` names no store this build can open.
+fn not_built(url: &str) -> StoreError {
+    StoreError::Unavailable(match store_kind(url) {
+        Some(kind) => format!(
+            "DATABASE_URL names {kind}, which this build does not include: rebuild with `--features {kind}`"
+        ),
+        None => "DATABASE_URL must start with sqlite://, postgres://, redis:// or memory://".into(),
+    })
 }
 
 #[cfg(test)]

@@ -34,21 +34,14 @@ impl<S> Harness<S> {
 }
 
 async fn mint(state: &AppState, new: NewKey) -> CreatedKey {
-    state
-        .service
-        .create_key(&Manager::Operator, new)
-        .await
-        .unwrap()
+    state.service.create_key(&Manager::Operator, new).await.unwrap()
 }
 
 /// Sends the service's logs to the test output, filtered by `RUST_LOG` (nothing when it is unset), so
 /// `RUST_LOG=trace cargo test -- --nocapture` shows what each test made the service log.
 pub fn init_logs() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
 pub async fn harness_with(
@@ -64,11 +57,8 @@ pub async fn harness_with(
     init_logs();
     // Pin what the assertions below rely on, whatever defaults this project was generated with;
     // later entries win, so a test can still override them.
-    let mut all = vec![
-        ("API_KEYS_ROUTE_PREFIX", KEYS),
-        ("API_KEY_PREFIX", "sk_"),
-        ("DOCS_PATH", "/docs"),
-    ];
+    let mut all =
+        vec![("API_KEYS_ROUTE_PREFIX", KEYS), ("API_KEY_PREFIX", "sk_"), ("DOCS_PATH", "/docs")];
     all.extend_from_slice(vars);
     let config = Config::from_vars(all).unwrap();
     // The same stack as `store::open` builds: the in-process cache in front of the backend.
@@ -125,10 +115,7 @@ where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
-    let (status, _, json) = call(
-        app,
-        with_key(TestRequest::post().uri(KEYS), admin).set_json(body),
-    )
-    .await;
+    let (status, _, json) =
+        call(app, with_key(TestRequest::post().uri(KEYS), admin).set_json(body)).await;
     (status, json)
 }

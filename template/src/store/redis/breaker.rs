@@ -33,10 +33,7 @@ impl Default for Breaker {
 
 impl Breaker {
     pub(crate) fn new(rest: Duration) -> Self {
-        Self {
-            rest,
-            resting_until: Mutex::new(None),
-        }
+        Self { rest, resting_until: Mutex::new(None) }
     }
 
     /// Runs `call` unless Redis is resting. A connection failure or timeout starts a rest; a
@@ -73,9 +70,7 @@ impl Breaker {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Instant>> {
-        self.resting_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.resting_until.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -134,9 +129,6 @@ mod tests {
         let (probed, skipped) = tokio::join!(probe, other);
         assert!(probed.is_ok());
         assert!(matches!(skipped, Err(CacheError::Resting)));
-        assert!(
-            breaker.call(async { Ok(()) }).await.is_ok(),
-            "a success ends the rest"
-        );
+        assert!(breaker.call(async { Ok(()) }).await.is_ok(), "a success ends the rest");
     }
 }

@@ -31,11 +31,7 @@ pub struct RedisCache {
 
 impl RedisCache {
     pub fn connect(url: &str, ttl: Duration) -> Result<Self, StoreError> {
-        Ok(Self {
-            connection: connect(url)?,
-            ttl,
-            breaker: Arc::default(),
-        })
+        Ok(Self { connection: connect(url)?, ttl, breaker: Arc::default() })
     }
 
     fn key(id: &str) -> String {
@@ -58,9 +54,7 @@ impl RedisCache {
 
     /// Whether Redis answers.
     pub async fn ping(&self) -> Result<(), CacheError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.connection.clone())
-            .await?;
+        let _: String = redis::cmd("PING").query_async(&mut self.connection.clone()).await?;
         Ok(())
     }
 
@@ -83,9 +77,7 @@ impl RedisCache {
     /// rests: a change must reach the cache.
     pub async fn fence(&self, id: &str) -> Result<(), CacheError> {
         let mut connection = self.connection.clone();
-        let () = connection
-            .set_ex(Self::key(id), FENCED, FENCE.as_secs())
-            .await?;
+        let () = connection.set_ex(Self::key(id), FENCED, FENCE.as_secs()).await?;
         Ok(())
     }
 }

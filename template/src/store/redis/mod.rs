@@ -233,11 +233,7 @@ fn put_key_args(
         ("refilled_at", key.refilled_at),
         ("retires_at", key.retires_at),
     ];
-    fields.extend(
-        times
-            .into_iter()
-            .filter_map(|(f, at)| Some((f, micros(at?).to_string()))),
-    );
+    fields.extend(times.into_iter().filter_map(|(f, at)| Some((f, micros(at?).to_string()))));
     fields.extend(key.remaining.map(|n| ("remaining", n.to_string())));
     fields.extend(key.replaced_by.clone().map(|id| ("replaced_by", id)));
     invocation
@@ -274,20 +270,13 @@ impl RedisBackend {
 
     /// Runs a script that answers with a number.
     async fn invoke(&self, script: &ScriptInvocation<'_>) -> Result<i64, StoreError> {
-        script
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)
+        script.invoke_async(&mut self.connection.clone()).await.map_err(unavailable)
     }
 
     /// The key as stored, and its `record` field as it reads now (for compare-and-set).
     async fn read(&self, id: &str) -> Result<Option<(ApiKeyRecord, String)>, StoreError> {
-        let fields: HashMap<String, String> = self
-            .connection
-            .clone()
-            .hgetall(key_of(id))
-            .await
-            .map_err(unavailable)?;
+        let fields: HashMap<String, String> =
+            self.connection.clone().hgetall(key_of(id)).await.map_err(unavailable)?;
         let json = fields.get("record").cloned();
         Ok(Self::decode(id, fields)?.zip(json))
     }
@@ -303,10 +292,7 @@ impl RedisBackend {
             .map_err(|e| StoreError::Corrupt(format!("key {id}: {e}")))?;
         let mut count = |field: &str| {
             let bad = || StoreError::Corrupt(format!("key {id}: bad {field}"));
-            fields
-                .remove(field)
-                .map(|n| n.parse().map_err(|_| bad()))
-                .transpose()
+            fields.remove(field).map(|n| n.parse().map_err(|_| bad())).transpose()
         };
         record.request_count = count("request_count")?.unwrap_or(0);
         record.remaining = count("remaining")?;
@@ -326,10 +312,8 @@ impl RedisBackend {
         for id in ids {
             pipe.hgetall(key_of(id));
         }
-        let rows: Vec<HashMap<String, String>> = pipe
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
+        let rows: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut self.connection.clone()).await.map_err(unavailable)?;
         ids.iter()
             .zip(rows)
             .filter_map(|(id, fields)| Self::decode(id, fields).transpose())
@@ -350,10 +334,7 @@ impl RedisBackend {
         }
         let start = isize::try_from(offset).unwrap_or(isize::MAX);
         let stop = start.saturating_add(limit as isize).saturating_sub(1);
-        let ids = conn
-            .zrevrange(index, start, stop)
-            .await
-            .map_err(unavailable)?;
+        let ids = conn.zrevrange(index, start, stop).await.map_err(unavailable)?;
         Ok((ids, total))
     }
 
@@ -369,10 +350,9 @@ impl RedisBackend {
         let mut conn = self.connection.clone();
         let (after, by) = (micros(after), micros(by));
         let ids: Vec<String> = match &query.owner_id {
-            None => conn
-                .zrangebyscore(EXPIRES, format!("({after}"), by)
-                .await
-                .map_err(unavailable)?,
+            None => {
+                conn.zrangebyscore(EXPIRES, format!("({after}"), by).await.map_err(unavailable)?
+            }
             Some(owner) => {
                 // Weights 1 and 0 keep the expiry as the score (microseconds fit an f64 exactly).
                 let scored: Vec<(String, f64)> = redis::cmd("ZINTER")
@@ -401,11 +381,7 @@ impl RedisBackend {
         let total = matching.len() as u64;
         let offset = usize::try_from(query.offset).unwrap_or(usize::MAX);
         Ok(Page {
-            items: matching
-                .into_iter()
-                .skip(offset)
-                .take(query.limit as usize)
-                .collect(),
+            items: matching.into_iter().skip(offset).take(query.limit as usize).collect(),
             total,
         })
     }
@@ -431,15 +407,9 @@ impl Backend for RedisBackend {
         if let Some((after, by)) = query.expiring {
             return self.list_expiring(query, after, by).await;
         }
-        let index = query
-            .owner_id
-            .as_deref()
-            .map_or_else(|| ALL.to_owned(), owner_index);
+        let index = query.owner_id.as_deref().map_or_else(|| ALL.to_owned(), owner_index);
         let (ids, total) = self.page_of(&index, query.limit, query.offset).await?;
-        Ok(Page {
-            items: self.records(&ids).await?,
-            total,
-        })
+        Ok(Page { items: self.records(&ids).await?, total })
     }
 
     async fn revoke(
@@ -478,11 +448,7 @@ impl Backend for RedisBackend {
                         .remaining
                         .map_or_else(keep, |n| n.map(|n| n.to_string()).unwrap_or_default()),
                 )
-                .arg(
-                    changes
-                        .refill
-                        .map_or_else(keep, |_| micros_or_empty(record.refilled_at)),
-                );
+                .arg(changes.refill.map_or_else(keep, |_| micros_or_empty(record.refilled_at)));
             event_args(&mut invocation, std::slice::from_ref(event))?;
             match self.invoke(&invocation).await? {
                 1 => return self.get(id).await,
@@ -490,9 +456,7 @@ impl Backend for RedisBackend {
                 _ => continue,
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "key {id} is being changed by others; try again"
-        )))
+        Err(StoreError::Unavailable(format!("key {id} is being changed by others; try again")))
     }
 
     async fn rotate(
@@ -519,37 +483,26 @@ impl Backend for RedisBackend {
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
         let mut invocation = USE_QUOTA.key(key_of(id));
-        invocation
-            .arg(micros_or_empty(refill_before))
-            .arg(micros(now));
+        invocation.arg(micros_or_empty(refill_before)).arg(micros(now));
         Ok(match self.invoke(&invocation).await? {
             -1 => QuotaUse::Unlimited,
             -2 => QuotaUse::Exhausted,
-            left => QuotaUse::Taken {
-                remaining: u64::try_from(left).unwrap_or(0),
-            },
+            left => QuotaUse::Taken { remaining: u64::try_from(left).unwrap_or(0) },
         })
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
-        let index = query.key_id.as_deref().map_or_else(
-            || EVENTS.to_owned(),
-            |id| format!("apikeys:events:key:{id}"),
-        );
+        let index = query
+            .key_id
+            .as_deref()
+            .map_or_else(|| EVENTS.to_owned(), |id| format!("apikeys:events:key:{id}"));
         let (ids, total) = self.page_of(&index, query.limit, query.offset).await?;
         if ids.is_empty() {
-            return Ok(Page {
-                items: Vec::new(),
-                total,
-            });
+            return Ok(Page { items: Vec::new(), total });
         }
         let names: Vec<String> = ids.iter().map(|id| format!("apikeys:event:{id}")).collect();
-        let found: Vec<Option<String>> = self
-            .connection
-            .clone()
-            .mget(names)
-            .await
-            .map_err(unavailable)?;
+        let found: Vec<Option<String>> =
+            self.connection.clone().mget(names).await.map_err(unavailable)?;
         let items = found
             .into_iter()
             .flatten()
@@ -559,9 +512,8 @@ impl Backend for RedisBackend {
     }
 
     async fn health_checks(&self) -> Vec<(&'static str, Result<(), StoreError>)> {
-        let ping: Result<String, _> = redis::cmd("PING")
-            .query_async(&mut self.connection.clone())
-            .await;
+        let ping: Result<String, _> =
+            redis::cmd("PING").query_async(&mut self.connection.clone()).await;
         vec![("store", ping.map(drop).map_err(unavailable))]
     }
 
@@ -580,8 +532,6 @@ impl Backend for RedisBackend {
                 .arg(micros(usage.last_used_at))
                 .ignore();
         }
-        pipe.exec_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)
+        pipe.exec_async(&mut self.connection.clone()).await.map_err(unavailable)
     }
 }

@@ -50,30 +50,15 @@ enum Database<'a> {
 
 impl<'a> Database<'a> {
     fn parse(url: &'a str) -> Result<Self, StoreError> {
-        let sqlite_path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"));
-        let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
         #[cfg(feature = "sqlite")]
-        if let Some(path) = sqlite_path {
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             return Ok(Self::Sqlite { path });
         }
         #[cfg(feature = "postgres")]
-        if is_postgres {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Self::Postgres { url });
         }
-        let missing = match (sqlite_path, is_postgres) {
-            (Some(_), _) => "sqlite",
-            (None, true) => "postgres",
-            (None, false) => {
-                return Err(StoreError::Unavailable(
-                    "DATABASE_URL must start with sqlite://, postgres:// or memory://".into(),
-                ));
-            }
-        };
-        Err(StoreError::Unavailable(format!(
-            "DATABASE_URL names {missing}, which this build does not include: rebuild with `--features {missing}`"
-        )))
+        Err(super::not_built(url))
     }
 }
 
@@ -144,18 +129,15 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
         Ok(match Database::parse(&url)? {
             #[cfg(feature = "sqlite")]
             Database::Sqlite { path } => {
-                if let Some(dir) = std::path::Path::new(path)
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
+                if let Some(dir) =
+                    std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty())
                 {
                     std::fs::create_dir_all(dir).map_err(|e| {
                         StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
                     })?;
                 }
                 let mut conn = diesel::SqliteConnection::establish(path).map_err(unavailable)?;
-                conn.run_pending_migrations(SQLITE_MIGRATIONS)
-                    .map_err(unavailable)?
-                    .len()
+                conn.run_pending_migrations(SQLITE_MIGRATIONS).map_err(unavailable)?.len()
             }
             #[cfg(feature = "postgres")]
             Database::Postgres { url } => {
@@ -163,9 +145,7 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
                 let mut conn =
                     <AsyncConnectionWrapper<PgConnection> as diesel::Connection>::establish(url)
                         .map_err(unavailable)?;
-                conn.run_pending_migrations(POSTGRES_MIGRATIONS)
-                    .map_err(unavailable)?
-                    .len()
+                conn.run_pending_migrations(POSTGRES_MIGRATIONS).map_err(unavailable)?.len()
             }
         })
     })
@@ -208,10 +188,7 @@ fn paged<R, T: TryFrom<R, Error = StoreError>>(
     total: i64,
 ) -> Result<Page<T>, StoreError> {
     Ok(Page {
-        items: rows
-            .into_iter()
-            .map(T::try_from)
-            .collect::<Result<_, _>>()?,
+        items: rows.into_iter().map(T::try_from).collect::<Result<_, _>>()?,
         total: u64::try_from(total).unwrap_or(0),
     })
 }
@@ -222,14 +199,8 @@ impl Backend for SqlBackend {
         let (row, event) = (ApiKeyRow::from(key), EventRow::from(event));
         with_conn!(self, |conn| {
             conn.transaction(async |conn| {
-                diesel::insert_into(api_keys::table)
-                    .values(&row)
-                    .execute(conn)
-                    .await?;
-                diesel::insert_into(api_key_events::table)
-                    .values(&event)
-                    .execute(conn)
-                    .await
+                diesel::insert_into(api_keys::table).values(&row).execute(conn).await?;
+                diesel::insert_into(api_key_events::table).values(&event).execute(conn).await
             })
             .await
             .map_err(query_failed)?;
@@ -290,19 +261,13 @@ impl Backend for SqlBackend {
         let (at, event) = (at.naive_utc(), EventRow::from(event));
         with_conn!(self, |conn| {
             conn.transaction(async |conn| {
-                let updated = diesel::update(
-                    api_keys::table
-                        .find(id)
-                        .filter(api_keys::revoked_at.is_null()),
-                )
-                .set(api_keys::revoked_at.eq(at))
-                .execute(conn)
-                .await?;
-                if updated > 0 {
-                    diesel::insert_into(api_key_events::table)
-                        .values(&event)
+                let updated =
+                    diesel::update(api_keys::table.find(id).filter(api_keys::revoked_at.is_null()))
+                        .set(api_keys::revoked_at.eq(at))
                         .execute(conn)
                         .await?;
+                if updated > 0 {
+                    diesel::insert_into(api_key_events::table).values(&event).execute(conn).await?;
                     return Ok(true);
                 }
                 let existing: i64 = api_keys::table.find(id).count().get_result(conn).await?;
@@ -332,10 +297,7 @@ impl Backend for SqlBackend {
                     .await
                     .optional()?;
                 if row.is_some() {
-                    diesel::insert_into(api_key_events::table)
-                        .values(&event)
-                        .execute(conn)
-                        .await?;
+                    diesel::insert_into(api_key_events::table).values(&event).execute(conn).await?;
                 }
                 Ok::<_, DieselError>(row)
             })
@@ -371,16 +333,10 @@ impl Backend for SqlBackend {
                 if replaced == 0 {
                     return Ok(false);
                 }
-                diesel::insert_into(api_keys::table)
-                    .values(&row)
-                    .execute(conn)
-                    .await?;
+                diesel::insert_into(api_keys::table).values(&row).execute(conn).await?;
                 // One statement per event: SQLite has no multi-row insert in Diesel.
                 for event in &events {
-                    diesel::insert_into(api_key_events::table)
-                        .values(event)
-                        .execute(conn)
-                        .await?;
+                    diesel::insert_into(api_key_events::table).values(event).execute(conn).await?;
                 }
                 Ok(true)
             })
@@ -475,9 +431,7 @@ impl Backend for SqlBackend {
                 for usage in batch {
                     let at = usage.last_used_at.naive_utc();
                     let requests = i64::try_from(usage.requests).unwrap_or(i64::MAX);
-                    let newer = api_keys::last_used_at
-                        .is_null()
-                        .or(api_keys::last_used_at.lt(at));
+                    let newer = api_keys::last_used_at.is_null().or(api_keys::last_used_at.lt(at));
                     diesel::update(api_keys::table.find(&usage.id))
                         .set((
                             api_keys::request_count.eq(api_keys::request_count + requests),

@@ -6,11 +6,12 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use hex::FromHex;
 use serde_json::{Map, Value};
 
 use super::schema::{api_key_events, api_keys};
 use crate::model::{
-    ApiKeyRecord, KeyChanges, KeyEvent, RateLimit, Refill, from_name, name_of, now,
+    ApiKeyRecord, KeyChanges, KeyEvent, KeyHash, RateLimit, Refill, from_name, name_of, now,
 };
 use crate::store::StoreError;
 
@@ -84,15 +85,11 @@ fn unsigned(n: i64) -> u64 {
 
 fn limit_columns(limit: Option<RateLimit>) -> (Option<i32>, Option<i32>) {
     let column = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
-    limit
-        .map(|l| (column(l.requests), column(l.window)))
-        .unzip()
+    limit.map(|l| (column(l.requests), column(l.window))).unzip()
 }
 
 fn refill_columns(refill: Option<Refill>) -> (Option<String>, Option<i64>) {
-    refill
-        .map(|r| (name_of(r.interval), signed(r.amount)))
-        .unzip()
+    refill.map(|r| (name_of(r.interval), signed(r.amount))).unzip()
 }
 
 fn json_object(
@@ -109,7 +106,7 @@ impl From<&ApiKeyRecord> for ApiKeyRow {
         let (refill_interval, refill_amount) = refill_columns(key.refill);
         Self {
             id: key.id.clone(),
-            key_hash: key.key_hash.to_string(),
+            key_hash: hex::encode(key.key_hash.0),
             name: key.name.clone(),
             owner_id: key.owner_id.clone(),
             scopes: key.scopes.join(" "),
@@ -138,7 +135,7 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
 
     fn try_from(row: ApiKeyRow) -> Result<Self, StoreError> {
         let metadata = json_object(&row.metadata, || format!("metadata of key {}", row.id))?;
-        let key_hash = row.key_hash.parse().map_err(|_| {
+        let key_hash = <[u8; 32]>::from_hex(&row.key_hash).map(KeyHash).map_err(|_| {
             StoreError::Corrupt(format!("digest of key {} is not 64 hex digits", row.id))
         })?;
         let rate_limit = match (row.rate_limit_requests, row.rate_limit_window) {
