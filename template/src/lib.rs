@@ -3,9 +3,9 @@
 //! can build the same application.
 //!
 //! The modules form layers, each using only those below it:
-//! [`app`] and [`cli`] assemble; [`http`] and your [`routes`] speak HTTP; [`keys`] (key management)
-//! and [`auth`] (authentication) decide; [`store`] keeps keys; [`model`], [`scope`], [`config`] and
-//! [`metrics`] are the ground everything stands on.
+//! [`app`] and [`cli`] assemble; [`http`] and your [`routes`] speak HTTP; [`keys`] manages keys,
+//! above [`auth`], which authenticates requests; [`store`] keeps keys; [`model`], [`scope`],
+//! [`config`] and [`metrics`] are the ground everything stands on.
 
 pub mod app;
 pub mod auth;

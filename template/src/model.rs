@@ -13,8 +13,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-// The digest neither serialises nor prints, so no response or log line made from a record can
-// carry it; stores that keep records as JSON write `ApiKeyRecord::stored`.
+// The digest does not serialise (the record skips it, and `KeyHash` has no `Serialize`) nor print,
+// so no response or log line made from a record can carry it; stores that keep records as JSON
+// write `ApiKeyRecord::stored`.
 /// A stored key: never the key itself, and never its digest in an answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyRecord {
@@ -79,14 +80,15 @@ impl ApiKeyRecord {
 /// record, when your store keeps records as JSON (reading one back needs no wrapper).
 #[derive(Serialize)]
 pub struct StoredRecord<'a> {
-    key_hash: &'a KeyHash,
+    #[serde(serialize_with = "hex::serialize")]
+    key_hash: &'a [u8; 32],
     #[serde(flatten)]
     record: &'a ApiKeyRecord,
 }
 
 impl ApiKeyRecord {
     pub fn stored(&self) -> StoredRecord<'_> {
-        StoredRecord { key_hash: &self.key_hash, record: self }
+        StoredRecord { key_hash: &self.key_hash.0, record: self }
     }
 }
 
@@ -404,9 +406,10 @@ pub fn random_id() -> String {
 }
 
 /// The stored digest of a key (SHA-256, or HMAC-SHA256 under the pepper), written as 64 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Only [`StoredRecord`] writes one out, so nothing else can serialise a digest by accident.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
-pub struct KeyHash(#[serde(with = "hex")] pub(crate) [u8; 32]);
+pub struct KeyHash(#[serde(deserialize_with = "hex::deserialize")] pub(crate) [u8; 32]);
 
 impl From<[u8; 32]> for KeyHash {
     fn from(bytes: [u8; 32]) -> Self {

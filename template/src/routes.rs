@@ -1,6 +1,6 @@
-//! Example routes, as litestar-api-auth documents them: routes that need any valid key, and one that
-//! needs a scope. Replace them with your own; keep the attribute order, and register each handler
-//! below: that one line also puts it in the OpenAPI document, with the scopes its guard enforces.
+//! Example routes: two that need any valid key, and one that needs a scope. Replace them with your
+//! own; keep the attribute order, and register each handler below: that one line also puts it in
+//! the OpenAPI document, with the scopes its guard enforces.
 
 use actix_web::{HttpResponse, delete, get, web};
 use serde::Serialize;

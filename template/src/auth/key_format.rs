@@ -285,10 +285,12 @@ mod tests {
 
     #[test]
     fn digests_read_back_from_hex_and_nothing_else() {
-        let hash = format().generate().hash;
-        let json = serde_json::to_value(hash).unwrap();
-        assert_eq!(json, hex::encode(hash.0));
-        assert_eq!(serde_json::from_value::<KeyHash>(json).unwrap(), hash);
+        let mut record = crate::store::conformance::sample("owner", chrono::Utc::now());
+        record.key_hash = format().generate().hash;
+        let stored = serde_json::to_value(record.stored()).unwrap();
+        assert_eq!(stored["key_hash"], hex::encode(record.key_hash.0));
+        let read: crate::model::ApiKeyRecord = serde_json::from_value(stored).unwrap();
+        assert_eq!(read.key_hash, record.key_hash);
         for bad in ["", "abc", &"g".repeat(64), &"0".repeat(62)] {
             assert!(serde_json::from_value::<KeyHash>(bad.into()).is_err(), "{bad:?}");
         }

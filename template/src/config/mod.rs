@@ -108,6 +108,10 @@ fn canonical(net: IpNet) -> IpNet {
         .map_or(net, IpNet::V4)
 }
 
+/// What a `DATABASE_URL` must look like, for error messages.
+pub const DATABASE_URL_FORMS: &str =
+    "must start with sqlite://, postgres://, postgresql://, redis://, rediss:// or memory://";
+
 /// The kind of store a `DATABASE_URL` names: `memory`, `sqlite`, `postgres` or `redis`.
 pub fn store_kind(url: &str) -> Option<&'static str> {
     [
@@ -230,11 +234,11 @@ impl Config {
         ensure!(
             store_kind(&self.database_url).is_some(),
             "DATABASE_URL",
-            "must start with sqlite://, postgres://, postgresql://, redis:// or memory://"
+            DATABASE_URL_FORMS
         );
         if let Some(url) = &self.redis_url {
             ensure!(
-                url.starts_with("redis://") || url.starts_with("rediss://"),
+                store_kind(url) == Some("redis"),
                 "REDIS_URL",
                 "must start with redis:// or rediss://"
             );

@@ -25,7 +25,8 @@ pub enum ApiError {
     #[error(transparent)]
     Limited(#[from] Refusal),
     /// The key service refused the change (bad field, no such key, beyond a manager's reach, the
-    /// wrong state). `?` turns its storage errors into `StorageUnavailable` or `Internal`, logged.
+    /// wrong state). Its storage errors answer, and are logged, as [`StoreError`]s do: `?` turns
+    /// them into `StorageUnavailable` or `Internal`.
     #[error(transparent)]
     Service(ServiceError),
     #[error("this API key lacks the required scope")]
@@ -108,9 +109,8 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::Throttled { .. } => AuthError::Throttled.code(),
             Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::StorageUnavailable | Self::Service(ServiceError::Store(_)) => {
-                AuthError::Unavailable.code()
-            }
+            Self::Service(ServiceError::Store(err)) => answer(err).code(),
+            Self::StorageUnavailable => AuthError::Unavailable.code(),
             Self::Internal => AuthError::NotInstalled.code(),
         }
     }
@@ -122,8 +122,7 @@ impl ApiError {
             status: status.as_u16(),
             detail: match self {
                 Self::Service(ServiceError::Invalid { message, .. }) => message.clone(),
-                // Never the store's own words: they can name hosts, tables or data.
-                Self::Service(ServiceError::Store(_)) => Self::StorageUnavailable.to_string(),
+                Self::Service(ServiceError::Store(err)) => answer(err).to_string(),
                 _ => self.to_string(),
             },
             code: self.code(),
@@ -151,9 +150,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
+            Self::Service(ServiceError::Store(err)) => answer(err).status_code(),
             Self::Auth(AuthError::Unavailable)
             | Self::Limited(Refusal::Unavailable)
-            | Self::Service(ServiceError::Store(_))
             | Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(AuthError::NotInstalled) | Self::Internal => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -175,6 +174,9 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        if let Self::Service(ServiceError::Store(err)) = self {
+            log(err);
+        }
         let status = self.status_code();
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
@@ -220,18 +222,26 @@ fn auth_problem(err: AuthError) -> Bytes {
     BODIES[err as usize].clone()
 }
 
+/// What a storage error answers as, however it arrives: 503 while storage is unreachable, 500 for
+/// anything else; never in the store's own words, which can name hosts, tables or data.
+fn answer(err: &StoreError) -> ApiError {
+    match err {
+        StoreError::Unavailable(_) => ApiError::StorageUnavailable,
+        StoreError::Duplicate | StoreError::Corrupt(_) => ApiError::Internal,
+    }
+}
+
+fn log(err: &StoreError) {
+    match err {
+        StoreError::Unavailable(reason) => tracing::warn!(%reason, "storage is unavailable"),
+        other => tracing::error!(error = %other, "storage returned an unexpected result"),
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Duplicate | StoreError::Corrupt(_) => {
-                tracing::error!(error = %err, "storage returned an unexpected result");
-                Self::Internal
-            }
-            StoreError::Unavailable(reason) => {
-                tracing::warn!(%reason, "storage is unavailable");
-                Self::StorageUnavailable
-            }
-        }
+        log(&err);
+        answer(&err)
     }
 }
 
@@ -295,6 +305,30 @@ pub mod extractors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_error_answers_the_same_however_it_arrives() {
+        let errors = || {
+            [
+                StoreError::Unavailable("db.internal:5432 refused".into()),
+                StoreError::Corrupt("row 7 of api_keys".into()),
+                StoreError::Duplicate,
+            ]
+        };
+        for (err, status) in errors().into_iter().zip([503, 500, 500]) {
+            let wrapped = ApiError::Service(ServiceError::Store(err));
+            assert_eq!(wrapped.status_code().as_u16(), status);
+            let body = serde_json::to_string(&wrapped.problem()).unwrap();
+            assert!(!body.contains("db.internal") && !body.contains("row 7"), "{body}");
+        }
+        for (bare, err) in errors().into_iter().zip(errors()) {
+            let (bare, wrapped) = (ApiError::from(bare), ApiError::Service(ServiceError::Store(err)));
+            assert_eq!(
+                serde_json::to_value(bare.problem()).unwrap(),
+                serde_json::to_value(wrapped.problem()).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn shared_auth_bodies_are_the_problems_they_stand_for() {

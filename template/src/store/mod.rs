@@ -15,7 +15,7 @@ pub(crate) mod testing;
 
 use std::sync::Arc;
 
-use crate::config::{Config, store_kind};
+use crate::config::{Config, DATABASE_URL_FORMS, store_kind};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -181,7 +181,7 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
         #[cfg(feature = "redis")]
         Some("redis") => Arc::new(redis::RedisBackend::connect(url)?),
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        Some(_) => Arc::new(SqlBackend::connect(url).await?),
+        Some("sqlite" | "postgres") => Arc::new(SqlBackend::connect(url).await?),
         _ => return Err(not_built(url)),
     };
     let cached = CachedBackend::new(primary).with_local_ttl(config.key_cache_ttl());
@@ -200,7 +200,7 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
     match store_kind(database_url).filter(|kind| included(kind)) {
         Some("memory" | "redis") => Ok(0),
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        Some(_) => sql::migrate(database_url).await,
+        Some("sqlite" | "postgres") => sql::migrate(database_url).await,
         _ => Err(not_built(database_url)),
     }
 }
@@ -211,7 +211,8 @@ fn included(kind: &str) -> bool {
         "sqlite" => cfg!(feature = "sqlite"),
         "postgres" => cfg!(feature = "postgres"),
         "redis" => cfg!(feature = "redis"),
-        _ => true,
+        "memory" => true,
+        _ => false,
     }
 }
 
@@ -221,7 +222,7 @@ fn not_built(url: &str) -> StoreError {
         Some(kind) => format!(
             "DATABASE_URL names {kind}, which this build does not include: rebuild with `--features {kind}`"
         ),
-        None => "DATABASE_URL must start with sqlite://, postgres://, redis:// or memory://".into(),
+        None => format!("DATABASE_URL {DATABASE_URL_FORMS}"),
     })
 }
 

@@ -20,6 +20,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use self::models::{ApiKeyRow, ChangesRow, EventRow};
 use self::schema::{api_key_events, api_keys};
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
+use crate::config::store_kind;
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[cfg(feature = "sqlite")]
@@ -50,15 +51,16 @@ enum Database<'a> {
 
 impl<'a> Database<'a> {
     fn parse(url: &'a str) -> Result<Self, StoreError> {
-        #[cfg(feature = "sqlite")]
-        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-            return Ok(Self::Sqlite { path });
+        match store_kind(url) {
+            #[cfg(feature = "sqlite")]
+            Some("sqlite") => {
+                let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+                Ok(Self::Sqlite { path: path.unwrap_or_default() })
+            }
+            #[cfg(feature = "postgres")]
+            Some("postgres") => Ok(Self::Postgres { url }),
+            _ => Err(super::not_built(url)),
         }
-        #[cfg(feature = "postgres")]
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Self::Postgres { url });
-        }
-        Err(super::not_built(url))
     }
 }
 
