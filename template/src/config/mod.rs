@@ -231,11 +231,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        ensure!(
-            store_kind(&self.database_url).is_some(),
-            "DATABASE_URL",
-            DATABASE_URL_FORMS
-        );
+        ensure!(store_kind(&self.database_url).is_some(), "DATABASE_URL", DATABASE_URL_FORMS);
         if let Some(url) = &self.redis_url {
             ensure!(
                 store_kind(url) == Some("redis"),

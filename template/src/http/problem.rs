@@ -322,7 +322,8 @@ mod tests {
             assert!(!body.contains("db.internal") && !body.contains("row 7"), "{body}");
         }
         for (bare, err) in errors().into_iter().zip(errors()) {
-            let (bare, wrapped) = (ApiError::from(bare), ApiError::Service(ServiceError::Store(err)));
+            let (bare, wrapped) =
+                (ApiError::from(bare), ApiError::Service(ServiceError::Store(err)));
             assert_eq!(
                 serde_json::to_value(bare.problem()).unwrap(),
                 serde_json::to_value(wrapped.problem()).unwrap()

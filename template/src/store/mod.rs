@@ -207,13 +207,13 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
 
 /// Whether this build includes the store of this kind (see [`store_kind`]).
 fn included(kind: &str) -> bool {
-    match kind {
-        "sqlite" => cfg!(feature = "sqlite"),
-        "postgres" => cfg!(feature = "postgres"),
-        "redis" => cfg!(feature = "redis"),
-        "memory" => true,
-        _ => false,
-    }
+    let built = [
+        ("sqlite", cfg!(feature = "sqlite")),
+        ("postgres", cfg!(feature = "postgres")),
+        ("redis", cfg!(feature = "redis")),
+        ("memory", true),
+    ];
+    built.contains(&(kind, true))
 }
 
 /// Why `url` names no store this build can open.
