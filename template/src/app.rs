@@ -16,6 +16,7 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::{AppExt, scope};
 
+use crate::auth::audit;
 use crate::auth::key_format::KeyFormat;
 use crate::auth::throttle::FailureLimits;
 use crate::auth::{Allowance, Authenticator, ManagementScopes, UsageTracker};
@@ -163,6 +164,14 @@ pub async fn serve(
     }
     let flusher =
         state.usage.clone().spawn_flusher(state.store.clone(), state.config.usage_flush_interval());
+    let authenticator = state.authenticator.clone();
+    let audit_closer = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(audit::WINDOW);
+        loop {
+            ticks.tick().await;
+            authenticator.failure_audit().close_ended(false);
+        }
+    });
 
     let address = (state.config.host.clone(), state.config.port);
     let docs_path = state.config.docs_path.clone();
@@ -182,6 +191,8 @@ pub async fn serve(
     }
 
     flusher.finish().await;
+    audit_closer.abort();
+    state.authenticator.failure_audit().close_ended(true);
     if let Err(err) = state.store.settle(Duration::from_secs(5)).await {
         tracing::error!(error = %err, "stopping with changes Redis was not told of");
     }

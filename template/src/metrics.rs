@@ -38,6 +38,7 @@ pub struct Metrics {
     limit_refusals: Family<Labels<1>, Counter>,
     request_durations: Durations,
     flush_lag: Gauge<f64, AtomicU64>,
+    change_feed_up: Gauge,
     /// Milliseconds after `started` of the last successful usage flush.
     last_flush_ms: AtomicU64,
     started: Instant,
@@ -97,6 +98,12 @@ impl Metrics {
             "usage_flush_lag_seconds",
             "Seconds since counted key usage was last written to the store",
         );
+        let change_feed_up = register(
+            &mut registry,
+            "key_change_feed_up",
+            "1 while this instance follows its store's change feed (cached keys live until they \
+             change), 0 while it does not (they live KEY_CACHE_TTL_MS)",
+        );
         Self {
             auth_attempts,
             local_hits: key_cache.get_or_create_owned(&[("cache", "local"), ("result", "hit")]),
@@ -108,6 +115,7 @@ impl Metrics {
             limit_refusals,
             request_durations,
             flush_lag,
+            change_feed_up,
             last_flush_ms: AtomicU64::new(0),
             started: Instant::now(),
         }
@@ -162,6 +170,11 @@ impl Metrics {
             status,
         };
         self.request_durations.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// Whether this instance follows its store's change feed.
+    pub fn change_feed(&self, up: bool) {
+        self.change_feed_up.set(i64::from(up));
     }
 
     /// Counts a request refused by its key's rate limit or quota, by problem `code`.

@@ -626,6 +626,50 @@ fn user_input_cannot_forge_log_lines() {
 }
 
 #[test]
+fn a_flood_of_bad_keys_is_audited_in_a_few_lines_without_colour() {
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("service.log");
+    let database_url = format!("sqlite://{}", scratch.path().join("flood.db").display());
+    // The default log level; failure limits off, so every bad key reaches the checksum.
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("RUST_LOG", "info"),
+        ("AUTH_FAILURES_PER_MINUTE", "0"),
+    ];
+    let service = Service::start_logged(&bin, &env, free_port(), &log);
+    let client = Client::new(&service.base_url);
+    let flood = 3000;
+    let started = Instant::now();
+    for i in 0..flood {
+        let garbage = format!("sk_{i:0>12}_not-a-key");
+        assert_eq!(client.try_send("GET", "/protected", Some(&garbage)), Some(401));
+    }
+    let windows = started.elapsed().as_secs() / 10 + 1;
+    assert!(service.stop().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\u{1b}'), "no colour codes in a log file");
+    let one_by_one = text.lines().filter(|l| l.contains("authentication failed")).count() as u64;
+    assert!(
+        (1..=3 * windows).contains(&one_by_one),
+        "{one_by_one} failures logged one by one over {windows} window(s)"
+    );
+    let counted: u64 = text
+        .lines()
+        .filter(|l| l.contains("authentication failures not logged one by one"))
+        .map(|l| {
+            let count = l.split("failures=").nth(1).and_then(|rest| rest.split(' ').next());
+            count.and_then(|n| n.parse::<u64>().ok()).unwrap_or_else(|| panic!("no count: {l}"))
+        })
+        .sum();
+    assert_eq!(one_by_one + counted, flood, "every failure is on record:\n{text}");
+    println!(
+        "{flood} bad keys left {one_by_one} lines of their own and {counted} counted, {} bytes of log",
+        text.len()
+    );
+}
+
+#[test]
 fn a_tenants_expiry_listing_reads_only_its_own_keys_from_redis() {
     let redis = Redis::start();
     let bin = service_binary();

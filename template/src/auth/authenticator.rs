@@ -13,6 +13,7 @@ use chrono::Utc;
 use prometheus_client::metrics::counter::Counter;
 
 use super::ApiKey;
+use super::audit::FailureAudit;
 use super::key_format::{KeyFormat, ParsedKey};
 use super::throttle::FailureLimits;
 use super::usage::UsageTracker;
@@ -21,7 +22,7 @@ use crate::model::ApiKeyRecord;
 use crate::store::{Backend, StoreError};
 
 /// Why a request is not authenticated. Clients see only [`AuthError::code`] and the status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum AuthError {
     #[error("this route needs an API key")]
     Missing,
@@ -99,6 +100,7 @@ pub struct Authenticator {
     store: Arc<dyn Backend>,
     usage: Arc<UsageTracker>,
     limits: FailureLimits,
+    audit: FailureAudit,
     /// `authenticated`, then one per [`AuthError`] by `err as usize`; none for a missing key, which
     /// is not an attempt.
     attempts: [Option<Counter>; AuthError::ALL.len() + 1],
@@ -120,6 +122,7 @@ impl Authenticator {
             store,
             usage,
             limits,
+            audit: FailureAudit::default(),
             attempts: std::array::from_fn(|i| match i.checked_sub(1) {
                 None => Some(metrics().auth_attempts("authenticated")),
                 Some(err) if AuthError::ALL[err] == AuthError::Missing => None,
@@ -132,6 +135,11 @@ impl Authenticator {
         &self.scopes
     }
 
+    /// The audit trail of failed authentications, whose tallies [`crate::app::serve`] closes.
+    pub fn failure_audit(&self) -> &FailureAudit {
+        &self.audit
+    }
+
     /// How long a client refused for too many failures should wait.
     pub fn retry_after(&self) -> Duration {
         self.limits.retry_after()
@@ -140,8 +148,8 @@ impl Authenticator {
     /// Authenticates the key in `headers`, counting a use of it on success. `client` gives the
     /// sender's address; it is asked only when a key is presented.
     ///
-    /// Every failure but a missing key is an audit event (outcome, key id if the key had the right
-    /// shape, client address: never the key). Only a key that is not valid (a wrong secret, or one
+    /// Every failure but a missing key is audited (outcome, key id if the key had the right shape,
+    /// client address: never the key; see [`super::audit`] for how a flood is summed up). Only a key that is not valid (a wrong secret, or one
     /// refused for too many of them) counts against the client's failure limit: a revoked, expired,
     /// disabled or rotated key proves its holder had the secret, and counting it would let one stale
     /// key behind a shared address lock out the rest.
@@ -172,13 +180,7 @@ impl Authenticator {
             {
                 outcome = Err(AuthError::Throttled);
             }
-            tracing::info!(
-                target: "audit",
-                outcome = err.code(),
-                key_id,
-                client = client.map(tracing::field::display),
-                "authentication failed"
-            );
+            self.audit.failed(client, err, key_id);
         }
         let attempt = outcome.as_ref().map_or_else(|err| *err as usize + 1, |_| 0);
         if let Some(counter) = &self.attempts[attempt] {

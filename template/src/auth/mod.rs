@@ -1,11 +1,13 @@
 //! API-key authentication, in the order a request meets it: the [`Authenticator`] parses the
-//! presented key ([`key_format`]), looks it up, checks its digest, and counts failures per client
-//! address and key id ([`throttle`]); an authenticated [`ApiKey`] is counted in [`usage`] and, when
-//! a route admits it, charged against its rate limit and quota ([`limits`]).
+//! presented key ([`key_format`]), looks it up, checks its digest, counts failures per client
+//! address and key id ([`throttle`]) and audits them ([`audit`]); an authenticated [`ApiKey`] is
+//! counted in [`usage`] and, when a route admits it, charged against its rate limit and quota
+//! ([`limits`]).
 //!
 //! The HTTP side (the middleware and the guards) lives in [`crate::http`].
 
 pub mod api_key;
+pub mod audit;
 pub mod authenticator;
 pub mod key_format;
 pub mod limits;

@@ -97,7 +97,17 @@ impl UsageTracker {
                     tracing::warn!(error = %err, "could not flush key usage; will retry");
                 }
             }
-            match self.flush(store.as_ref()).await {
+            // Connections made while serving can die with the server's workers, and a Redis
+            // connection only reconnects on its next call: try again before giving up.
+            let mut last = self.flush(store.as_ref()).await;
+            for _ in 0..3 {
+                if last.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                last = self.flush(store.as_ref()).await;
+            }
+            match last {
                 Ok(keys) => tracing::info!(keys, "usage flushed at shutdown"),
                 Err(err) => {
                     tracing::error!(error = %err, "usage counted since the last flush was lost")

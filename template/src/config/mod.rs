@@ -24,8 +24,12 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// How long a key stays in the Redis cache, in seconds.
     pub redis_cache_ttl_seconds: u64,
-    /// How long each instance trusts its in-process copy of a key, in milliseconds; 0 turns the
-    /// in-process cache off. This is how late another instance may notice a revocation.
+    /// How long each instance keeps its in-process copy of a key at most, in seconds. Copies are
+    /// dropped as soon as the key changes anywhere (the store's change feed says so); this bounds
+    /// only what no feed could tell.
+    pub key_cache_lifetime_seconds: u64,
+    /// How long each instance trusts its in-process copy of a key while it cannot follow the change
+    /// feed, in milliseconds; 0 turns the in-process cache off.
     pub key_cache_ttl_ms: u64,
     pub host: String,
     pub port: u16,
@@ -139,6 +143,7 @@ impl Default for Config {
             database_url: defaults::DATABASE_URL.into(),
             redis_url: None,
             redis_cache_ttl_seconds: 300,
+            key_cache_lifetime_seconds: 300,
             key_cache_ttl_ms: 500,
             host: "127.0.0.1".into(),
             port: 8080,
@@ -250,6 +255,11 @@ impl Config {
             "must be between 1 and 86400"
         );
         ensure!(
+            (1..=86_400).contains(&self.key_cache_lifetime_seconds),
+            "KEY_CACHE_LIFETIME_SECONDS",
+            "must be between 1 and 86400"
+        );
+        ensure!(
             self.key_cache_ttl_ms <= 60_000,
             "KEY_CACHE_TTL_MS",
             "must be between 0 (no in-process cache) and 60000"
@@ -327,6 +337,10 @@ impl Config {
 
     pub fn redis_cache_ttl(&self) -> Duration {
         Duration::from_secs(self.redis_cache_ttl_seconds)
+    }
+
+    pub fn key_cache_lifetime(&self) -> Duration {
+        Duration::from_secs(self.key_cache_lifetime_seconds)
     }
 
     pub fn key_cache_ttl(&self) -> Duration {
@@ -420,6 +434,7 @@ mod tests {
             ("REDIS_URL", "http://cache"),
             ("REDIS_CACHE_TTL_SECONDS", "0"),
             ("KEY_CACHE_TTL_MS", "60001"),
+            ("KEY_CACHE_LIFETIME_SECONDS", "0"),
             ("KEY_CACHE_TTL_MS", "-1"),
             ("USAGE_FLUSH_SECONDS", "0"),
             ("LOG_FORMAT", "xml"),

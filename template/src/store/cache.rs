@@ -2,16 +2,21 @@
 //! a Redis cache shared by every instance.
 //!
 //! Only [`Backend::lookup`] is served from the caches; every other call reads or writes the primary
-//! backend. How stale a lookup can be:
-//! - on the instance that revoked a key, not at all (its entry is dropped at once);
-//! - on other instances, at most the in-process TTL (`KEY_CACHE_TTL_MS`, [`DEFAULT_LOCAL_TTL`] unless
-//!   configured): the revocation fences the Redis entry off before it returns (see
-//!   [`super::redis::FENCE`]), and an in-process entry lives no longer than that;
+//! backend. A cached key lives until it changes: the store announces every change on its change
+//! feed ([`super::feed`]), and each instance, following the feed, drops what it cached of that key
+//! (fencing its Redis entry off too). How stale a lookup can be:
+//! - on the instance that made the change, not at all (its entry is dropped at once);
+//! - on other instances, as long as the feed takes to bring the announcement (milliseconds);
+//! - while an instance cannot follow the feed, its copies are trusted only for `KEY_CACHE_TTL_MS`
+//!   ([`DEFAULT_LOCAL_TTL`] unless configured) after they were read, from [`SILENCE`] after the feed
+//!   was last heard, and it drops everything cached once it follows again: a change is then seen
+//!   within `KEY_CACHE_TTL_MS` plus [`SILENCE`]. A store without a feed is treated so always;
+//! - however well the feed goes, no copy is kept longer than `KEY_CACHE_LIFETIME_SECONDS`;
 //! - if Redis cannot be reached when a key changes, the change is saved, this instance stops reading
 //!   that key from Redis, and it retries the fence twice a second: other instances that can reach
 //!   Redis may read the old entry until that retry lands, or, should this instance stop first (it
 //!   waits five seconds, see [`Backend::settle`]), until the entry expires
-//!   (`REDIS_CACHE_TTL_SECONDS`).
+//!   (`REDIS_CACHE_TTL_SECONDS`). Instances that hear of the change fence the entry off as well.
 //!
 //! A Redis error is a cache miss, never an answer: the primary decides, so an outage makes lookups
 //! slower, not wrong.
@@ -19,43 +24,82 @@
 //! Every call that reaches the primary is counted in the `storage_operations` metric, and every cache
 //! lookup in `key_cache_lookups`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
+use super::feed::{ChangeFeed, Heard, SILENCE};
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
-/// How long an instance trusts its in-process copy of a key unless configured otherwise: the
-/// revocation bound across instances.
+/// How long an instance trusts its in-process copy of a key while it cannot follow the change feed,
+/// unless configured otherwise.
 pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_millis(500);
+/// The longest an in-process copy is kept, feed or not, unless configured otherwise.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 const LOCAL_CAPACITY: usize = 100_000;
 
-/// The in-process cache: a record and when it stops being trusted. quick_cache evicts by capacity;
-/// the expiry is checked here, on read.
+/// The in-process cache: each record with when it was read. quick_cache evicts by capacity; how long
+/// an entry is trusted depends on the feed, and is checked here, on read.
 struct LocalCache {
     entries: quick_cache::sync::Cache<String, (Instant, Arc<ApiKeyRecord>)>,
+    /// How long an entry is trusted while the feed is followed, and while it is not.
+    lifetime: Duration,
     ttl: Duration,
+    /// When the feed was last heard from, in milliseconds after `started`, plus one; 0 while it is
+    /// not followed.
+    heard: AtomicU64,
+    started: Instant,
     /// Bumped by every invalidation; see [`LocalCache::insert`].
     invalidations: AtomicU64,
 }
 
 impl LocalCache {
-    fn new(ttl: Duration) -> Self {
+    fn new(lifetime: Duration, ttl: Duration) -> Self {
         Self {
             entries: quick_cache::sync::Cache::new(LOCAL_CAPACITY),
+            lifetime,
             ttl,
+            heard: AtomicU64::new(0),
+            started: Instant::now(),
             invalidations: AtomicU64::new(0),
         }
     }
 
     fn get(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
-        let (expires, record) = self.entries.get(id)?;
-        (Instant::now() < expires).then_some(record)
+        let (read_at, record) = self.entries.get(id)?;
+        let now = Instant::now();
+        let trusted = if self.following(now) { self.lifetime } else { self.ttl };
+        (now.duration_since(read_at) < trusted).then_some(record)
+    }
+
+    fn following(&self, now: Instant) -> bool {
+        let heard = self.heard.load(Ordering::Relaxed);
+        let since_start = now.duration_since(self.started).as_millis() as u64;
+        heard != 0 && (since_start + 1).saturating_sub(heard) < SILENCE.as_millis() as u64
+    }
+
+    /// The feed works as of now.
+    fn heard(&self) {
+        let since_start = self.started.elapsed().as_millis() as u64;
+        self.heard.store(since_start + 1, Ordering::Relaxed);
+    }
+
+    /// The feed was lost: trust copies only for the short TTL from now on.
+    fn lost(&self) {
+        self.heard.store(0, Ordering::Relaxed);
+    }
+
+    /// Drops every entry, and any lookup still on its way in (see [`LocalCache::insert`]).
+    fn clear(&self) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
     }
 
     /// Where invalidations stand; read it before reading the store for [`LocalCache::insert`].
@@ -68,8 +112,7 @@ impl LocalCache {
     /// dropped it, so if any invalidation happened since, the entry is dropped again: either that
     /// invalidation's removal comes after this insert, or this check sees its bump.
     fn insert(&self, record: &Arc<ApiKeyRecord>, generation: u64) {
-        let expires = Instant::now() + self.ttl;
-        self.entries.insert(record.id.clone(), (expires, record.clone()));
+        self.entries.insert(record.id.clone(), (Instant::now(), record.clone()));
         if self.generation() != generation {
             self.entries.remove(&record.id);
         }
@@ -83,6 +126,13 @@ impl LocalCache {
 
 pub struct CachedBackend {
     primary: Arc<dyn Backend>,
+    caches: Arc<Caches>,
+    /// The task following the primary's change feed, started by the first lookup.
+    follower: OnceLock<Option<AbortHandle>>,
+}
+
+/// The caches, shared with the task that follows the change feed.
+struct Caches {
     local: Option<LocalCache>,
     #[cfg(feature = "redis")]
     shared: Option<super::redis::RedisCache>,
@@ -92,31 +142,57 @@ pub struct CachedBackend {
 }
 
 impl CachedBackend {
-    /// An in-process cache, with entries living [`DEFAULT_LOCAL_TTL`], in front of `primary`.
+    /// An in-process cache in front of `primary`, with entries trusted as [`DEFAULT_LIFETIME`] and
+    /// [`DEFAULT_LOCAL_TTL`] say.
     pub fn new(primary: Arc<dyn Backend>) -> Self {
-        Self {
-            primary,
-            local: Some(LocalCache::new(DEFAULT_LOCAL_TTL)),
+        let caches = Caches {
+            local: Some(LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL)),
             #[cfg(feature = "redis")]
             shared: None,
             #[cfg(feature = "redis")]
             unfenced: Arc::default(),
-        }
+        };
+        Self { primary, caches: Arc::new(caches), follower: OnceLock::new() }
     }
 
-    /// Sets how long in-process entries live; zero turns the in-process cache off.
-    pub fn with_local_ttl(mut self, ttl: Duration) -> Self {
-        self.local = (!ttl.is_zero()).then(|| LocalCache::new(ttl));
+    /// Sets how long in-process entries are trusted: for `lifetime` at most, and for `ttl` only while
+    /// the change feed cannot be followed. A zero `ttl` turns the in-process cache off.
+    pub fn with_local_cache(mut self, lifetime: Duration, ttl: Duration) -> Self {
+        self.configure().local = (!ttl.is_zero()).then(|| LocalCache::new(lifetime.max(ttl), ttl));
         self
     }
 
     /// Adds a Redis cache shared between instances, between the in-process cache and `primary`.
     #[cfg(feature = "redis")]
     pub fn with_redis(mut self, redis: super::redis::RedisCache) -> Self {
-        self.shared = Some(redis);
+        self.configure().shared = Some(redis);
         self
     }
 
+    fn configure(&mut self) -> &mut Caches {
+        Arc::get_mut(&mut self.caches).expect("caches are configured before the first lookup")
+    }
+
+    /// Whether this instance follows the primary's change feed right now, so that its copies of
+    /// keys live until they change.
+    pub fn following(&self) -> bool {
+        self.caches.local.as_ref().is_some_and(|local| local.following(Instant::now()))
+    }
+
+    /// Starts following the primary's change feed, once, if it has one, on the current runtime;
+    /// the first lookup does it otherwise. Call it at start-up, outside the server's workers, so
+    /// that the follower does not stop with one of them.
+    pub fn follow_changes(&self) {
+        self.follower.get_or_init(|| {
+            let feed = self.primary.feed()?;
+            self.caches.local.as_ref()?;
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            Some(runtime.spawn(follow(feed, self.caches.clone())).abort_handle())
+        });
+    }
+}
+
+impl Caches {
     fn remember(&self, record: &Arc<ApiKeyRecord>, generation: Option<u64>) {
         if let (Some(local), Some(generation)) = (&self.local, generation) {
             local.insert(record, generation);
@@ -172,6 +248,55 @@ impl CachedBackend {
         let shared = self.shared.as_ref()?;
         (!lock(&self.unfenced).contains(id)).then_some(shared)
     }
+
+    /// Acts on what the change feed says.
+    async fn hear(&self, heard: Heard) {
+        let Some(local) = &self.local else { return };
+        match heard {
+            // What was cached before may have missed changes while the feed was not followed.
+            Heard::Listening => local.clear(),
+            Heard::Alive => {}
+            Heard::Changed(id) => self.refresh(&id).await,
+        }
+        local.heard();
+        metrics().change_feed(true);
+    }
+}
+
+impl Drop for CachedBackend {
+    fn drop(&mut self) {
+        if let Some(Some(follower)) = self.follower.get() {
+            follower.abort();
+        }
+    }
+}
+
+/// Follows `feed` for as long as the caches exist, following it again whenever it fails.
+async fn follow(feed: Arc<dyn ChangeFeed>, caches: Arc<Caches>) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let (heard, mut hearing) = mpsc::channel(256);
+        let following = feed.follow(heard);
+        tokio::pin!(following);
+        let ended = loop {
+            tokio::select! {
+                ended = &mut following => break ended,
+                Some(heard) = hearing.recv() => {
+                    caches.hear(heard).await;
+                    pause = Duration::from_millis(50);
+                }
+            }
+        };
+        if let Some(local) = &caches.local {
+            local.lost();
+        }
+        metrics().change_feed(false);
+        if let Err(err) = ended {
+            tracing::warn!(error = %err, "lost the change feed; trusting cached keys briefly until it is back");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -193,27 +318,28 @@ impl Backend for CachedBackend {
 
     fn cached(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
         // Only hits are counted here: a miss is counted by the `lookup` that follows it.
-        let cached = self.local.as_ref()?.get(id)?;
+        let cached = self.caches.local.as_ref()?.get(id)?;
         metrics().key_cache("local", true);
         Some(cached)
     }
 
     async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
-        let generation = self.local.as_ref().map(LocalCache::generation);
+        self.follow_changes();
+        let generation = self.caches.local.as_ref().map(LocalCache::generation);
         if let Some(cached) = self.cached(id) {
             return Ok(Some(cached));
         }
-        if self.local.is_some() {
+        if self.caches.local.is_some() {
             metrics().key_cache("local", false);
         }
         #[cfg(feature = "redis")]
-        if let Some(shared) = self.shared_for(id) {
+        if let Some(shared) = self.caches.shared_for(id) {
             let found = shared.get(id).await;
             metrics().key_cache("redis", matches!(found, Ok(Some(_))));
             match found {
                 Ok(Some(record)) => {
                     let record = Arc::new(record);
-                    self.remember(&record, generation);
+                    self.caches.remember(&record, generation);
                     return Ok(Some(record));
                 }
                 // A resting Redis was skipped, not asked; the failure that started the rest was
@@ -233,12 +359,12 @@ impl Backend for CachedBackend {
             return Ok(None);
         };
         #[cfg(feature = "redis")]
-        if let Some(shared) = self.shared_for(id)
+        if let Some(shared) = self.caches.shared_for(id)
             && let Err(err) = shared.fill(&record, read_at).await
         {
             tracing::debug!(error = %err, "could not fill the Redis cache");
         }
-        self.remember(&record, generation);
+        self.caches.remember(&record, generation);
         Ok(Some(record))
     }
 
@@ -256,7 +382,7 @@ impl Backend for CachedBackend {
         metrics().storage_operation("revoke");
         let found = self.primary.revoke(id, at, event).await?;
         if found {
-            self.refresh(id).await;
+            self.caches.refresh(id).await;
         }
         Ok(found)
     }
@@ -270,7 +396,7 @@ impl Backend for CachedBackend {
         metrics().storage_operation("update");
         let updated = self.primary.update(id, changes, event).await?;
         if updated.is_some() {
-            self.refresh(id).await;
+            self.caches.refresh(id).await;
         }
         Ok(updated)
     }
@@ -285,7 +411,7 @@ impl Backend for CachedBackend {
         metrics().storage_operation("rotate");
         let rotated = self.primary.rotate(old_id, new, retires_at, events).await?;
         if rotated {
-            self.refresh(old_id).await;
+            self.caches.refresh(old_id).await;
         }
         Ok(rotated)
     }
@@ -309,7 +435,7 @@ impl Backend for CachedBackend {
     async fn health_checks(&self) -> Vec<(&'static str, Result<(), StoreError>)> {
         let checks = self.primary.health_checks().await;
         #[cfg(feature = "redis")]
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = &self.caches.shared {
             let ping = shared.ping().await;
             let ping = ping.map_err(|err| StoreError::Unavailable(err.to_string()));
             return checks.into_iter().chain([("redis_cache", ping)]).collect();
@@ -328,7 +454,7 @@ impl Backend for CachedBackend {
         {
             let deadline = Instant::now() + patience;
             loop {
-                let pending = lock(&self.unfenced).len();
+                let pending = lock(&self.caches.unfenced).len();
                 if pending == 0 {
                     break;
                 }
@@ -354,6 +480,38 @@ mod tests {
     use super::*;
     use crate::store::conformance::{event, sample};
     use crate::store::testing::FlakyStore;
+
+    #[tokio::test]
+    async fn copies_live_until_they_change_while_the_feed_is_heard_and_briefly_without_it() {
+        let caches = Caches {
+            local: Some(LocalCache::new(Duration::from_secs(60), Duration::from_millis(40))),
+            #[cfg(feature = "redis")]
+            shared: None,
+            #[cfg(feature = "redis")]
+            unfenced: Arc::default(),
+        };
+        let local = caches.local.as_ref().unwrap();
+        let record = Arc::new(sample("owner", Utc::now()));
+        let cache = |record: &Arc<ApiKeyRecord>| local.insert(record, local.generation());
+        let id = record.id.clone();
+
+        caches.hear(Heard::Listening).await;
+        cache(&record);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(local.get(&id).is_some(), "kept past the short TTL while the feed is heard");
+        caches.hear(Heard::Changed(id.clone())).await;
+        assert!(local.get(&id).is_none(), "dropped when the feed says it changed");
+
+        cache(&record);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        local.lost();
+        assert!(local.get(&id).is_none(), "without the feed, trusted only for the short TTL");
+        cache(&record);
+        assert!(local.get(&id).is_some(), "fresh copies are still served without the feed");
+        caches.hear(Heard::Listening).await;
+        assert!(local.get(&id).is_none(), "following again drops what was cached meanwhile");
+        assert!(local.following(Instant::now()));
+    }
 
     #[tokio::test]
     async fn a_lookup_overtaken_by_a_revocation_does_not_cache_the_old_key() {

@@ -1,17 +1,30 @@
 //! An in-process backend for tests and local experiments. Keys are gone when the process exits.
+//!
+//! Its change feed is an in-process channel: it serves caches in the same process, which is all a
+//! memory store ever has.
 
 use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+use tokio::sync::mpsc::Sender;
 
+use super::feed::{ChangeFeed, HEARTBEAT, Heard, tell};
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryBackend {
     state: RwLock<State>,
+    changes: broadcast::Sender<String>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self { state: RwLock::default(), changes: broadcast::channel(1024).0 }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -28,6 +41,33 @@ impl MemoryBackend {
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells followers of the feed that `id` changed; nobody following is fine.
+    fn announce(&self, id: &str) {
+        let _ = self.changes.send(id.to_owned());
+    }
+}
+
+struct MemoryFeed(broadcast::Sender<String>);
+
+#[async_trait]
+impl ChangeFeed for MemoryFeed {
+    async fn follow(&self, heard: Sender<Heard>) -> Result<(), StoreError> {
+        let mut changes = self.0.subscribe();
+        let mut beats = tokio::time::interval(HEARTBEAT);
+        let mut next = Heard::Listening;
+        while tell(&heard, next).await {
+            next = tokio::select! {
+                _ = beats.tick() => Heard::Alive,
+                changed = changes.recv() => match changed {
+                    Ok(id) => Heard::Changed(id),
+                    // Lagged behind: changes were missed, so follow afresh.
+                    Err(err) => return Err(StoreError::Unavailable(format!("change feed: {err}"))),
+                },
+            };
+        }
+        Ok(())
     }
 }
 
@@ -55,6 +95,7 @@ impl Backend for MemoryBackend {
         }
         state.keys.insert(key.id.clone(), key.clone());
         state.events.push(event.clone());
+        self.announce(&key.id);
         Ok(())
     }
 
@@ -90,6 +131,7 @@ impl Backend for MemoryBackend {
         if key.revoked_at.is_none() {
             key.revoked_at = Some(at);
             state.events.push(event.clone());
+            self.announce(id);
         }
         Ok(true)
     }
@@ -107,6 +149,7 @@ impl Backend for MemoryBackend {
         changes.apply(key);
         let updated = key.clone();
         state.events.push(event.clone());
+        self.announce(id);
         Ok(Some(updated))
     }
 
@@ -132,6 +175,7 @@ impl Backend for MemoryBackend {
         old.retires_at = Some(retires_at);
         state.keys.insert(new.id.clone(), new.clone());
         state.events.extend_from_slice(events);
+        self.announce(old_id);
         Ok(true)
     }
 
@@ -170,6 +214,10 @@ impl Backend for MemoryBackend {
             .filter(|e| query.key_id.is_none() || Some(&e.key_id) == query.key_id.as_ref())
             .collect();
         Ok(page(matching, |e| (e.at, &e.id), query.limit, query.offset))
+    }
+
+    fn feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        Some(Arc::new(MemoryFeed(self.changes.clone())))
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {

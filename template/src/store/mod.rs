@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod conformance;
+pub mod feed;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -163,6 +164,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Increments are relative (`request_count + n`), so instances flushing at once lose nothing.
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError>;
 
+    /// The feed announcing this store's changes to every instance; `None` if it has none, and
+    /// caches then trust their copies only for the short `KEY_CACHE_TTL_MS`. See [`feed`].
+    fn feed(&self) -> Option<Arc<dyn feed::ChangeFeed>> {
+        None
+    }
+
     /// Waits up to `patience` for changes that have not yet reached a shared cache (see
     /// [`CachedBackend`]) to reach it; an error if some still have not. Called before the process
     /// exits, which would drop them.
@@ -184,7 +191,8 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
         Some("sqlite" | "postgres") => Arc::new(SqlBackend::connect(url).await?),
         _ => return Err(not_built(url)),
     };
-    let cached = CachedBackend::new(primary).with_local_ttl(config.key_cache_ttl());
+    let cached = CachedBackend::new(primary)
+        .with_local_cache(config.key_cache_lifetime(), config.key_cache_ttl());
     #[cfg(feature = "redis")]
     let cached = match &config.redis_url {
         Some(redis_url) => {
@@ -192,6 +200,7 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
         }
         None => cached,
     };
+    cached.follow_changes();
     Ok(Arc::new(cached))
 }
 

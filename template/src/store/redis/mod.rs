@@ -7,9 +7,10 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod feed;
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, ScriptInvocation};
 
+use super::feed::ChangeFeed;
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
@@ -40,17 +42,19 @@ pub(crate) fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
 /// - `apikeys:created` and `apikeys:owner:{owner}`: sorted sets of ids scored by creation time, for
 ///   listing newest first with a real total; `apikeys:expires`: ids scored by expiry;
 /// - `apikeys:event:{id}`: an audit event as JSON, indexed by time in `apikeys:events` and
-///   `apikeys:events:key:{key_id}`.
+///   `apikeys:events:key:{key_id}`;
+/// - `apikeys:changed`: the channel every change publishes its key id on ([`feed`]).
 ///
 /// Every mutation is one Lua script, so a key and its audit event are stored together or not at all.
 pub struct RedisBackend {
     connection: ConnectionManager,
+    feed: Arc<feed::RedisFeed>,
 }
 
 /// A script of `$body` after the functions the scripts share. `put_key` reads its arguments from
 /// `ARGV[from]` on: id, creation score, owner, expiry score, then a count of field/value pairs and
 /// the pairs; it returns the index after them, or `nil` if the id is taken. `add_events` reads (id,
-/// key id, score, JSON) quadruples.
+/// key id, score, JSON) quadruples, and announces each key id on the change feed.
 macro_rules! script {
     ($body:literal) => {
         LazyLock::new(|| {
@@ -70,6 +74,7 @@ local function add_events(from)
     redis.call('SET', 'apikeys:event:' .. ARGV[i], ARGV[i + 3])
     redis.call('ZADD', 'apikeys:events', ARGV[i + 2], ARGV[i])
     redis.call('ZADD', 'apikeys:events:key:' .. ARGV[i + 1], ARGV[i + 2], ARGV[i])
+    redis.call('PUBLISH', 'apikeys:changed', ARGV[i + 1])
   end
 end
 local function set_or_clear(hash, field, value)
@@ -265,7 +270,8 @@ fn event_args(
 
 impl RedisBackend {
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        connect(url).map(|connection| Self { connection })
+        let feed = Arc::new(feed::RedisFeed::new(url)?);
+        connect(url).map(|connection| Self { connection, feed })
     }
 
     /// Runs a script that answers with a number.
@@ -515,6 +521,10 @@ impl Backend for RedisBackend {
         let ping: Result<String, _> =
             redis::cmd("PING").query_async(&mut self.connection.clone()).await;
         vec![("store", ping.map(drop).map_err(unavailable))]
+    }
+
+    fn feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        Some(self.feed.clone())
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {

@@ -3,8 +3,11 @@
 //! Both databases share one schema and one set of queries; which one is used follows the
 //! `DATABASE_URL` scheme, among those compiled in (the `sqlite` and `postgres` cargo features).
 
+pub mod feed;
 pub mod models;
 pub mod schema;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -17,8 +20,10 @@ use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use self::feed::Announce;
 use self::models::{ApiKeyRow, ChangesRow, EventRow};
 use self::schema::{api_key_events, api_keys};
+use super::feed::ChangeFeed;
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
 use crate::config::store_kind;
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
@@ -91,12 +96,13 @@ macro_rules! with_conn {
 
 pub struct SqlBackend {
     connections: Connections,
+    feed: Arc<dyn ChangeFeed>,
 }
 
 impl SqlBackend {
     /// Opens a connection pool. It does not migrate: run [`migrate`] first.
     pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
-        let connections = match Database::parse(database_url)? {
+        Ok(match Database::parse(database_url)? {
             #[cfg(feature = "sqlite")]
             Database::Sqlite { path } => {
                 let mut config = diesel_async::pooled_connection::ManagerConfig::default();
@@ -112,14 +118,18 @@ impl SqlBackend {
                     })
                 });
                 let manager = AsyncDieselConnectionManager::new_with_config(path, config);
-                Connections::Sqlite(build_pool(manager)?)
+                let pool = build_pool(manager)?;
+                let feed = Arc::new(feed::SqliteFeed { pool: pool.clone() });
+                Self { connections: Connections::Sqlite(pool), feed }
             }
             #[cfg(feature = "postgres")]
-            Database::Postgres { url } => {
-                Connections::Postgres(build_pool(AsyncDieselConnectionManager::new(url))?)
-            }
-        };
-        Ok(Self { connections })
+            Database::Postgres { url } => Self {
+                connections: Connections::Postgres(build_pool(AsyncDieselConnectionManager::new(
+                    url,
+                ))?),
+                feed: Arc::new(feed::PgFeed { url: url.to_owned() }),
+            },
+        })
     }
 }
 
@@ -270,6 +280,7 @@ impl Backend for SqlBackend {
                         .await?;
                 if updated > 0 {
                     diesel::insert_into(api_key_events::table).values(&event).execute(conn).await?;
+                    conn.announce(id).await?;
                     return Ok(true);
                 }
                 let existing: i64 = api_keys::table.find(id).count().get_result(conn).await?;
@@ -300,6 +311,7 @@ impl Backend for SqlBackend {
                     .optional()?;
                 if row.is_some() {
                     diesel::insert_into(api_key_events::table).values(&event).execute(conn).await?;
+                    conn.announce(id).await?;
                 }
                 Ok::<_, DieselError>(row)
             })
@@ -340,6 +352,7 @@ impl Backend for SqlBackend {
                 for event in &events {
                     diesel::insert_into(api_key_events::table).values(event).execute(conn).await?;
                 }
+                conn.announce(old_id).await?;
                 Ok(true)
             })
             .await
@@ -424,6 +437,10 @@ impl Backend for SqlBackend {
             (rows, total)
         });
         paged(rows, total)
+    }
+
+    fn feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        Some(self.feed.clone())
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
