@@ -39,6 +39,8 @@ pub struct Metrics {
     request_durations: Durations,
     flush_lag: Gauge<f64, AtomicU64>,
     change_feed_up: Gauge,
+    /// Until when, in milliseconds after `started`, the change feed counts as followed.
+    change_feed_until_ms: AtomicU64,
     /// Milliseconds after `started` of the last successful usage flush.
     last_flush_ms: AtomicU64,
     started: Instant,
@@ -116,6 +118,7 @@ impl Metrics {
             request_durations,
             flush_lag,
             change_feed_up,
+            change_feed_until_ms: AtomicU64::new(0),
             last_flush_ms: AtomicU64::new(0),
             started: Instant::now(),
         }
@@ -172,9 +175,16 @@ impl Metrics {
         self.request_durations.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
-    /// Whether this instance follows its store's change feed.
-    pub fn change_feed(&self, up: bool) {
-        self.change_feed_up.set(i64::from(up));
+    /// The change feed is followed until `until`, unless heard from again.
+    pub fn change_feed_heard(&self, until: Instant) {
+        let until = until.saturating_duration_since(self.started).as_millis();
+        self.change_feed_until_ms
+            .store(u64::try_from(until).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The change feed is lost.
+    pub fn change_feed_lost(&self) {
+        self.change_feed_until_ms.store(0, Ordering::Relaxed);
     }
 
     /// Counts a request refused by its key's rate limit or quota, by problem `code`.
@@ -187,6 +197,8 @@ impl Metrics {
         let last_flush = Duration::from_millis(self.last_flush_ms.load(Ordering::Relaxed));
         let lag = self.started.elapsed().saturating_sub(last_flush);
         self.flush_lag.set(lag.as_secs_f64());
+        let until = Duration::from_millis(self.change_feed_until_ms.load(Ordering::Relaxed));
+        self.change_feed_up.set(i64::from(self.started.elapsed() < until));
         let mut out = String::new();
         text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

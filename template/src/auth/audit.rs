@@ -22,7 +22,14 @@ type Source = (Option<IpAddr>, AuthError);
 
 #[derive(Debug, Default)]
 pub struct FailureAudit {
-    tallies: Mutex<HashMap<Source, Tally>>,
+    tallies: Mutex<Tallies>,
+}
+
+#[derive(Debug, Default)]
+struct Tallies {
+    by_source: HashMap<Source, Tally>,
+    /// When the oldest tally's window ends, so that a full map is swept only when that can help.
+    first_end: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -47,54 +54,71 @@ impl FailureAudit {
         }
     }
 
-    /// Counts a failure at `now`; whether to log it one by one.
+    /// Counts a failure at `now`; whether to log it one by one. Closing lines are written after
+    /// the lock is let go.
     fn tally(&self, client: Option<IpAddr>, err: AuthError, now: Instant) -> bool {
-        let mut tallies = self.lock();
-        let mut source = (client, err);
-        if tallies.len() >= CAPACITY && !tallies.contains_key(&source) {
-            close(&mut tallies, |tally| now - tally.started >= WINDOW);
-            if tallies.len() >= CAPACITY {
-                source = (None, err);
+        let mut closed = Vec::new();
+        let in_full = {
+            let mut tallies = self.lock();
+            let mut source = (client, err);
+            if tallies.by_source.len() >= CAPACITY && !tallies.by_source.contains_key(&source) {
+                if tallies.first_end.is_some_and(|end| end <= now) {
+                    closed = tallies.close(|tally| now - tally.started >= WINDOW);
+                }
+                if tallies.by_source.len() >= CAPACITY {
+                    source = (None, err);
+                }
             }
-        }
-        let tally = tallies.entry(source).or_insert(Tally { started: now, logged: 0, counted: 0 });
-        if now - tally.started >= WINDOW {
-            report(source, *tally);
-            *tally = Tally { started: now, logged: 0, counted: 0 };
-        }
-        if tally.logged < IN_FULL {
-            tally.logged += 1;
-            true
-        } else {
-            tally.counted += 1;
-            false
-        }
+            let fresh = Tally { started: now, logged: 0, counted: 0 };
+            let tally = tallies.by_source.entry(source).or_insert(fresh);
+            if now - tally.started >= WINDOW {
+                closed.push((source, *tally));
+                *tally = fresh;
+            }
+            let in_full = tally.logged < IN_FULL;
+            if in_full {
+                tally.logged += 1;
+            } else {
+                tally.counted += 1;
+            }
+            tallies.first_end.get_or_insert(now + WINDOW);
+            in_full
+        };
+        closed.into_iter().for_each(report);
+        in_full
     }
 
     /// Writes the closing line of every tally whose window has ended, or of all of them (at
     /// shutdown), and forgets them.
     pub fn close_ended(&self, all: bool) {
         let now = Instant::now();
-        close(&mut self.lock(), |tally| all || now - tally.started >= WINDOW);
+        let closed = self.lock().close(|tally| all || now - tally.started >= WINDOW);
+        closed.into_iter().for_each(report);
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Source, Tally>> {
+    fn lock(&self) -> MutexGuard<'_, Tallies> {
         self.tallies.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-fn close(tallies: &mut HashMap<Source, Tally>, ended: impl Fn(&Tally) -> bool) {
-    tallies.retain(|source, tally| {
-        if !ended(tally) {
-            return true;
-        }
-        report(*source, *tally);
-        false
-    });
+impl Tallies {
+    /// Takes out the tallies that `ended` says are over.
+    fn close(&mut self, ended: impl Fn(&Tally) -> bool) -> Vec<(Source, Tally)> {
+        let mut closed = Vec::new();
+        self.by_source.retain(|source, tally| {
+            let keep = !ended(tally);
+            if !keep {
+                closed.push((*source, *tally));
+            }
+            keep
+        });
+        self.first_end = self.by_source.values().map(|tally| tally.started + WINDOW).min();
+        closed
+    }
 }
 
 /// The closing line of a tally, when some of its failures were only counted.
-fn report((client, err): Source, tally: Tally) {
+fn report(((client, err), tally): (Source, Tally)) {
     if tally.counted > 0 {
         tracing::info!(
             target: "audit",
@@ -120,9 +144,9 @@ mod tests {
         assert_eq!(first, [true, true, true, false, false]);
         assert!(audit.tally(client, AuthError::Expired, start), "each outcome has its own tally");
         assert!(audit.tally(None, AuthError::Invalid, start), "and each address");
-        assert_eq!(audit.lock()[&(client, AuthError::Invalid)].counted, 2);
+        assert_eq!(audit.lock().by_source[&(client, AuthError::Invalid)].counted, 2);
         assert!(logged(WINDOW), "a new window logs again");
-        assert_eq!(audit.lock()[&(client, AuthError::Invalid)].counted, 0);
+        assert_eq!(audit.lock().by_source[&(client, AuthError::Invalid)].counted, 0);
     }
 
     #[test]
@@ -132,7 +156,8 @@ mod tests {
         for n in 0..CAPACITY as u32 + 10 {
             audit.tally(Some(IpAddr::from(n.to_be_bytes())), AuthError::Invalid, now);
         }
-        let tallies = audit.lock();
+        let guard = audit.lock();
+        let tallies = &guard.by_source;
         assert_eq!(tallies.len(), CAPACITY + 1);
         assert_eq!(tallies[&(None, AuthError::Invalid)].logged, IN_FULL);
         assert_eq!(tallies[&(None, AuthError::Invalid)].counted, 7);

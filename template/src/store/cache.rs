@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::feed::{ChangeFeed, Heard, SILENCE};
+use super::feed::{ChangeFeed, Heard, SILENCE, plausible_id};
 use super::quota::Leases;
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
 use crate::metrics::metrics;
@@ -50,8 +50,9 @@ const LOCAL_CAPACITY: usize = 100_000;
 /// an entry is trusted depends on the feed, and is checked here, on read.
 struct LocalCache {
     entries: quick_cache::sync::Cache<String, (Instant, Arc<ApiKeyRecord>)>,
-    /// How long an entry is trusted while the feed is followed, and while it is not.
+    /// How long an entry is trusted while the feed is followed.
     lifetime: Duration,
+    /// How long an entry is trusted while the feed is not followed.
     ttl: Duration,
     /// When the feed was last heard from, in milliseconds after `started`, plus one; 0 while it is
     /// not followed.
@@ -86,10 +87,10 @@ impl LocalCache {
         heard != 0 && (since_start + 1).saturating_sub(heard) < SILENCE.as_millis() as u64
     }
 
-    /// The feed works as of now.
-    fn heard(&self) {
-        let since_start = self.started.elapsed().as_millis() as u64;
-        self.heard.store(since_start + 1, Ordering::Relaxed);
+    /// The feed has brought every change announced before `sent`.
+    fn heard(&self, sent: Instant) {
+        let since_start = sent.saturating_duration_since(self.started).as_millis() as u64;
+        self.heard.fetch_max(since_start + 1, Ordering::Relaxed);
     }
 
     /// The feed was lost: trust copies only for the short TTL from now on.
@@ -130,6 +131,9 @@ pub struct CachedBackend {
     caches: Arc<Caches>,
     /// The task following the primary's change feed, started by the first lookup.
     follower: OnceLock<Option<AbortHandle>>,
+    /// The runtime the backend was made on, where the follower runs: not a server worker's, which
+    /// ends when the worker does.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The caches, shared with the task that follows the change feed.
@@ -156,7 +160,8 @@ impl CachedBackend {
             #[cfg(feature = "redis")]
             unfenced: Arc::default(),
         };
-        Self { primary, caches: Arc::new(caches), follower: OnceLock::new() }
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Self { primary, caches: Arc::new(caches), follower: OnceLock::new(), runtime }
     }
 
     /// Sets how long in-process entries are trusted: for `lifetime` at most, and for `ttl` only while
@@ -183,14 +188,13 @@ impl CachedBackend {
         self.caches.local.as_ref().is_some_and(|local| local.following(Instant::now()))
     }
 
-    /// Starts following the primary's change feed, once, if it has one, on the current runtime;
-    /// the first lookup does it otherwise. Call it at start-up, outside the server's workers, so
-    /// that the follower does not stop with one of them.
-    pub fn follow_changes(&self) {
+    /// Starts following the primary's change feed, once, if it has one.
+    fn follow_changes(&self) {
         self.follower.get_or_init(|| {
             let feed = self.primary.feed()?;
             self.caches.local.as_ref()?;
-            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let runtime =
+                self.runtime.clone().or_else(|| tokio::runtime::Handle::try_current().ok())?;
             Some(runtime.spawn(follow(feed, self.caches.clone())).abort_handle())
         });
     }
@@ -211,18 +215,23 @@ impl Caches {
         }
     }
 
-    /// Brings the caches in line with the primary after a mutation of `id`: Redis first, then the
-    /// in-process cache, so a lookup that read the old entry from Redis before the fence is still
-    /// caught by the invalidation (see [`LocalCache::insert`]).
+    /// Brings the caches in line with the primary after a change to `id`: the in-process copy and
+    /// the quota uses in hand go at once, then the Redis entry is fenced off, and the in-process
+    /// copy goes again, in case a lookup read the old Redis entry before the fence (see
+    /// [`LocalCache::insert`]).
     async fn refresh(&self, id: &str) {
+        let invalidate = || {
+            if let Some(local) = &self.local {
+                local.invalidate(id);
+            }
+        };
+        invalidate();
+        self.leases.forget(id);
         #[cfg(feature = "redis")]
         if let Some(shared) = &self.shared {
             self.fence(shared, id).await;
+            invalidate();
         }
-        if let Some(local) = &self.local {
-            local.invalidate(id);
-        }
-        self.leases.forget(id);
     }
 
     /// Fences off the Redis entry of `id`; if Redis cannot be reached, keeps trying in the
@@ -247,7 +256,7 @@ impl Caches {
             while Instant::now() < give_up {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 if shared.fence(&id).await.is_ok() {
-                    tracing::info!(key_id = %id, "Redis cache entry fenced off after the outage");
+                    tracing::info!(key_id = ?id, "Redis cache entry fenced off after the outage");
                     break;
                 }
             }
@@ -268,11 +277,13 @@ impl Caches {
         match heard {
             // What was cached before may have missed changes while the feed was not followed.
             Heard::Listening => local.clear(),
-            Heard::Alive => {}
-            Heard::Changed(id) => self.refresh(&id).await,
+            Heard::Alive(sent) => {
+                local.heard(sent);
+                metrics().change_feed_heard(sent + SILENCE);
+            }
+            Heard::Changed(id) if plausible_id(&id) => self.refresh(&id).await,
+            Heard::Changed(_) => {}
         }
-        local.heard();
-        metrics().change_feed(true);
     }
 }
 
@@ -284,28 +295,30 @@ impl Drop for CachedBackend {
     }
 }
 
-/// Follows `feed` for as long as the caches exist, following it again whenever it fails.
+/// Follows `feed` for as long as the caches exist, following it again whenever it fails: at once
+/// after a feed that worked a while, then backing off to every two seconds.
 async fn follow(feed: Arc<dyn ChangeFeed>, caches: Arc<Caches>) {
     let mut pause = Duration::from_millis(50);
     loop {
         let (heard, mut hearing) = mpsc::channel(256);
+        let started = Instant::now();
         let following = feed.follow(heard);
         tokio::pin!(following);
         let ended = loop {
             tokio::select! {
                 ended = &mut following => break ended,
-                Some(heard) = hearing.recv() => {
-                    caches.hear(heard).await;
-                    pause = Duration::from_millis(50);
-                }
+                Some(heard) = hearing.recv() => caches.hear(heard).await,
             }
         };
         if let Some(local) = &caches.local {
             local.lost();
         }
-        metrics().change_feed(false);
+        metrics().change_feed_lost();
         if let Err(err) = ended {
             tracing::warn!(error = %err, "lost the change feed; trusting cached keys briefly until it is back");
+        }
+        if started.elapsed() > SILENCE {
+            pause = Duration::from_millis(50);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
@@ -513,11 +526,19 @@ mod tests {
         let id = record.id.clone();
 
         caches.hear(Heard::Listening).await;
+        assert!(!local.following(Instant::now()), "not before a heartbeat came back");
+        caches.hear(Heard::Alive(Instant::now())).await;
         cache(&record);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(local.get(&id).is_some(), "kept past the short TTL while the feed is heard");
         caches.hear(Heard::Changed(id.clone())).await;
         assert!(local.get(&id).is_none(), "dropped when the feed says it changed");
+        cache(&record);
+        caches.hear(Heard::Changed("~not an id\n".into())).await;
+        assert!(local.get(&id).is_some(), "payloads that are no key id are ignored");
+        let long_ago = Instant::now() - 2 * SILENCE;
+        caches.hear(Heard::Alive(long_ago)).await;
+        assert!(local.following(Instant::now()), "a late heartbeat never moves the stamp back");
 
         cache(&record);
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -527,7 +548,6 @@ mod tests {
         assert!(local.get(&id).is_some(), "fresh copies are still served without the feed");
         caches.hear(Heard::Listening).await;
         assert!(local.get(&id).is_none(), "following again drops what was cached meanwhile");
-        assert!(local.following(Instant::now()));
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use tokio::sync::mpsc::Sender;
 
-use super::feed::{ChangeFeed, HEARTBEAT, Heard, tell};
+use super::feed::{ChangeFeed, Heard, follow_with_heartbeats};
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
@@ -54,20 +54,22 @@ struct MemoryFeed(broadcast::Sender<String>);
 #[async_trait]
 impl ChangeFeed for MemoryFeed {
     async fn follow(&self, heard: Sender<Heard>) -> Result<(), StoreError> {
-        let mut changes = self.0.subscribe();
-        let mut beats = tokio::time::interval(HEARTBEAT);
-        let mut next = Heard::Listening;
-        while tell(&heard, next).await {
-            next = tokio::select! {
-                _ = beats.tick() => Heard::Alive,
-                changed = changes.recv() => match changed {
-                    Ok(id) => Heard::Changed(id),
-                    // Lagged behind: changes were missed, so follow afresh.
-                    Err(err) => return Err(StoreError::Unavailable(format!("change feed: {err}"))),
-                },
-            };
-        }
-        Ok(())
+        let mut changes = (self.0.clone(), self.0.subscribe());
+        follow_with_heartbeats(
+            &mut changes,
+            &heard,
+            async |(sender, _), beat| {
+                let _ = sender.send(beat);
+                Ok(())
+            },
+            async |(_, receiver), wait| match tokio::time::timeout(wait, receiver.recv()).await {
+                Err(_) => Ok(None),
+                Ok(Ok(payload)) => Ok(Some(payload)),
+                // Lagged behind: changes were missed, so follow afresh.
+                Ok(Err(err)) => Err(StoreError::Unavailable(format!("change feed: {err}"))),
+            },
+        )
+        .await
     }
 }
 

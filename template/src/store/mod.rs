@@ -202,7 +202,6 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
         }
         None => cached,
     };
-    cached.follow_changes();
     Ok(Arc::new(cached))
 }
 

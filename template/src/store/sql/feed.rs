@@ -2,12 +2,15 @@
 //!
 //! PostgreSQL: every change runs `pg_notify('apikeys_changed', id)` in its own transaction, so the
 //! notification goes out when, and only when, the change commits; each instance `LISTEN`s on a
-//! connection of its own and checks it with `SELECT 1` when it has heard nothing for a heartbeat.
+//! connection of its own and sends its heartbeats through the same channel. (A pooler in
+//! transaction mode, such as PgBouncer's, cannot carry `LISTEN`: the heartbeats then never come
+//! back, and instances trust their copies only briefly.)
 //!
 //! SQLite: instances sharing one database file are processes on one machine, and every change
 //! already writes an `api_key_events` row in its transaction; each instance reads the rows added
-//! since the last one it saw, every [`POLL`]. (Deleting the newest events by hand can hide a
-//! change from this until `KEY_CACHE_LIFETIME_SECONDS` passes.)
+//! since the last one it saw, every [`POLL`], on a connection of its own. Should the log's row
+//! numbers go back (the newest events deleted, or a `VACUUM` after pruning), the feed counts as
+//! lost and is followed afresh.
 
 use std::time::Duration;
 
@@ -19,7 +22,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::unavailable;
 use crate::store::StoreError;
-use crate::store::feed::{ChangeFeed, Heard, tell};
+use crate::store::feed::{ChangeFeed, Heard};
 
 /// The channel PostgreSQL announces changes on.
 pub const CHANNEL: &str = "apikeys_changed";
@@ -64,48 +67,43 @@ impl ChangeFeed for PgFeed {
     async fn follow(&self, heard: Sender<Heard>) -> Result<(), StoreError> {
         use diesel_async::AsyncConnection;
         use futures_util::StreamExt;
+        use tokio::time::timeout;
 
-        use crate::store::feed::{HEARTBEAT, SILENCE};
+        use crate::store::feed::{SILENCE, follow_with_heartbeats};
 
         // Named, so that operators (and the harness) can tell it in `pg_stat_activity`.
         let separator = if self.url.contains('?') { '&' } else { '?' };
         let url = format!("{}{separator}application_name={APPLICATION_NAME}", self.url);
-        let mut conn = tokio::time::timeout(SILENCE, super::PgConnection::establish(&url))
+        let mut conn = timeout(SILENCE, super::PgConnection::establish(&url))
             .await
             .map_err(unavailable)?
             .map_err(unavailable)?;
-        diesel::sql_query(format!("LISTEN {CHANNEL}"))
-            .execute(&mut conn)
+        timeout(SILENCE, diesel::sql_query(format!("LISTEN {CHANNEL}")).execute(&mut conn))
             .await
+            .map_err(unavailable)?
             .map_err(unavailable)?;
-        let mut next = Heard::Listening;
-        while tell(&heard, next).await {
-            let notified = {
+        follow_with_heartbeats(
+            &mut conn,
+            &heard,
+            async |conn, beat| conn.announce(&beat).await.map_err(unavailable),
+            async |conn, wait| {
                 let mut notifications = std::pin::pin!(conn.notifications_stream());
-                tokio::time::timeout(HEARTBEAT, notifications.next()).await
-            };
-            next = match notified {
-                Ok(Some(notification)) => {
-                    Heard::Changed(notification.map_err(unavailable)?.payload)
+                match timeout(wait, notifications.next()).await {
+                    Err(_) => Ok(None),
+                    Ok(None) => Err(StoreError::Unavailable("the connection closed".into())),
+                    Ok(Some(notification)) => {
+                        notification.map(|n| Some(n.payload)).map_err(unavailable)
+                    }
                 }
-                Ok(None) => return Err(StoreError::Unavailable("the connection closed".into())),
-                Err(_) => {
-                    let probe = diesel::sql_query("SELECT 1").execute(&mut conn);
-                    tokio::time::timeout(SILENCE, probe)
-                        .await
-                        .map_err(unavailable)?
-                        .map_err(unavailable)?;
-                    Heard::Alive
-                }
-            };
-        }
-        Ok(())
+            },
+        )
+        .await
     }
 }
 
 #[cfg(feature = "sqlite")]
 pub(super) struct SqliteFeed {
-    pub(super) pool: diesel_async::pooled_connection::deadpool::Pool<super::SqliteConnection>,
+    pub(super) path: String,
 }
 
 #[cfg(feature = "sqlite")]
@@ -121,35 +119,44 @@ struct Seen {
 #[async_trait]
 impl ChangeFeed for SqliteFeed {
     async fn follow(&self, heard: Sender<Heard>) -> Result<(), StoreError> {
+        use diesel::sql_types::BigInt;
+        use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+
+        use crate::store::feed::tell;
+
         let latest = "SELECT COALESCE(MAX(rowid), 0) AS seq, '' AS key_id FROM api_key_events";
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let since = "SELECT rowid AS seq, key_id FROM api_key_events WHERE rowid > ? \
+                     ORDER BY rowid LIMIT 1000";
+        let mut conn = super::SqliteConnection::establish(&self.path).await.map_err(unavailable)?;
+        conn.batch_execute(super::SQLITE_PRAGMAS).await.map_err(unavailable)?;
         let mut last =
             diesel::sql_query(latest).get_result::<Seen>(&mut conn).await.map_err(unavailable)?.seq;
-        drop(conn);
         if !tell(&heard, Heard::Listening).await {
             return Ok(());
         }
         let mut ticks = tokio::time::interval(POLL);
         loop {
             ticks.tick().await;
-            let mut conn = self.pool.get().await.map_err(unavailable)?;
-            let seen: Vec<Seen> = diesel::sql_query(
-                "SELECT rowid AS seq, key_id FROM api_key_events WHERE rowid > ? ORDER BY rowid \
-                 LIMIT 1000",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(last)
-            .load(&mut conn)
-            .await
-            .map_err(unavailable)?;
-            drop(conn);
-            if seen.is_empty() && !tell(&heard, Heard::Alive).await {
-                return Ok(());
+            let polled = std::time::Instant::now();
+            let seen: Vec<Seen> = diesel::sql_query(since)
+                .bind::<BigInt, _>(last)
+                .load(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if seen.is_empty() {
+                let newest = diesel::sql_query(latest).get_result::<Seen>(&mut conn).await;
+                if newest.map_err(unavailable)?.seq < last {
+                    return Err(StoreError::Unavailable("the audit log's rows went back".into()));
+                }
             }
             for change in seen {
                 last = change.seq;
                 if !tell(&heard, Heard::Changed(change.key_id)).await {
                     return Ok(());
                 }
+            }
+            if !tell(&heard, Heard::Alive(polled)).await {
+                return Ok(());
             }
         }
     }

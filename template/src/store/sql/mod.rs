@@ -119,7 +119,7 @@ impl SqlBackend {
                 });
                 let manager = AsyncDieselConnectionManager::new_with_config(path, config);
                 let pool = build_pool(manager)?;
-                let feed = Arc::new(feed::SqliteFeed { pool: pool.clone() });
+                let feed = Arc::new(feed::SqliteFeed { path: path.to_owned() });
                 Self { connections: Connections::Sqlite(pool), feed }
             }
             #[cfg(feature = "postgres")]
