@@ -184,7 +184,6 @@ impl Backend for MemoryBackend {
     async fn use_quota(
         &self,
         id: &str,
-        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
@@ -201,13 +200,12 @@ impl Backend for MemoryBackend {
             remaining = refill.amount;
             key.refilled_at = Some(now);
         }
-        if remaining == 0 {
+        let Some(left) = remaining.checked_sub(1) else {
             key.remaining = Some(0);
             return Ok(QuotaUse::Exhausted);
-        }
-        let taken = want.clamp(1, remaining);
-        key.remaining = Some(remaining - taken);
-        Ok(QuotaUse::Taken { taken, remaining: remaining - taken })
+        };
+        key.remaining = Some(left);
+        Ok(QuotaUse::Taken { remaining: left })
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {

@@ -28,8 +28,10 @@ use crate::store::feed::{ChangeFeed, Heard};
 pub const CHANNEL: &str = "apikeys_changed";
 /// The `application_name` of the connection each instance listens on.
 pub const APPLICATION_NAME: &str = "api-keys-change-feed";
-/// How often SQLite's audit log is read for new changes.
+/// How often SQLite's audit log is read for new changes, and how many rows at most.
 pub const POLL: Duration = Duration::from_millis(25);
+#[cfg(feature = "sqlite")]
+const PAGE: usize = 1000;
 
 /// Announces a changed key inside the change's own transaction.
 pub(super) trait Announce {
@@ -125,8 +127,10 @@ impl ChangeFeed for SqliteFeed {
         use crate::store::feed::tell;
 
         let latest = "SELECT COALESCE(MAX(rowid), 0) AS seq, '' AS key_id FROM api_key_events";
-        let since = "SELECT rowid AS seq, key_id FROM api_key_events WHERE rowid > ? \
-                     ORDER BY rowid LIMIT 1000";
+        let since = format!(
+            "SELECT rowid AS seq, key_id FROM api_key_events WHERE rowid > ? ORDER BY rowid \
+             LIMIT {PAGE}"
+        );
         let mut conn = super::SqliteConnection::establish(&self.path).await.map_err(unavailable)?;
         conn.batch_execute(super::SQLITE_PRAGMAS).await.map_err(unavailable)?;
         let mut last =
@@ -138,7 +142,7 @@ impl ChangeFeed for SqliteFeed {
         loop {
             ticks.tick().await;
             let polled = std::time::Instant::now();
-            let seen: Vec<Seen> = diesel::sql_query(since)
+            let seen: Vec<Seen> = diesel::sql_query(&since)
                 .bind::<BigInt, _>(last)
                 .load(&mut conn)
                 .await
@@ -149,13 +153,15 @@ impl ChangeFeed for SqliteFeed {
                     return Err(StoreError::Unavailable("the audit log's rows went back".into()));
                 }
             }
+            // A full page may leave rows unread: caught up only once a page comes back short.
+            let caught_up = seen.len() < PAGE;
             for change in seen {
                 last = change.seq;
                 if !tell(&heard, Heard::Changed(change.key_id)).await {
                     return Ok(());
                 }
             }
-            if !tell(&heard, Heard::Alive(polled)).await {
+            if caught_up && !tell(&heard, Heard::Alive(polled)).await {
                 return Ok(());
             }
         }
