@@ -7,8 +7,10 @@
 //! Redis cannot be reached, each instance counts on its own (`governor`), asking Redis again after a
 //! second.
 //!
-//! Quotas are taken from the store, one atomic decrement per admitted request
-//! ([`Backend::use_quota`]), so instances never overspend a quota between them.
+//! Quotas are taken from the store, one use per admitted request ([`Backend::use_quota`]); the
+//! store's cache takes them from the database in blocks and hands them out ([`crate::store::quota`]),
+//! so instances never overspend a quota between them, and a busy metered key costs one write per
+//! block.
 //!
 //! A rotated key in its grace period is charged to its replacement, or to the newest key when the
 //! replacement was rotated too: rotating a key never multiplies what it may do.
@@ -213,7 +215,7 @@ impl Allowance {
     ) -> Result<(), Refusal> {
         let now = now();
         let refill_before = refill.map(|refill| refill.interval.period_start(now));
-        match self.store.use_quota(account, refill_before, now).await {
+        match self.store.use_quota(account, 1, refill_before, now).await {
             Ok(QuotaUse::Taken { .. } | QuotaUse::Unlimited) => Ok(()),
             Ok(QuotaUse::Exhausted) => Err(Refusal::UsageExceeded {
                 retry_after: refill

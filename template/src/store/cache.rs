@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::feed::{ChangeFeed, Heard, SILENCE, plausible_id};
+use super::quota::Leases;
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
@@ -138,6 +139,8 @@ pub struct CachedBackend {
 /// The caches, shared with the task that follows the change feed.
 struct Caches {
     local: Option<LocalCache>,
+    /// Quota uses taken from the primary ahead of requests.
+    leases: Leases,
     #[cfg(feature = "redis")]
     shared: Option<super::redis::RedisCache>,
     /// Keys changed while Redis could not fence their entries: read from the primary until it can.
@@ -151,6 +154,7 @@ impl CachedBackend {
     pub fn new(primary: Arc<dyn Backend>) -> Self {
         let caches = Caches {
             local: Some(LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL)),
+            leases: Leases::default(),
             #[cfg(feature = "redis")]
             shared: None,
             #[cfg(feature = "redis")]
@@ -197,6 +201,14 @@ impl CachedBackend {
 }
 
 impl Caches {
+    /// `record` as this instance sees it: the quota uses it holds in hand are not used yet.
+    fn with_uses_in_hand(&self, mut record: ApiKeyRecord) -> ApiKeyRecord {
+        if let Some(remaining) = &mut record.remaining {
+            *remaining += self.leases.in_hand(&record.id);
+        }
+        record
+    }
+
     fn remember(&self, record: &Arc<ApiKeyRecord>, generation: Option<u64>) {
         if let (Some(local), Some(generation)) = (&self.local, generation) {
             local.insert(record, generation);
@@ -218,6 +230,7 @@ impl Caches {
             self.fence(shared, id).await;
             invalidate();
         }
+        self.leases.forget(id);
     }
 
     /// Fences off the Redis entry of `id`; if Redis cannot be reached, keeps trying in the
@@ -325,7 +338,7 @@ impl Backend for CachedBackend {
 
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         metrics().storage_operation("get");
-        self.primary.get(id).await
+        Ok(self.primary.get(id).await?.map(|record| self.caches.with_uses_in_hand(record)))
     }
 
     fn cached(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
@@ -382,7 +395,10 @@ impl Backend for CachedBackend {
 
     async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
         metrics().storage_operation("list");
-        self.primary.list(query).await
+        let mut page = self.primary.list(query).await?;
+        page.items =
+            page.items.into_iter().map(|record| self.caches.with_uses_in_hand(record)).collect();
+        Ok(page)
     }
 
     async fn revoke(
@@ -431,12 +447,12 @@ impl Backend for CachedBackend {
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
-        // Cached entries keep an old `remaining`; the primary's count is the one that decides.
-        metrics().storage_operation("use_quota");
-        self.primary.use_quota(id, refill_before, now).await
+        // Cached entries keep an old `remaining`; blocks taken from the primary decide.
+        self.caches.leases.take(self.primary.as_ref(), id, want, refill_before, now).await
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
@@ -497,6 +513,7 @@ mod tests {
     async fn copies_live_until_they_change_while_the_feed_is_heard_and_briefly_without_it() {
         let caches = Caches {
             local: Some(LocalCache::new(Duration::from_secs(60), Duration::from_millis(40))),
+            leases: Leases::default(),
             #[cfg(feature = "redis")]
             shared: None,
             #[cfg(feature = "redis")]

@@ -34,6 +34,7 @@ pub async fn run(backend: &dyn Backend) {
     updates_only_what_changes(backend).await;
     rotates_once_and_links_both_keys(backend).await;
     takes_quota_atomically(backend).await;
+    takes_quota_in_blocks(backend).await;
     refills_quota_once_per_period(backend).await;
     records_events_with_their_mutations(backend).await;
 }
@@ -295,7 +296,7 @@ pub async fn takes_quota_atomically(backend: &dyn Backend) {
     stored(backend, &key).await;
     let now = Utc::now();
     let uses =
-        futures_util::future::join_all((0..50).map(|_| backend.use_quota(&key.id, None, now)))
+        futures_util::future::join_all((0..50).map(|_| backend.use_quota(&key.id, 1, None, now)))
             .await;
     let taken = uses.iter().filter(|used| matches!(used, Ok(QuotaUse::Taken { .. }))).count();
     let exhausted = uses.iter().filter(|used| matches!(used, Ok(QuotaUse::Exhausted))).count();
@@ -305,9 +306,31 @@ pub async fn takes_quota_atomically(backend: &dyn Backend) {
     let unlimited = sample(&fresh_owner(), Utc::now());
     stored(backend, &unlimited).await;
     assert_eq!(
-        backend.use_quota(&unlimited.id, None, now).await.expect("use"),
+        backend.use_quota(&unlimited.id, 1, None, now).await.expect("use"),
         QuotaUse::Unlimited
     );
+}
+
+pub async fn takes_quota_in_blocks(backend: &dyn Backend) {
+    let mut key = sample(&fresh_owner(), Utc::now());
+    key.remaining = Some(7);
+    stored(backend, &key).await;
+    let now = Utc::now();
+    let take = async || backend.use_quota(&key.id, 5, None, now).await.expect("use");
+    assert_eq!(
+        take().await,
+        QuotaUse::Taken { taken: 5, remaining: 2 },
+        "a block, when there is one"
+    );
+    let mut left = 2;
+    while left > 0 {
+        let QuotaUse::Taken { taken, remaining } = take().await else {
+            panic!("{left} uses are left");
+        };
+        assert!((1..=left).contains(&taken) && remaining == left - taken, "{taken} of {left}");
+        left = remaining;
+    }
+    assert_eq!(take().await, QuotaUse::Exhausted);
 }
 
 pub async fn refills_quota_once_per_period(backend: &dyn Backend) {
@@ -319,20 +342,20 @@ pub async fn refills_quota_once_per_period(backend: &dyn Backend) {
     stored(backend, &key).await;
     let period = RefillInterval::Daily.period_start(now);
     assert_eq!(
-        backend.use_quota(&key.id, Some(period), now).await.expect("use"),
-        QuotaUse::Taken { remaining: 2 },
+        backend.use_quota(&key.id, 1, Some(period), now).await.expect("use"),
+        QuotaUse::Taken { taken: 1, remaining: 2 },
         "a new period refills, then takes one"
     );
     assert_eq!(reread(backend, &key.id).await.refilled_at, Some(now));
     for left in [1, 0] {
         assert_eq!(
-            backend.use_quota(&key.id, Some(period), now).await.expect("use"),
-            QuotaUse::Taken { remaining: left },
+            backend.use_quota(&key.id, 1, Some(period), now).await.expect("use"),
+            QuotaUse::Taken { taken: 1, remaining: left },
             "the same period does not refill again"
         );
     }
     assert_eq!(
-        backend.use_quota(&key.id, Some(period), now).await.expect("use"),
+        backend.use_quota(&key.id, 1, Some(period), now).await.expect("use"),
         QuotaUse::Exhausted
     );
 }

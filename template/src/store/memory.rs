@@ -184,6 +184,7 @@ impl Backend for MemoryBackend {
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
@@ -200,12 +201,13 @@ impl Backend for MemoryBackend {
             remaining = refill.amount;
             key.refilled_at = Some(now);
         }
-        let Some(left) = remaining.checked_sub(1) else {
+        if remaining == 0 {
             key.remaining = Some(0);
             return Ok(QuotaUse::Exhausted);
-        };
-        key.remaining = Some(left);
-        Ok(QuotaUse::Taken { remaining: left })
+        }
+        let taken = want.clamp(1, remaining);
+        key.remaining = Some(remaining - taken);
+        Ok(QuotaUse::Taken { taken, remaining: remaining - taken })
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod conformance;
 pub mod feed;
 pub mod memory;
+pub mod quota;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -32,8 +33,8 @@ compile_error!("enable at least one of the `sqlite`, `postgres` and `redis` feat
 /// What [`Backend::use_quota`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaUse {
-    /// One use taken; this many are left.
-    Taken { remaining: u64 },
+    /// `taken` uses taken (at least one, at most the number asked for); this many are left.
+    Taken { taken: u64, remaining: u64 },
     /// None left: the request must be refused.
     Exhausted,
     /// The key has no quota (or no longer exists): nothing to take.
@@ -140,12 +141,13 @@ pub trait Backend: Send + Sync + 'static {
         events: &[KeyEvent],
     ) -> Result<bool, StoreError>;
 
-    /// Takes one use from a key's quota, atomically: concurrent callers never take more than there
-    /// is. With `refill_before`, a quota last filled before that time is filled to its refill amount
-    /// first (at `now`).
+    /// Takes up to `want` uses (at least one) from a key's quota, atomically: concurrent callers
+    /// never take more than there is. With `refill_before`, a quota last filled before that time is
+    /// filled to its refill amount first (at `now`).
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError>;

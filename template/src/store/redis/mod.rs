@@ -135,12 +135,13 @@ return 1
 "
 );
 
-/// Uses left after taking one; `-1` for no quota, `-2` for none left.
+/// Takes up to `ARGV[3]` uses: the uses taken and those left; `-1` taken for no quota, `0` for none
+/// left.
 static USE_QUOTA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local left = redis.call('HGET', KEYS[1], 'remaining')
-if not left then return -1 end
+if not left then return {-1, 0} end
 left = tonumber(left)
 if ARGV[1] ~= '' then
   local at = redis.call('HGET', KEYS[1], 'refilled_at')
@@ -154,10 +155,11 @@ if ARGV[1] ~= '' then
 end
 if left <= 0 then
   redis.call('HSET', KEYS[1], 'remaining', 0)
-  return -2
+  return {0, 0}
 end
-redis.call('HSET', KEYS[1], 'remaining', left - 1)
-return left - 1
+local taken = math.min(left, math.max(1, tonumber(ARGV[3])))
+redis.call('HSET', KEYS[1], 'remaining', left - taken)
+return {taken, left - taken}
 ",
     )
 });
@@ -485,15 +487,18 @@ impl Backend for RedisBackend {
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
         let mut invocation = USE_QUOTA.key(key_of(id));
-        invocation.arg(micros_or_empty(refill_before)).arg(micros(now));
-        Ok(match self.invoke(&invocation).await? {
-            -1 => QuotaUse::Unlimited,
-            -2 => QuotaUse::Exhausted,
-            left => QuotaUse::Taken { remaining: u64::try_from(left).unwrap_or(0) },
+        invocation.arg(micros_or_empty(refill_before)).arg(micros(now)).arg(want);
+        let (taken, left): (i64, i64) =
+            invocation.invoke_async(&mut self.connection.clone()).await.map_err(unavailable)?;
+        Ok(match u64::try_from(taken) {
+            Err(_) => QuotaUse::Unlimited,
+            Ok(0) => QuotaUse::Exhausted,
+            Ok(taken) => QuotaUse::Taken { taken, remaining: u64::try_from(left).unwrap_or(0) },
         })
     }
 

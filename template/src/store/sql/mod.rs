@@ -363,20 +363,22 @@ impl Backend for SqlBackend {
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
         use self::schema::api_keys::{refill_amount, refilled_at, remaining};
 
-        let now = now.naive_utc();
-        // One UPDATE: the row lock (PostgreSQL) or the write lock (SQLite) makes concurrent uses
-        // queue, and each re-checks `remaining > 0` after the one before it.
+        let (now, n) = (now.naive_utc(), i64::try_from(want.max(1)).unwrap_or(i64::MAX));
+        // One UPDATE taking `n` if that many are there: the row lock (PostgreSQL) or the write lock
+        // (SQLite) makes concurrent uses queue, and each re-checks `remaining >= n` after the one
+        // before it. With fewer left, the caller's block shrinks to one use at a time.
         let left: Option<Option<i64>> = with_conn!(self, |conn| {
             let quota = api_keys::table.find(id).filter(remaining.is_not_null());
             let taken = match refill_before {
                 None => {
-                    diesel::update(quota.filter(remaining.gt(0)))
-                        .set(remaining.eq(remaining - 1i64))
+                    diesel::update(quota.filter(remaining.ge(n)))
+                        .set(remaining.eq(remaining - n))
                         .returning(remaining)
                         .get_result(&mut conn)
                         .await
@@ -384,16 +386,16 @@ impl Backend for SqlBackend {
                 Some(before) => {
                     let due = || {
                         refill_amount
-                            .is_not_null()
+                            .ge(n)
                             .and(refilled_at.is_null().or(refilled_at.lt(before.naive_utc())))
                     };
-                    diesel::update(quota.filter(remaining.gt(0).or(due())))
+                    diesel::update(quota.filter(remaining.ge(n).or(due())))
                         .set((
                             remaining.eq(case_when::<_, _, Nullable<BigInt>>(
                                 due(),
-                                refill_amount - 1i64,
+                                refill_amount - n,
                             )
-                            .otherwise(remaining - 1i64)),
+                            .otherwise(remaining - n)),
                             refilled_at.eq(case_when::<_, _, Nullable<Timestamp>>(
                                 due(),
                                 Some(now),
@@ -408,9 +410,11 @@ impl Backend for SqlBackend {
             taken.optional().map_err(query_failed)?
         });
         if let Some(left) = left {
-            return Ok(QuotaUse::Taken {
-                remaining: left.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-            });
+            let left = left.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            return Ok(QuotaUse::Taken { taken: want.max(1), remaining: left });
+        }
+        if want > 1 {
+            return self.use_quota(id, 1, refill_before, now.and_utc()).await;
         }
         Ok(match self.get(id).await? {
             Some(key) if key.remaining.is_some() => QuotaUse::Exhausted,
