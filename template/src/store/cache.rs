@@ -201,14 +201,6 @@ impl CachedBackend {
 }
 
 impl Caches {
-    /// `record` as this instance sees it: the quota uses it holds in hand are not used yet.
-    fn with_uses_in_hand(&self, mut record: ApiKeyRecord) -> ApiKeyRecord {
-        if let Some(remaining) = &mut record.remaining {
-            *remaining += self.leases.in_hand(&record.id);
-        }
-        record
-    }
-
     fn remember(&self, record: &Arc<ApiKeyRecord>, generation: Option<u64>) {
         if let (Some(local), Some(generation)) = (&self.local, generation) {
             local.insert(record, generation);
@@ -275,7 +267,10 @@ impl Caches {
         let Some(local) = &self.local else { return };
         match heard {
             // What was cached before may have missed changes while the feed was not followed.
-            Heard::Listening => local.clear(),
+            Heard::Listening => {
+                local.clear();
+                self.leases.clear();
+            }
             Heard::Alive(sent) => {
                 local.heard(sent);
                 metrics().change_feed_heard(sent + SILENCE);
@@ -312,6 +307,7 @@ async fn follow(feed: Arc<dyn ChangeFeed>, caches: Arc<Caches>) {
         if let Some(local) = &caches.local {
             local.lost();
         }
+        caches.leases.clear();
         metrics().change_feed_lost();
         if let Err(err) = ended {
             tracing::warn!(error = %err, "lost the change feed; trusting cached keys briefly until it is back");
@@ -338,7 +334,11 @@ impl Backend for CachedBackend {
 
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         metrics().storage_operation("get");
-        Ok(self.primary.get(id).await?.map(|record| self.caches.with_uses_in_hand(record)))
+        self.primary.get(id).await
+    }
+
+    fn quota_in_hand(&self, id: &str) -> u64 {
+        self.caches.leases.in_hand(id)
     }
 
     fn cached(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
@@ -395,10 +395,7 @@ impl Backend for CachedBackend {
 
     async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
         metrics().storage_operation("list");
-        let mut page = self.primary.list(query).await?;
-        page.items =
-            page.items.into_iter().map(|record| self.caches.with_uses_in_hand(record)).collect();
-        Ok(page)
+        self.primary.list(query).await
     }
 
     async fn revoke(
@@ -452,7 +449,11 @@ impl Backend for CachedBackend {
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
         // Cached entries keep an old `remaining`; blocks taken from the primary decide.
-        self.caches.leases.take(self.primary.as_ref(), id, want, refill_before, now).await
+        let following = self.following();
+        self.caches
+            .leases
+            .take(self.primary.as_ref(), id, want, refill_before, now, following)
+            .await
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {

@@ -313,24 +313,32 @@ pub async fn takes_quota_atomically(backend: &dyn Backend) {
 
 pub async fn takes_quota_in_blocks(backend: &dyn Backend) {
     let mut key = sample(&fresh_owner(), Utc::now());
-    key.remaining = Some(7);
+    key.remaining = Some(100);
     stored(backend, &key).await;
     let now = Utc::now();
-    let take = async || backend.use_quota(&key.id, 5, None, now).await.expect("use");
-    assert_eq!(
-        take().await,
-        QuotaUse::Taken { taken: 5, remaining: 2 },
-        "a block, when there is one"
-    );
-    let mut left = 2;
+    let take = async |want| backend.use_quota(&key.id, want, None, now).await.expect("use");
+    assert_eq!(take(5).await, QuotaUse::Taken { taken: 5, remaining: 95 }, "16 × 5 are left");
+    assert_eq!(take(10).await, QuotaUse::Taken { taken: 1, remaining: 94 }, "16 × 10 are not");
+    let mut left = 94;
     while left > 0 {
-        let QuotaUse::Taken { taken, remaining } = take().await else {
+        let QuotaUse::Taken { taken, remaining } = take(5).await else {
             panic!("{left} uses are left");
         };
-        assert!((1..=left).contains(&taken) && remaining == left - taken, "{taken} of {left}");
+        assert_eq!(taken, if left >= 80 { 5 } else { 1 }, "{left} left");
+        assert_eq!(remaining, left - taken);
         left = remaining;
     }
-    assert_eq!(take().await, QuotaUse::Exhausted);
+    assert_eq!(take(5).await, QuotaUse::Exhausted);
+
+    // A refill that is due comes first, whatever the block asked for.
+    let mut key = sample(&fresh_owner(), now);
+    key.remaining = Some(50);
+    key.refill = Some(Refill { interval: RefillInterval::Daily, amount: 3 });
+    key.refilled_at = Some(now - Duration::days(1));
+    stored(backend, &key).await;
+    let period = RefillInterval::Daily.period_start(now);
+    let used = backend.use_quota(&key.id, 2, Some(period), now).await.expect("use");
+    assert_eq!(used, QuotaUse::Taken { taken: 1, remaining: 2 }, "refilled to 3, then one taken");
 }
 
 pub async fn refills_quota_once_per_period(backend: &dyn Backend) {

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use tokio::sync::mpsc::Sender;
 
 use super::feed::{ChangeFeed, Heard, follow_with_heartbeats};
-use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
+use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage, block_fits};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[derive(Debug)]
@@ -205,7 +205,7 @@ impl Backend for MemoryBackend {
             key.remaining = Some(0);
             return Ok(QuotaUse::Exhausted);
         }
-        let taken = want.clamp(1, remaining);
+        let taken = if block_fits(want, remaining) { want.max(1) } else { 1 };
         key.remaining = Some(remaining - taken);
         Ok(QuotaUse::Taken { taken, remaining: remaining - taken })
     }

@@ -3,12 +3,14 @@
 //!
 //! Each instance keeps the uses it took in hand and admits requests from them; only when they run
 //! out does it take the next block, atomically, like any other use. So instances together never
-//! admit more than the quota, and when demand exceeds it they admit all of it. A block starts at one
-//! use, doubles while blocks last less than [`BRISK`], halves when one lasts ten times that, and is
-//! never more than [`MAX_BLOCK`] nor more than a sixteenth of what the store had left. What this
-//! costs: an instance that stops (or crashes) loses the uses it held, at most [`MAX_BLOCK`] per key;
-//! a change to a key drops them too, so that a lowered quota binds at once; and the `remaining` the
-//! routes show leaves out what other instances hold.
+//! admit more than the quota. A block starts at one use, doubles while blocks last less than
+//! [`BRISK`], halves when one lasts ten times that, and is never more than [`MAX_BLOCK`]; the store
+//! hands out a block only while sixteen times as many are left (`block_fits`), one use otherwise.
+//!
+//! Blocks are taken only while the instance follows the change feed, which tells it of every change
+//! to the key: a change, a lost feed or a new refill period drops the uses in hand, so that a cut
+//! quota binds every instance as a revocation does. What this costs: the uses dropped, or held by
+//! an instance that stops or crashes, are lost, at most [`MAX_BLOCK`] per key and instance.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,11 +28,17 @@ pub const MAX_BLOCK: u64 = 100;
 pub const BRISK: Duration = Duration::from_millis(100);
 /// How many keys' blocks an instance keeps.
 const CAPACITY: usize = 65_536;
+/// How long an exhausted quota or a failing store is taken at its word.
+const PAUSE: Duration = Duration::from_millis(250);
 
 /// The uses of one key's quota in hand.
 #[derive(Debug, Default)]
 struct Lease {
     left: u64,
+    /// When the store last said none are left, or failed: until [`PAUSE`] later, asking again would
+    /// only queue the key's requests behind another store call.
+    exhausted_at: Option<Instant>,
+    failed_at: Option<Instant>,
     /// The refill period the uses belong to: a new period refills the store and drops them.
     period: Option<DateTime<Utc>>,
     size: u64,
@@ -47,8 +55,9 @@ impl Lease {
             Some(lasted) if lasted > BRISK * 10 => self.size / 2,
             Some(_) => self.size,
         };
-        let cap = self.store_left.map_or(MAX_BLOCK, |left| (left / 16).clamp(1, MAX_BLOCK));
-        size.clamp(1, cap)
+        // Asking for more than the store would hand out only gets one use.
+        let fits = self.store_left.map_or(MAX_BLOCK, |left| (left / 16).clamp(1, MAX_BLOCK));
+        size.clamp(1, fits)
     }
 }
 
@@ -65,7 +74,8 @@ impl Default for Leases {
 
 impl Leases {
     /// Takes `want` uses of `id`'s quota from those in hand, first taking a block from `primary`
-    /// when there are too few.
+    /// when there are too few. Without the change feed (`following` false) nothing is held: each
+    /// use goes to the store.
     pub(super) async fn take(
         &self,
         primary: &dyn Backend,
@@ -73,27 +83,55 @@ impl Leases {
         want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
+        following: bool,
     ) -> Result<QuotaUse, StoreError> {
+        if !following {
+            self.forget(id);
+            metrics().storage_operation("use_quota");
+            return primary.use_quota(id, want, refill_before, now).await;
+        }
         let lease = self.leases.get_or_insert_with(id, || Ok::<_, Infallible>(Arc::default()));
         let lease = lease.unwrap_or_else(|never| match never {});
         let mut lease = lease.lock().await;
         if lease.period != refill_before {
+            // Around midnight, requests on either side may arrive in any order: a block belongs to
+            // the newest period seen, and a request dated before it goes to the store alone.
+            if refill_before < lease.period {
+                drop(lease);
+                metrics().storage_operation("use_quota");
+                return primary.use_quota(id, want, refill_before, now).await;
+            }
             *lease = Lease { period: refill_before, ..Lease::default() };
+        }
+        let recently = |at: Option<Instant>| at.is_some_and(|at| at.elapsed() < PAUSE);
+        if lease.left < want && recently(lease.exhausted_at) {
+            return Ok(QuotaUse::Exhausted);
+        }
+        if lease.left < want && recently(lease.failed_at) {
+            return Err(StoreError::Unavailable("the quota store failed a moment ago".into()));
         }
         if lease.left < want {
             let size = lease.next_size().max(want);
             metrics().storage_operation("use_quota");
-            match primary.use_quota(id, size, refill_before, now).await? {
-                QuotaUse::Taken { taken, remaining } => {
+            match primary.use_quota(id, size, refill_before, now).await {
+                Ok(QuotaUse::Taken { taken, remaining }) => {
                     lease.left += taken;
                     (lease.size, lease.store_left) = (size, Some(remaining));
                     lease.taken_at = Some(Instant::now());
                 }
-                QuotaUse::Exhausted if lease.left == 0 => return Ok(QuotaUse::Exhausted),
-                QuotaUse::Exhausted => {}
-                QuotaUse::Unlimited => {
+                Ok(QuotaUse::Exhausted) => {
+                    lease.exhausted_at = Some(Instant::now());
+                    if lease.left == 0 {
+                        return Ok(QuotaUse::Exhausted);
+                    }
+                }
+                Ok(QuotaUse::Unlimited) => {
                     *lease = Lease::default();
                     return Ok(QuotaUse::Unlimited);
+                }
+                Err(err) => {
+                    lease.failed_at = Some(Instant::now());
+                    return Err(err);
                 }
             }
         }
@@ -113,6 +151,11 @@ impl Leases {
     pub(super) fn forget(&self, id: &str) {
         self.leases.remove(id);
     }
+
+    /// Drops every use in hand: the change feed was lost, or followed again after a loss.
+    pub(super) fn clear(&self) {
+        self.leases.clear();
+    }
 }
 
 #[cfg(test)]
@@ -130,7 +173,7 @@ mod tests {
         let leases = Leases::default();
         let mut admitted = 0;
         while let QuotaUse::Taken { .. } =
-            leases.take(&store, &key.id, 1, None, Utc::now()).await.unwrap()
+            leases.take(&store, &key.id, 1, None, Utc::now(), true).await.unwrap()
         {
             admitted += 1;
         }
@@ -142,7 +185,7 @@ mod tests {
         key.remaining = Some(1000);
         store.insert(&key, &event(&key.id)).await.unwrap();
         for _ in 0..100 {
-            leases.take(&store, &key.id, 1, None, Utc::now()).await.unwrap();
+            leases.take(&store, &key.id, 1, None, Utc::now(), true).await.unwrap();
         }
         let left = store.get(&key.id).await.unwrap().unwrap().remaining.unwrap();
         let in_hand = leases.in_hand(&key.id);

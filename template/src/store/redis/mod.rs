@@ -135,8 +135,8 @@ return 1
 "
 );
 
-/// Takes up to `ARGV[3]` uses: the uses taken and those left; `-1` taken for no quota, `0` for none
-/// left.
+/// Takes `ARGV[3]` uses if sixteen times as many are left, else one (as `block_fits`): the uses
+/// taken and those left; `-1` taken for no quota, `0` for none left.
 static USE_QUOTA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -157,7 +157,9 @@ if left <= 0 then
   redis.call('HSET', KEYS[1], 'remaining', 0)
   return {0, 0}
 end
-local taken = math.min(left, math.max(1, tonumber(ARGV[3])))
+local want = tonumber(ARGV[3])
+local taken = 1
+if want > 1 and left >= 16 * want then taken = want end
 redis.call('HSET', KEYS[1], 'remaining', left - taken)
 return {taken, left - taken}
 ",

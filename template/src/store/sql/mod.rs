@@ -370,14 +370,16 @@ impl Backend for SqlBackend {
         use self::schema::api_keys::{refill_amount, refilled_at, remaining};
 
         let (now, n) = (now.naive_utc(), i64::try_from(want.max(1)).unwrap_or(i64::MAX));
-        // One UPDATE taking `n` if that many are there: the row lock (PostgreSQL) or the write lock
-        // (SQLite) makes concurrent uses queue, and each re-checks `remaining >= n` after the one
-        // before it. With fewer left, the caller's block shrinks to one use at a time.
+        // Enough left for a block of `n`: one use, or sixteen times `n` (see `block_fits`).
+        let enough = if n == 1 { 1 } else { n.saturating_mul(16) };
+        // One UPDATE taking `n` when enough are there: the row lock (PostgreSQL) or the write lock
+        // (SQLite) makes concurrent uses queue, and each re-checks what is left after the one before
+        // it. With too few left, the block shrinks to one use.
         let left: Option<Option<i64>> = with_conn!(self, |conn| {
             let quota = api_keys::table.find(id).filter(remaining.is_not_null());
             let taken = match refill_before {
                 None => {
-                    diesel::update(quota.filter(remaining.ge(n)))
+                    diesel::update(quota.filter(remaining.ge(enough)))
                         .set(remaining.eq(remaining - n))
                         .returning(remaining)
                         .get_result(&mut conn)
@@ -386,10 +388,14 @@ impl Backend for SqlBackend {
                 Some(before) => {
                     let due = || {
                         refill_amount
-                            .ge(n)
+                            .is_not_null()
                             .and(refilled_at.is_null().or(refilled_at.lt(before.naive_utc())))
                     };
-                    diesel::update(quota.filter(remaining.ge(n).or(due())))
+                    // A due refill decides alone: the old period's uses are never taken from.
+                    let takes = due()
+                        .and(refill_amount.ge(enough))
+                        .or(diesel::dsl::not(due()).and(remaining.ge(enough)));
+                    diesel::update(quota.filter(takes))
                         .set((
                             remaining.eq(case_when::<_, _, Nullable<BigInt>>(
                                 due(),
