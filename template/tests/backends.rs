@@ -100,7 +100,9 @@ async fn revocation_reaches_other_instances(
     assert!(!is_revoked(&second, &key.id).await);
     assert!(second.cached(&key.id).is_some(), "the second instance holds a copy");
     meanwhile().await;
-    first.revoke(&key.id, Utc::now(), &conformance::event(&key.id)).await.unwrap();
+    let mut revoked = conformance::event(&key.id);
+    revoked.action = {{crate_name}}::model::EventAction::Revoked;
+    first.revoke(&key.id, Utc::now(), &revoked).await.unwrap();
     let revoked_at = Instant::now();
     assert!(is_revoked(&first, &key.id).await, "at once where it was revoked");
     while !is_revoked(&second, &key.id).await {

@@ -97,7 +97,6 @@ impl Backend for MemoryBackend {
         }
         state.keys.insert(key.id.clone(), key.clone());
         state.events.push(event.clone());
-        self.announce(&key.id);
         Ok(())
     }
 

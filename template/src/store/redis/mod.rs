@@ -54,7 +54,8 @@ pub struct RedisBackend {
 /// A script of `$body` after the functions the scripts share. `put_key` reads its arguments from
 /// `ARGV[from]` on: id, creation score, owner, expiry score, then a count of field/value pairs and
 /// the pairs; it returns the index after them, or `nil` if the id is taken. `add_events` reads (id,
-/// key id, score, JSON) quadruples, and announces each key id on the change feed.
+/// key id, score, JSON, announce) quintuples, and announces the key ids so marked on the change
+/// feed.
 macro_rules! script {
     ($body:literal) => {
         LazyLock::new(|| {
@@ -70,11 +71,11 @@ local function put_key(hash, from)
   return from + 6 + 2 * n
 end
 local function add_events(from)
-  for i = from, #ARGV, 4 do
+  for i = from, #ARGV, 5 do
     redis.call('SET', 'apikeys:event:' .. ARGV[i], ARGV[i + 3])
     redis.call('ZADD', 'apikeys:events', ARGV[i + 2], ARGV[i])
     redis.call('ZADD', 'apikeys:events:key:' .. ARGV[i + 1], ARGV[i + 2], ARGV[i])
-    redis.call('PUBLISH', 'apikeys:changed', ARGV[i + 1])
+    if ARGV[i + 4] ~= '' then redis.call('PUBLISH', 'apikeys:changed', ARGV[i + 1]) end
   end
 end
 local function set_or_clear(hash, field, value)
@@ -258,16 +259,20 @@ fn put_key_args(
     Ok(())
 }
 
+/// The arguments `add_events` reads for `events`; those of key `changed` are announced on the
+/// change feed (a new key is not: nothing can have cached it).
 fn event_args(
     invocation: &mut ScriptInvocation<'_>,
     events: &[KeyEvent],
+    changed: Option<&str>,
 ) -> Result<(), StoreError> {
     for event in events {
         invocation
             .arg(&event.id)
             .arg(&event.key_id)
             .arg(micros(event.at))
-            .arg(serde_json::to_string(event).map_err(corrupt)?);
+            .arg(serde_json::to_string(event).map_err(corrupt)?)
+            .arg(if changed == Some(event.key_id.as_str()) { "1" } else { "" });
     }
     Ok(())
 }
@@ -402,7 +407,7 @@ impl Backend for RedisBackend {
     async fn insert(&self, key: &ApiKeyRecord, event: &KeyEvent) -> Result<(), StoreError> {
         let mut invocation = INSERT.key(key_of(&key.id));
         put_key_args(&mut invocation, key)?;
-        event_args(&mut invocation, std::slice::from_ref(event))?;
+        event_args(&mut invocation, std::slice::from_ref(event), None)?;
         if self.invoke(&invocation).await? == 0 {
             return Err(StoreError::Duplicate);
         }
@@ -430,7 +435,7 @@ impl Backend for RedisBackend {
     ) -> Result<bool, StoreError> {
         let mut invocation = REVOKE.key(key_of(id));
         invocation.arg(micros(at));
-        event_args(&mut invocation, std::slice::from_ref(event))?;
+        event_args(&mut invocation, std::slice::from_ref(event), Some(id))?;
         Ok(self.invoke(&invocation).await? == 1)
     }
 
@@ -459,7 +464,7 @@ impl Backend for RedisBackend {
                         .map_or_else(keep, |n| n.map(|n| n.to_string()).unwrap_or_default()),
                 )
                 .arg(changes.refill.map_or_else(keep, |_| micros_or_empty(record.refilled_at)));
-            event_args(&mut invocation, std::slice::from_ref(event))?;
+            event_args(&mut invocation, std::slice::from_ref(event), Some(id))?;
             match self.invoke(&invocation).await? {
                 1 => return self.get(id).await,
                 0 => return Ok(None),
@@ -479,7 +484,7 @@ impl Backend for RedisBackend {
         let mut invocation = ROTATE.key(key_of(old_id));
         invocation.key(key_of(&new.id)).arg(micros(retires_at));
         put_key_args(&mut invocation, new)?;
-        event_args(&mut invocation, events)?;
+        event_args(&mut invocation, events, Some(old_id))?;
         match self.invoke(&invocation).await? {
             -1 => Err(StoreError::Duplicate),
             rotated => Ok(rotated == 1),

@@ -8,7 +8,8 @@
 //!
 //! SQLite: instances sharing one database file are processes on one machine, and every change
 //! already writes an `api_key_events` row in its transaction; each instance reads the rows added
-//! since the last one it saw, every [`POLL`], on a connection of its own. Should the log's row
+//! since the last one it saw (but creations: nothing can have cached a new key), every [`POLL`],
+//! on a connection of its own. Should the log's row
 //! numbers go back (the newest events deleted, or a `VACUUM` after pruning), the feed counts as
 //! lost and is followed afresh.
 
@@ -115,6 +116,8 @@ struct Seen {
     seq: i64,
     #[diesel(sql_type = Text)]
     key_id: String,
+    #[diesel(sql_type = Text)]
+    action: String,
 }
 
 #[cfg(feature = "sqlite")]
@@ -126,10 +129,11 @@ impl ChangeFeed for SqliteFeed {
 
         use crate::store::feed::tell;
 
-        let latest = "SELECT COALESCE(MAX(rowid), 0) AS seq, '' AS key_id FROM api_key_events";
+        let latest =
+            "SELECT COALESCE(MAX(rowid), 0) AS seq, '' AS key_id, '' AS action FROM api_key_events";
         let since = format!(
-            "SELECT rowid AS seq, key_id FROM api_key_events WHERE rowid > ? ORDER BY rowid \
-             LIMIT {PAGE}"
+            "SELECT rowid AS seq, key_id, action FROM api_key_events WHERE rowid > ? \
+             ORDER BY rowid LIMIT {PAGE}"
         );
         let mut conn = super::SqliteConnection::establish(&self.path).await.map_err(unavailable)?;
         conn.batch_execute(super::SQLITE_PRAGMAS).await.map_err(unavailable)?;
@@ -157,7 +161,8 @@ impl ChangeFeed for SqliteFeed {
             let caught_up = seen.len() < PAGE;
             for change in seen {
                 last = change.seq;
-                if !tell(&heard, Heard::Changed(change.key_id)).await {
+                if change.action != "created" && !tell(&heard, Heard::Changed(change.key_id)).await
+                {
                     return Ok(());
                 }
             }

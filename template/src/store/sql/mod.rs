@@ -39,10 +39,11 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqli
 #[cfg(feature = "postgres")]
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// Per-connection SQLite settings: concurrent readers (WAL), waiting on locks instead of failing at once.
+/// Per-connection SQLite settings: waiting on locks instead of failing at once (first, since
+/// switching to WAL takes a lock another connection may hold), concurrent readers (WAL).
 #[cfg(feature = "sqlite")]
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                              PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 const POOL_SIZE: usize = 8;
 
