@@ -44,7 +44,8 @@ use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_millis(500);
 /// The longest an in-process copy is kept, feed or not, unless configured otherwise.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
-const LOCAL_CAPACITY: usize = 100_000;
+/// quick_cache allocates as entries come, so only keys in use take memory.
+const LOCAL_CAPACITY: usize = 1_000_000;
 
 /// The in-process cache: each record with when it was read. quick_cache evicts by capacity; how long
 /// an entry is trusted depends on the feed, and is checked here, on read.

@@ -22,14 +22,40 @@ use tokio::sync::Mutex;
 use super::{Backend, QuotaUse, StoreError};
 use crate::metrics::metrics;
 
-/// The most uses of one key an instance holds in hand.
-pub const MAX_BLOCK: u64 = 100;
+/// The largest block: the most uses of one key an instance holds in hand.
+pub const MAX_BLOCK: u64 = 1000;
 /// A block used up within this makes the next one twice as large.
 pub const BRISK: Duration = Duration::from_millis(100);
 /// How many keys' blocks an instance keeps.
 const CAPACITY: usize = 65_536;
 /// How long an exhausted quota or a failing store is taken at its word.
 const PAUSE: Duration = Duration::from_millis(250);
+
+/// How large the next block of a key is: one use at first, twice the last while blocks last less
+/// than [`BRISK`], half when one lasts ten times that.
+#[derive(Debug, Default)]
+pub(crate) struct Pace {
+    size: u64,
+    taken_at: Option<Instant>,
+}
+
+impl Pace {
+    /// The next block's size, at most `fits` (and [`MAX_BLOCK`]).
+    pub(crate) fn next(&self, fits: u64) -> u64 {
+        let size = match self.taken_at.map(|at| at.elapsed()) {
+            None => 1,
+            Some(lasted) if lasted < BRISK => self.size * 2,
+            Some(lasted) if lasted > BRISK * 10 => self.size / 2,
+            Some(_) => self.size,
+        };
+        size.clamp(1, fits.clamp(1, MAX_BLOCK))
+    }
+
+    /// A block of `size` was taken just now.
+    pub(crate) fn took(&mut self, size: u64) {
+        (self.size, self.taken_at) = (size, Some(Instant::now()));
+    }
+}
 
 /// The uses of one key's quota in hand.
 #[derive(Debug, Default)]
@@ -41,23 +67,15 @@ struct Lease {
     failed_at: Option<Instant>,
     /// The refill period the uses belong to: a new period refills the store and drops them.
     period: Option<DateTime<Utc>>,
-    size: u64,
-    taken_at: Option<Instant>,
+    pace: Pace,
     /// What the store had left after the last block, once known.
     store_left: Option<u64>,
 }
 
 impl Lease {
     fn next_size(&self) -> u64 {
-        let size = match self.taken_at.map(|at| at.elapsed()) {
-            None => 1,
-            Some(lasted) if lasted < BRISK => self.size * 2,
-            Some(lasted) if lasted > BRISK * 10 => self.size / 2,
-            Some(_) => self.size,
-        };
         // Asking for more than the store would hand out only gets one use.
-        let fits = self.store_left.map_or(MAX_BLOCK, |left| (left / 16).clamp(1, MAX_BLOCK));
-        size.clamp(1, fits)
+        self.pace.next(self.store_left.map_or(MAX_BLOCK, |left| left / 16))
     }
 }
 
@@ -116,8 +134,8 @@ impl Leases {
             match primary.use_quota(id, size, refill_before, now).await {
                 Ok(QuotaUse::Taken { taken, remaining }) => {
                     lease.left += taken;
-                    (lease.size, lease.store_left) = (size, Some(remaining));
-                    lease.taken_at = Some(Instant::now());
+                    lease.store_left = Some(remaining);
+                    lease.pace.took(size);
                 }
                 Ok(QuotaUse::Exhausted) => {
                     lease.exhausted_at = Some(Instant::now());
