@@ -6,8 +6,8 @@
 //! instance shares one count per key, kept by a Lua script on Redis's clock; otherwise, or while
 //! Redis cannot be reached, each instance counts on its own (`governor`), asking Redis again after a
 //! second. A busy key takes its requests from the shared count in blocks, sized as quota blocks are
-//! ([`Pace`](crate::store::quota::Pace)) but never more than a sixteenth of the burst, and held for at most a second; a refusal
-//! is believed until the wait it names is over.
+//! ([`Pace`](crate::store::quota::Pace)) but at most a sixteenth of the burst, and held for a
+//! second at most; a refusal is believed until the wait it names is over.
 //!
 //! Quotas are taken from the store, one use per admitted request ([`Backend::use_quota`]); the
 //! store's cache takes them from the database in blocks and hands them out ([`crate::store::quota`]),
@@ -30,10 +30,12 @@ use super::{ApiKey, AuthError};
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, RateLimit, Refill, now};
 #[cfg(feature = "redis")]
-use crate::store::quota::Pace;
+use crate::store::quota::{Pace, entry};
 #[cfg(feature = "redis")]
 use crate::store::redis::breaker::{Breaker, CacheError};
 use crate::store::{Backend, QuotaUse};
+#[cfg(feature = "redis")]
+use tokio::sync::Mutex;
 
 /// How many keys' rate-limit states an instance keeps.
 const CAPACITY: usize = 65_536;
@@ -103,7 +105,7 @@ pub struct Allowance {
 struct Shared {
     connection: redis::aio::ConnectionManager,
     breaker: Breaker,
-    blocks: quick_cache::sync::Cache<(String, RateLimit), Arc<tokio::sync::Mutex<Block>>>,
+    blocks: quick_cache::sync::Cache<(String, RateLimit), Arc<Mutex<Block>>>,
 }
 
 /// The requests of one key taken from its shared rate limit and not used yet.
@@ -112,8 +114,9 @@ struct Shared {
 struct Block {
     left: u32,
     pace: Pace,
-    /// What Redis answered for the last block, and when: the headers start from it.
-    answer: Option<(std::time::Instant, Result<LimitState, Refusal>)>,
+    /// What Redis answered when the block was taken: the standing the headers start from, or the
+    /// standing and the wait of a refusal.
+    answer: Option<Result<LimitState, (LimitState, Duration)>>,
 }
 
 impl Allowance {
@@ -303,27 +306,24 @@ impl Shared {
         account: &str,
         limit: RateLimit,
     ) -> Result<Result<LimitState, Refusal>, CacheError> {
-        let block = self.blocks.get_or_insert_with(&(account.to_owned(), limit), || {
-            Ok::<_, std::convert::Infallible>(Arc::default())
-        });
-        let block = block.unwrap_or_else(|never| match never {});
+        let block = entry(&self.blocks, &(account.to_owned(), limit), Mutex::default);
         let mut block = block.lock().await;
-        let standing =
-            |(at, answer): &(std::time::Instant, Result<LimitState, Refusal>)| match answer {
-                Ok(_) => block.left > 0 && at.elapsed() < HOLD,
-                Err(refusal) => at.elapsed() < refusal.retry_after().unwrap_or_default(),
-            };
-        let (at, answer) = match block.answer.filter(standing) {
+        let age = block.pace.age().unwrap_or(Duration::MAX);
+        let standing = |answer: &Result<LimitState, (LimitState, Duration)>| match answer {
+            Ok(_) => block.left > 0 && age < HOLD,
+            Err((_, wait)) => age < *wait,
+        };
+        let answer = match block.answer.filter(standing) {
             Some(answer) => answer,
             None => {
                 let want = block.pace.next(u64::from(limit.requests / 16));
                 let (taken, answer) = self.breaker.call(self.take(account, limit, want)).await?;
                 block.left = taken;
-                block.pace.took(want);
-                *block.answer.insert((std::time::Instant::now(), answer))
+                block.pace.took(u64::from(taken));
+                *block.answer.insert(answer)
             }
         };
-        let since = at.elapsed();
+        let since = block.pace.age().unwrap_or_default();
         Ok(match answer {
             Ok(state) => {
                 block.left -= 1;
@@ -333,11 +333,10 @@ impl Shared {
                     reset: state.reset.saturating_sub(since),
                 })
             }
-            Err(Refusal::RateLimited { state, retry_after }) => Err(Refusal::RateLimited {
+            Err((state, retry_after)) => Err(Refusal::RateLimited {
                 state: LimitState { reset: state.reset.saturating_sub(since), ..state },
                 retry_after: retry_after.saturating_sub(since),
             }),
-            Err(refusal) => Err(refusal),
         })
     }
 
@@ -348,7 +347,7 @@ impl Shared {
         account: &str,
         limit: RateLimit,
         want: u64,
-    ) -> Result<(u32, Result<LimitState, Refusal>), redis::RedisError> {
+    ) -> Result<(u32, Result<LimitState, (LimitState, Duration)>), redis::RedisError> {
         metrics().shared_rate_call();
         let interval = interval(limit);
         // EVALSHA: Redis keeps the script after its first use (it is sent again after a restart).
@@ -365,11 +364,7 @@ impl Shared {
             remaining: u32::try_from(remaining).unwrap_or(0),
             reset: micros(reset),
         };
-        Ok(if taken > 0 {
-            (taken, Ok(state))
-        } else {
-            (0, Err(Refusal::RateLimited { state, retry_after: micros(retry) }))
-        })
+        Ok(if taken > 0 { (taken, Ok(state)) } else { (0, Err((state, micros(retry)))) })
     }
 }
 

@@ -1,28 +1,27 @@
-//! Quota uses taken from the store in blocks, so that a metered key costs one store write per
+//! Quota uses taken from the store in blocks, so that a busy metered key costs one store write per
 //! block, not one per request.
 //!
-//! Each instance keeps the uses it took in hand and admits requests from them; only when they run
-//! out does it take the next block, atomically, like any other use. So instances together never
-//! admit more than the quota. A block starts at one use, doubles while blocks last less than
-//! [`BRISK`], halves when one lasts ten times that, and is never more than [`MAX_BLOCK`]; the store
-//! hands out a block only while sixteen times as many are left (`block_fits`), one use otherwise.
-//!
-//! Blocks are taken only while the instance follows the change feed, which tells it of every change
-//! to the key: a change, a lost feed or a new refill period drops the uses in hand, so that a cut
-//! quota binds every instance as a revocation does. What this costs: the uses dropped, or held by
-//! an instance that stops or crashes, are lost, at most [`MAX_BLOCK`] per key and instance.
+//! An instance admits requests from the uses it holds, and takes the next block (atomically, like a
+//! single use) only when they run out, so instances together never admit more than the quota. It
+//! holds uses only while it follows the change feed, which tells it of every change to the key: a
+//! change, a lost feed or a new refill period drops them, so a cut quota binds every instance as a
+//! revocation does. The price, uses lost when dropped or held by an instance that stops, is set out
+//! in the Quotas section of docs/src/lifecycle.md.
 
 use std::convert::Infallible;
+use std::hash::Hash;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use quick_cache::Equivalent;
 use tokio::sync::Mutex;
 
 use super::{Backend, QuotaUse, StoreError};
 use crate::metrics::metrics;
 
-/// The largest block: the most uses of one key an instance holds in hand.
+/// The largest block: the most uses of one key an instance holds.
 pub const MAX_BLOCK: u64 = 1000;
 /// A block used up within this makes the next one twice as large.
 pub const BRISK: Duration = Duration::from_millis(100);
@@ -31,8 +30,8 @@ const CAPACITY: usize = 65_536;
 /// How long an exhausted quota or a failing store is taken at its word.
 const PAUSE: Duration = Duration::from_millis(250);
 
-/// How large the next block of a key is: one use at first, twice the last while blocks last less
-/// than [`BRISK`], half when one lasts ten times that.
+/// How large a key's next block is: one use at first, twice the last while blocks last less than
+/// [`BRISK`], half when one lasts ten times that.
 #[derive(Debug, Default)]
 pub(crate) struct Pace {
     size: u64,
@@ -42,7 +41,7 @@ pub(crate) struct Pace {
 impl Pace {
     /// The next block's size, at most `fits` (and [`MAX_BLOCK`]).
     pub(crate) fn next(&self, fits: u64) -> u64 {
-        let size = match self.taken_at.map(|at| at.elapsed()) {
+        let size = match self.age() {
             None => 1,
             Some(lasted) if lasted < BRISK => self.size * 2,
             Some(lasted) if lasted > BRISK * 10 => self.size / 2,
@@ -55,124 +54,160 @@ impl Pace {
     pub(crate) fn took(&mut self, size: u64) {
         (self.size, self.taken_at) = (size, Some(Instant::now()));
     }
+
+    /// How long ago the last block was taken.
+    pub(crate) fn age(&self) -> Option<Duration> {
+        self.taken_at.map(|at| at.elapsed())
+    }
 }
 
-/// The uses of one key's quota in hand.
+/// `cache`'s entry for `key`, made by `make` if there is none.
+pub(crate) fn entry<K, Q, V>(
+    cache: &quick_cache::sync::Cache<K, Arc<V>>,
+    key: &Q,
+    make: impl FnOnce() -> V,
+) -> Arc<V>
+where
+    K: Eq + Hash + Clone,
+    Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+{
+    let made = cache.get_or_insert_with(key, || Ok::<_, Infallible>(Arc::new(make())));
+    made.unwrap_or_else(|never| match never {})
+}
+
+/// The uses of one key's quota an instance holds.
+#[derive(Debug)]
+struct Slot {
+    /// Set when the key changed: these uses may belong to a quota that no longer stands.
+    dropped: AtomicBool,
+    /// [`Leases::epoch`] when the slot was made.
+    epoch: u64,
+    /// `lease.left`, readable without waiting for a block being taken.
+    in_hand: AtomicU64,
+    lease: Mutex<Lease>,
+}
+
 #[derive(Debug, Default)]
 struct Lease {
     left: u64,
-    /// When the store last said none are left, or failed: until [`PAUSE`] later, asking again would
-    /// only queue the key's requests behind another store call.
-    exhausted_at: Option<Instant>,
-    failed_at: Option<Instant>,
     /// The refill period the uses belong to: a new period refills the store and drops them.
     period: Option<DateTime<Utc>>,
     pace: Pace,
     /// What the store had left after the last block, once known.
     store_left: Option<u64>,
-}
-
-impl Lease {
-    fn next_size(&self) -> u64 {
-        // Asking for more than the store would hand out only gets one use.
-        self.pace.next(self.store_left.map_or(MAX_BLOCK, |left| left / 16))
-    }
+    /// When the store last said none are left (`true`), or failed (`false`): until [`PAUSE`]
+    /// later, asking again would only queue the key's requests behind another store call.
+    paused: Option<(Instant, bool)>,
 }
 
 #[derive(Debug)]
 pub(super) struct Leases {
-    leases: quick_cache::sync::Cache<String, Arc<Mutex<Lease>>>,
+    slots: quick_cache::sync::Cache<String, Arc<Slot>>,
+    /// Bumped by [`Leases::clear`]: slots made before it hold nothing.
+    epoch: AtomicU64,
 }
 
 impl Default for Leases {
     fn default() -> Self {
-        Self { leases: quick_cache::sync::Cache::new(CAPACITY) }
+        Self { slots: quick_cache::sync::Cache::new(CAPACITY), epoch: AtomicU64::new(0) }
     }
 }
 
 impl Leases {
-    /// Takes `want` uses of `id`'s quota from those in hand, first taking a block from `primary`
-    /// when there are too few. Without the change feed (`following` false) nothing is held: each
-    /// use goes to the store.
+    /// Takes one use of `id`'s quota from those held, first taking a block from `primary` when none
+    /// are left. Without the change feed (`following` false) nothing is held: the use comes from
+    /// the store.
     pub(super) async fn take(
         &self,
         primary: &dyn Backend,
         id: &str,
-        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
         following: bool,
     ) -> Result<QuotaUse, StoreError> {
-        if !following {
-            self.forget(id);
+        let store = |want| {
             metrics().storage_operation("use_quota");
-            return primary.use_quota(id, want, refill_before, now).await;
+            primary.use_quota(id, want, refill_before, now)
+        };
+        if !following {
+            return store(1).await;
         }
-        let lease = self.leases.get_or_insert_with(id, || Ok::<_, Infallible>(Arc::default()));
-        let lease = lease.unwrap_or_else(|never| match never {});
-        let mut lease = lease.lock().await;
-        if lease.period != refill_before {
-            // Around midnight, requests on either side may arrive in any order: a block belongs to
-            // the newest period seen, and a request dated before it goes to the store alone.
-            if refill_before < lease.period {
-                drop(lease);
-                metrics().storage_operation("use_quota");
-                return primary.use_quota(id, want, refill_before, now).await;
-            }
+        let epoch = self.epoch();
+        let slot = entry(&self.slots, id, || Slot {
+            dropped: AtomicBool::new(false),
+            epoch,
+            in_hand: AtomicU64::new(0),
+            lease: Mutex::default(),
+        });
+        let dropped = || slot.dropped.load(Ordering::SeqCst) || slot.epoch != self.epoch();
+        let mut lease = slot.lease.lock().await;
+        // Around midnight, requests on either side may arrive in any order: a block belongs to the
+        // newest period seen, and a request dated before it goes to the store alone.
+        if dropped() || refill_before < lease.period {
+            return store(1).await;
+        }
+        if refill_before != lease.period {
             *lease = Lease { period: refill_before, ..Lease::default() };
         }
-        let recently = |at: Option<Instant>| at.is_some_and(|at| at.elapsed() < PAUSE);
-        if lease.left < want && recently(lease.exhausted_at) {
-            return Ok(QuotaUse::Exhausted);
-        }
-        if lease.left < want && recently(lease.failed_at) {
-            return Err(StoreError::Unavailable("the quota store failed a moment ago".into()));
-        }
-        if lease.left < want {
-            let size = lease.next_size().max(want);
-            metrics().storage_operation("use_quota");
-            match primary.use_quota(id, size, refill_before, now).await {
+        if lease.left == 0 {
+            if let Some((at, exhausted)) = lease.paused
+                && at.elapsed() < PAUSE
+            {
+                return if exhausted {
+                    Ok(QuotaUse::Exhausted)
+                } else {
+                    Err(StoreError::Unavailable("the quota store failed a moment ago".into()))
+                };
+            }
+            let want = lease.pace.next(lease.store_left.map_or(MAX_BLOCK, |left| left / 16));
+            match store(want).await {
+                // The key changed while the block was taken: this request is as one in flight
+                // during the change, but the rest of the block is not kept.
+                Ok(QuotaUse::Taken { remaining, .. }) if dropped() => {
+                    return Ok(QuotaUse::Taken { taken: 1, remaining });
+                }
                 Ok(QuotaUse::Taken { taken, remaining }) => {
-                    lease.left += taken;
-                    lease.store_left = Some(remaining);
-                    lease.pace.took(size);
+                    (lease.left, lease.store_left, lease.paused) = (taken, Some(remaining), None);
+                    lease.pace.took(taken);
                 }
                 Ok(QuotaUse::Exhausted) => {
-                    lease.exhausted_at = Some(Instant::now());
-                    if lease.left == 0 {
-                        return Ok(QuotaUse::Exhausted);
-                    }
+                    lease.paused = Some((Instant::now(), true));
+                    return Ok(QuotaUse::Exhausted);
                 }
-                Ok(QuotaUse::Unlimited) => {
-                    *lease = Lease::default();
-                    return Ok(QuotaUse::Unlimited);
-                }
+                Ok(QuotaUse::Unlimited) => return Ok(QuotaUse::Unlimited),
                 Err(err) => {
-                    lease.failed_at = Some(Instant::now());
+                    lease.paused = Some((Instant::now(), false));
                     return Err(err);
                 }
             }
         }
-        let taken = want.min(lease.left);
-        lease.left -= taken;
-        let remaining = lease.left + lease.store_left.unwrap_or(0);
-        Ok(QuotaUse::Taken { taken, remaining })
+        lease.left -= 1;
+        slot.in_hand.store(lease.left, Ordering::Relaxed);
+        Ok(QuotaUse::Taken { taken: 1, remaining: lease.left + lease.store_left.unwrap_or(0) })
     }
 
-    /// Uses of `id` in hand (none while a block is being taken).
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Uses of `id` this instance holds.
     pub(super) fn in_hand(&self, id: &str) -> u64 {
-        let lease = self.leases.get(id);
-        lease.and_then(|lease| lease.try_lock().ok().map(|lease| lease.left)).unwrap_or(0)
+        self.slots.get(id).map_or(0, |slot| slot.in_hand.load(Ordering::Relaxed))
     }
 
-    /// Drops the uses of `id` in hand: the key changed, and its quota may have too.
+    /// Drops the uses of `id` held: the key changed, and its quota may have too. A request already
+    /// waiting for them sees the mark and asks the store.
     pub(super) fn forget(&self, id: &str) {
-        self.leases.remove(id);
+        if let Some(slot) = self.slots.get(id) {
+            slot.dropped.store(true, Ordering::SeqCst);
+        }
+        self.slots.remove(id);
     }
 
-    /// Drops every use in hand: the change feed was lost, or followed again after a loss.
+    /// Drops every use held: the change feed was lost, or followed again after a loss.
     pub(super) fn clear(&self) {
-        self.leases.clear();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.slots.clear();
     }
 }
 
@@ -191,7 +226,7 @@ mod tests {
         let leases = Leases::default();
         let mut admitted = 0;
         while let QuotaUse::Taken { .. } =
-            leases.take(&store, &key.id, 1, None, Utc::now(), true).await.unwrap()
+            leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap()
         {
             admitted += 1;
         }
@@ -203,7 +238,7 @@ mod tests {
         key.remaining = Some(1000);
         store.insert(&key, &event(&key.id)).await.unwrap();
         for _ in 0..100 {
-            leases.take(&store, &key.id, 1, None, Utc::now(), true).await.unwrap();
+            leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap();
         }
         let left = store.get(&key.id).await.unwrap().unwrap().remaining.unwrap();
         let in_hand = leases.in_hand(&key.id);
