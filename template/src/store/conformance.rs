@@ -257,17 +257,21 @@ pub async fn updates_only_what_changes(backend: &dyn Backend) {
 
 pub async fn rotates_once_and_links_both_keys(backend: &dyn Backend) {
     let now = Utc::now().trunc_subsecs(6);
-    let old = sample(&fresh_owner(), now);
+    let mut old = sample(&fresh_owner(), now);
+    old.remaining = Some(10);
     stored(backend, &old).await;
     let mut new = sample(old.owner_id.as_deref().unwrap_or_default(), now);
-    new.rotated_from = Some(old.id.clone());
+    (new.rotated_from, new.remaining) = (Some(old.id.clone()), old.remaining);
+    // Uses taken after the new key was made from the old one are not handed out again.
+    backend.use_quota(&old.id, 1, None, now).await.expect("use");
     let retires_at = now + Duration::hours(1);
     let events = [event(&old.id), event(&new.id)];
     assert!(backend.rotate(&old.id, &new, retires_at, &events).await.expect("rotate"));
     let old_now = reread(backend, &old.id).await;
     assert_eq!(old_now.replaced_by.as_deref(), Some(new.id.as_str()));
     assert_eq!(old_now.retires_at, Some(retires_at));
-    assert_eq!(reread(backend, &new.id).await, new, "the new key is stored");
+    new.remaining = Some(9);
+    assert_eq!(reread(backend, &new.id).await, new, "the new key is stored, with the quota left");
 
     let another = sample("someone", now);
     assert!(

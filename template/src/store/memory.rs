@@ -174,7 +174,10 @@ impl Backend for MemoryBackend {
         };
         old.replaced_by = Some(new.id.clone());
         old.retires_at = Some(retires_at);
-        state.keys.insert(new.id.clone(), new.clone());
+        // The quota as it stands now: uses taken since `new` was made from the old key are spent.
+        let new =
+            ApiKeyRecord { remaining: old.remaining, refilled_at: old.refilled_at, ..new.clone() };
+        state.keys.insert(new.id.clone(), new);
         state.events.extend_from_slice(events);
         self.announce(old_id);
         Ok(true)

@@ -130,6 +130,11 @@ if redis.call('HEXISTS', old, 'record') == 0 or redis.call('HEXISTS', old, 'revo
   or redis.call('HEXISTS', old, 'replaced_by') == 1 then return 0 end
 local after = put_key(KEYS[2], 2)
 if not after then return -1 end
+-- The quota as it stands now: uses taken since the new key was made from the old one are spent.
+for _, field in ipairs({'remaining', 'refilled_at'}) do
+  local value = redis.call('HGET', old, field)
+  if value then redis.call('HSET', KEYS[2], field, value) end
+end
 redis.call('HSET', old, 'replaced_by', ARGV[2], 'retires_at', ARGV[1])
 add_events(after)
 return 1

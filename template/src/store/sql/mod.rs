@@ -329,7 +329,6 @@ impl Backend for SqlBackend {
         retires_at: DateTime<Utc>,
         events: &[KeyEvent],
     ) -> Result<bool, StoreError> {
-        let row = ApiKeyRow::from(new);
         let events: Vec<EventRow> = events.iter().map(EventRow::from).collect();
         with_conn!(self, |conn| {
             conn.transaction(async |conn| {
@@ -340,14 +339,19 @@ impl Backend for SqlBackend {
                         .filter(api_keys::replaced_by.is_null()),
                 )
                 .set((
-                    api_keys::replaced_by.eq(&row.id),
+                    api_keys::replaced_by.eq(&new.id),
                     api_keys::retires_at.eq(retires_at.naive_utc()),
                 ))
-                .execute(conn)
-                .await?;
-                if replaced == 0 {
+                .returning((api_keys::remaining, api_keys::refilled_at))
+                .get_result(conn)
+                .await
+                .optional()?;
+                let Some((remaining, refilled_at)) = replaced else {
                     return Ok(false);
-                }
+                };
+                // The quota as it stands now: uses taken since `new` was made from the old key are
+                // spent.
+                let row = ApiKeyRow { remaining, refilled_at, ..ApiKeyRow::from(new) };
                 diesel::insert_into(api_keys::table).values(&row).execute(conn).await?;
                 // One statement per event: SQLite has no multi-row insert in Diesel.
                 for event in &events {
