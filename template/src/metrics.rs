@@ -36,6 +36,7 @@ pub struct Metrics {
     usage_flushes: Family<Labels<1>, Counter>,
     usage_flushed_keys: Counter,
     limit_refusals: Family<Labels<1>, Counter>,
+    shared_rate_calls: Counter,
     request_durations: Durations,
     flush_lag: Gauge<f64, AtomicU64>,
     change_feed_up: Gauge,
@@ -86,6 +87,11 @@ impl Metrics {
             "key_limit_refusals",
             "Requests of valid keys refused by the key's own rate limit or quota, by code",
         );
+        let shared_rate_calls = register(
+            &mut registry,
+            "shared_rate_limit_calls",
+            "Round trips to Redis for rate limits shared by every instance",
+        );
         let request_durations: Durations = Family::new_with_constructor(|| {
             // 0.1 ms to about 3 s, doubling.
             Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -115,6 +121,7 @@ impl Metrics {
             usage_flushes,
             usage_flushed_keys,
             limit_refusals,
+            shared_rate_calls,
             request_durations,
             flush_lag,
             change_feed_up,
@@ -190,6 +197,11 @@ impl Metrics {
     /// Counts a request refused by its key's rate limit or quota, by problem `code`.
     pub fn limit_refusal(&self, code: &'static str) {
         self.limit_refusals.get_or_create(&[("code", code)]).inc();
+    }
+
+    /// Counts a round trip to Redis for a shared rate limit.
+    pub fn shared_rate_call(&self) {
+        self.shared_rate_calls.inc();
     }
 
     /// Every metric, in the OpenMetrics text format.

@@ -261,6 +261,12 @@ impl Service {
         self.child.id()
     }
 
+    /// Sends SIGKILL, as a crash would, and waits for the process to end.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and waits for a graceful exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()

@@ -113,9 +113,27 @@ impl Postgres {
     /// Runs `query` in `database` with psql and returns what it printed.
     pub fn sql(&self, database: &str, query: &str) -> String {
         let port = self.port.to_string();
-        let args = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", database, "-Atc", query];
-        let output = Command::new(self.bin.join("psql")).args(args).output().unwrap();
-        assert!(output.status.success(), "psql {query}: {}", String::from_utf8_lossy(&output.stderr));
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-Atc",
+            query,
+        ];
+        let output = Command::new(self.bin.join("psql"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "psql {query}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }

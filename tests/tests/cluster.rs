@@ -146,6 +146,30 @@ fn two_instances_on_postgres_and_redis() {
     println!("rate limit 30/h over two instances: {admitted} admitted, {refused} refused of 120");
     assert_eq!(admitted, 30, "the limit holds across instances");
 
+    // A busy key takes its requests from the shared count in blocks: far fewer round trips than
+    // requests, and never more admitted than the limit. A block is held for a second at most, so
+    // at most one block per instance (640 / 16) may go unused.
+    let calls =
+        || sum(&ca, "shared_rate_limit_calls_total") + sum(&cb, "shared_rate_limit_calls_total");
+    let before = calls();
+    let busy = json!({"name": "busy", "rate_limit": {"requests": 640, "window": 3600}});
+    let (status, created) = ca.send("POST", KEYS, Some(&admin), Some(busy));
+    assert_eq!(status, 201, "{created}");
+    let busy_key = created["key"].as_str().unwrap();
+    let (admitted, _) = hammer(urls, busy_key, 8, 100, "rate_limit_exceeded");
+    let calls = calls() - before;
+    println!(
+        "rate limit 640/h over two instances: {admitted} admitted of 800, {calls} Redis calls"
+    );
+    assert!(
+        (640 - 2 * 40..=640).contains(&admitted),
+        "{admitted} admitted"
+    );
+    assert!(
+        calls * 4.0 < admitted as f64,
+        "{calls} Redis calls for {admitted} requests"
+    );
+
     // A quota is taken atomically in PostgreSQL: 50 uses, never more, whoever asks.
     let metered = json!({"name": "metered", "remaining": 50});
     let (status, created) = ca.send("POST", KEYS, Some(&admin), Some(metered));
@@ -161,6 +185,28 @@ fn two_instances_on_postgres_and_redis() {
     assert_eq!(admitted, 50, "the quota is never overspent");
     let uri = format!("{KEYS}/{}", created["id"].as_str().unwrap());
     assert_eq!(cb.send("GET", &uri, Some(&admin), None).1["remaining"], 0);
+
+    // A busy metered key takes its uses in blocks: far fewer writes than requests, and exactly its
+    // quota admitted when demand exceeds it.
+    let writes = || {
+        let name = "storage_operations_total{operation=\"use_quota\"}";
+        sum(&ca, name) + sum(&cb, name)
+    };
+    let before = writes();
+    let metered = json!({"name": "busy-metered", "remaining": 3000});
+    let (status, created) = ca.send("POST", KEYS, Some(&admin), Some(metered));
+    assert_eq!(status, 201, "{created}");
+    let metered_key = created["key"].as_str().unwrap();
+    let (admitted, _) = hammer(urls, metered_key, 8, 450, "usage_exceeded");
+    let writes = writes() - before;
+    println!(
+        "quota of 3000 over two instances: {admitted} admitted of 3600, {writes} store writes"
+    );
+    assert_eq!(admitted, 3000, "the quota, no more and no less");
+    assert!(
+        writes * 4.0 < admitted as f64,
+        "{writes} store writes for {admitted} requests"
+    );
 
     // A key disabled through A is refused by B within the bound, and works again once enabled.
     let (switch_id, switch) = create_key(&ca, &admin, "switched");
@@ -256,6 +302,42 @@ fn two_instances_on_postgres_and_redis() {
     );
     assert_eq!(cb.send("GET", "/protected", Some(&cold), None).0, 200);
 
-    assert!(a.stop().success());
+    // A crash loses the quota uses the instance held, at most one block (1,000, see lifecycle.md).
+    wait_until(
+        "A follows its change feed again",
+        Duration::from_secs(15),
+        || sum(&ca, "key_change_feed_up") == 1.0,
+    );
+    let metered = json!({"name": "crashing", "remaining": 100_000});
+    let (status, created) = ca.send("POST", KEYS, Some(&admin), Some(metered));
+    assert_eq!(status, 201, "{created}");
+    let crashing_key = created["key"].as_str().unwrap();
+    let (admitted, _) = hammer(
+        [a.base_url.as_str(); 2],
+        crashing_key,
+        8,
+        150,
+        "usage_exceeded",
+    );
+    assert_eq!(admitted, 1200);
+    a.kill();
+    let uri = format!("{KEYS}/{}", created["id"].as_str().unwrap());
+    let remaining = cb.send("GET", &uri, Some(&admin), None).1["remaining"]
+        .as_u64()
+        .unwrap();
+    let lost = 100_000 - 1200 - remaining;
+    println!("SIGKILL after 1200 uses of a quota lost {lost} uses");
+    assert!(lost <= 1000, "{lost} uses lost");
+
     assert!(b.stop().success());
+}
+
+/// The sum of the samples of the metric `series` (with or without labels) an instance reports.
+fn sum(client: &Client, series: &str) -> f64 {
+    client
+        .text("/metrics")
+        .lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

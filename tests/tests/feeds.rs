@@ -19,14 +19,20 @@ const PATIENCE: Duration = Duration::from_secs(5);
 fn create(client: &Client, admin: &str) -> (String, String) {
     let (status, created) = client.send("POST", KEYS, Some(admin), Some(json!({"name": "fed"})));
     assert_eq!(status, 201, "{created}");
-    (created["id"].as_str().unwrap().to_owned(), created["key"].as_str().unwrap().to_owned())
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        created["key"].as_str().unwrap().to_owned(),
+    )
 }
 
 /// Waits until `client`'s instance follows its change feed, as its metrics say.
 fn following(client: &Client) {
     let start = Instant::now();
     while !client.text("/metrics").contains("key_change_feed_up 1") {
-        assert!(start.elapsed() < PATIENCE, "the instance never followed its change feed");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the instance never followed its change feed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -34,9 +40,17 @@ fn following(client: &Client) {
 /// Revokes a key through `a` that `b` has cached; how long until `b` refuses it.
 fn revocation(a: &Client, b: &Client, admin: &str, before: impl FnOnce()) -> Duration {
     let (id, key) = create(a, admin);
-    assert_eq!(b.send("GET", "/protected", Some(&key), None).0, 200, "cached by the other");
+    assert_eq!(
+        b.send("GET", "/protected", Some(&key), None).0,
+        200,
+        "cached by the other"
+    );
     before();
-    assert_eq!(a.send("DELETE", &format!("{KEYS}/{id}"), Some(admin), None).0, 204);
+    assert_eq!(
+        a.send("DELETE", &format!("{KEYS}/{id}"), Some(admin), None)
+            .0,
+        204
+    );
     let revoked = Instant::now();
     loop {
         match b.send("GET", "/protected", Some(&key), None).0 {
@@ -53,10 +67,17 @@ fn pair(name: &str, bin: &std::path::Path, env: &[(&str, &str)], cut: impl Fn())
     let env: Vec<(&str, &str)> = env
         .iter()
         .copied()
-        .chain([("KEY_CACHE_TTL_MS", "60000"), ("AUTH_FAILURES_PER_MINUTE", "0"), ("RUST_LOG", "error")])
+        .chain([
+            ("KEY_CACHE_TTL_MS", "60000"),
+            ("AUTH_FAILURES_PER_MINUTE", "0"),
+            ("RUST_LOG", "error"),
+        ])
         .collect();
     let admin = mint_admin_key(bin, &env);
-    let (first, second) = (Service::start(bin, &env, free_port()), Service::start(bin, &env, free_port()));
+    let (first, second) = (
+        Service::start(bin, &env, free_port()),
+        Service::start(bin, &env, free_port()),
+    );
     let (a, b) = (Client::new(&first.base_url), Client::new(&second.base_url));
     let (_, warm) = create(&a, &admin);
     assert_eq!(b.send("GET", "/protected", Some(&warm), None).0, 200);
@@ -65,7 +86,11 @@ fn pair(name: &str, bin: &std::path::Path, env: &[(&str, &str)], cut: impl Fn())
     let mut took: Vec<Duration> = (0..30).map(|_| revocation(&a, &b, &admin, || {})).collect();
     took.sort();
     let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
-    println!("{name}: a revocation reached the other instance in {:?} (median), {:?} (p99)", at(0.5), at(0.99));
+    println!(
+        "{name}: a revocation reached the other instance in {:?} (median), {:?} (p99)",
+        at(0.5),
+        at(0.99)
+    );
 
     let (_, busy) = create(&a, &admin);
     let stop = AtomicBool::new(false);
@@ -82,7 +107,9 @@ fn pair(name: &str, bin: &std::path::Path, env: &[(&str, &str)], cut: impl Fn())
         let outage = revocation(&a, &b, &admin, &cut);
         stop.store(true, Ordering::Relaxed);
         let served = load.join().unwrap();
-        println!("{name}: with its feed cut under load ({served} requests), the other instance refused the revoked key after {outage:?}");
+        println!(
+            "{name}: with its feed cut under load ({served} requests), the other instance refused the revoked key after {outage:?}"
+        );
     });
     following(&b);
 }
@@ -97,16 +124,31 @@ fn changes_reach_every_instance_through_the_change_feed() {
     let cut_postgres = |database: &str| {
         let query = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                      WHERE application_name = 'api-keys-change-feed'";
-        assert_ne!(postgres.sql(database, query).trim(), "0", "a listening connection was cut");
+        assert_ne!(
+            postgres.sql(database, query).trim(),
+            "0",
+            "a listening connection was cut"
+        );
     };
 
     let database = postgres.database("feeds");
-    pair("PostgreSQL", &bin, &[("DATABASE_URL", &database)], || cut_postgres("feeds"));
+    pair("PostgreSQL", &bin, &[("DATABASE_URL", &database)], || {
+        cut_postgres("feeds")
+    });
     let database = postgres.database("feeds_cached");
-    let env = [("DATABASE_URL", database.as_str()), ("REDIS_URL", redis_url.as_str())];
-    pair("PostgreSQL + Redis cache", &bin, &env, || cut_postgres("feeds_cached"));
+    let env = [
+        ("DATABASE_URL", database.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+    ];
+    pair("PostgreSQL + Redis cache", &bin, &env, || {
+        cut_postgres("feeds_cached")
+    });
     let cut_redis = || {
-        assert_ne!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).trim(), "0", "a subscriber was cut");
+        assert_ne!(
+            redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).trim(),
+            "0",
+            "a subscriber was cut"
+        );
     };
     pair("Redis", &bin, &[("DATABASE_URL", &redis_url)], cut_redis);
 

@@ -643,13 +643,19 @@ fn a_flood_of_bad_keys_is_audited_in_a_few_lines_without_colour() {
     let started = Instant::now();
     for i in 0..flood {
         let garbage = format!("sk_{i:0>12}_not-a-key");
-        assert_eq!(client.try_send("GET", "/protected", Some(&garbage)), Some(401));
+        assert_eq!(
+            client.try_send("GET", "/protected", Some(&garbage)),
+            Some(401)
+        );
     }
     let windows = started.elapsed().as_secs() / 10 + 1;
     assert!(service.stop().success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains('\u{1b}'), "no colour codes in a log file");
-    let one_by_one = text.lines().filter(|l| l.contains("authentication failed")).count() as u64;
+    let one_by_one = text
+        .lines()
+        .filter(|l| l.contains("authentication failed"))
+        .count() as u64;
     assert!(
         (1..=3 * windows).contains(&one_by_one),
         "{one_by_one} failures logged one by one over {windows} window(s)"
@@ -658,11 +664,20 @@ fn a_flood_of_bad_keys_is_audited_in_a_few_lines_without_colour() {
         .lines()
         .filter(|l| l.contains("authentication failures not logged one by one"))
         .map(|l| {
-            let count = l.split("failures=").nth(1).and_then(|rest| rest.split(' ').next());
-            count.and_then(|n| n.parse::<u64>().ok()).unwrap_or_else(|| panic!("no count: {l}"))
+            let count = l
+                .split("failures=")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next());
+            count
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no count: {l}"))
         })
         .sum();
-    assert_eq!(one_by_one + counted, flood, "every failure is on record:\n{text}");
+    assert_eq!(
+        one_by_one + counted,
+        flood,
+        "every failure is on record:\n{text}"
+    );
     println!(
         "{flood} bad keys left {one_by_one} lines of their own and {counted} counted, {} bytes of log",
         text.len()

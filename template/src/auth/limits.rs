@@ -5,10 +5,14 @@
 //! `window / requests` seconds. With Redis configured (`REDIS_URL`, or Redis as the store), every
 //! instance shares one count per key, kept by a Lua script on Redis's clock; otherwise, or while
 //! Redis cannot be reached, each instance counts on its own (`governor`), asking Redis again after a
-//! second.
+//! second. A busy key takes its requests from the shared count in blocks, sized as quota blocks are
+//! ([`Pace`](crate::store::quota::Pace)) but at most a sixteenth of the burst, and held for a
+//! second at most; a refusal is believed until the wait it names is over.
 //!
-//! Quotas are taken from the store, one atomic decrement per admitted request
-//! ([`Backend::use_quota`]), so instances never overspend a quota between them.
+//! Quotas are taken from the store, one use per admitted request ([`Backend::use_quota`]); the
+//! store's cache takes them from the database in blocks and hands them out ([`crate::store::quota`]),
+//! so instances never overspend a quota between them, and a busy metered key costs one write per
+//! block.
 //!
 //! A rotated key in its grace period is charged to its replacement, or to the newest key when the
 //! replacement was rotated too: rotating a key never multiplies what it may do.
@@ -26,11 +30,19 @@ use super::{ApiKey, AuthError};
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, RateLimit, Refill, now};
 #[cfg(feature = "redis")]
+use crate::store::quota::{Pace, entry};
+#[cfg(feature = "redis")]
 use crate::store::redis::breaker::{Breaker, CacheError};
 use crate::store::{Backend, QuotaUse};
+#[cfg(feature = "redis")]
+use tokio::sync::Mutex;
 
 /// How many keys' rate-limit states an instance keeps.
 const CAPACITY: usize = 65_536;
+
+/// The longest an instance holds requests taken from a shared rate limit before using them.
+#[cfg(feature = "redis")]
+const HOLD: Duration = Duration::from_secs(1);
 
 /// How far a rotated key's charges follow later rotations; more would mean a key rotated that often
 /// within one grace period.
@@ -85,7 +97,26 @@ pub struct Allowance {
     store: Arc<dyn Backend>,
     local: quick_cache::sync::Cache<(String, RateLimit), Arc<Limiter>>,
     #[cfg(feature = "redis")]
-    shared: Option<(redis::aio::ConnectionManager, Breaker)>,
+    shared: Option<Shared>,
+}
+
+/// The rate limits every instance shares through Redis.
+#[cfg(feature = "redis")]
+struct Shared {
+    connection: redis::aio::ConnectionManager,
+    breaker: Breaker,
+    blocks: quick_cache::sync::Cache<(String, RateLimit), Arc<Mutex<Block>>>,
+}
+
+/// The requests of one key taken from its shared rate limit and not used yet.
+#[cfg(feature = "redis")]
+#[derive(Debug, Default)]
+struct Block {
+    left: u32,
+    pace: Pace,
+    /// What Redis answered when the block was taken: the standing the headers start from, or the
+    /// standing and the wait of a refusal.
+    answer: Option<Result<LimitState, (LimitState, Duration)>>,
 }
 
 impl Allowance {
@@ -102,7 +133,11 @@ impl Allowance {
     /// Counts rate limits in the Redis at `url`, shared by every instance using it.
     #[cfg(feature = "redis")]
     pub fn shared_through(mut self, url: &str) -> Result<Self, crate::store::StoreError> {
-        self.shared = Some((crate::store::redis::connect(url)?, Breaker::default()));
+        self.shared = Some(Shared {
+            connection: crate::store::redis::connect(url)?,
+            breaker: Breaker::default(),
+            blocks: quick_cache::sync::Cache::new(CAPACITY),
+        });
         Ok(self)
     }
 
@@ -162,8 +197,8 @@ impl Allowance {
 
     async fn rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {
         #[cfg(feature = "redis")]
-        if let Some((connection, breaker)) = &self.shared {
-            match breaker.call(shared_rate(connection, account, limit)).await {
+        if let Some(shared) = &self.shared {
+            match shared.admit(account, limit).await {
                 Ok(verdict) => return verdict,
                 Err(CacheError::Resting) => {}
                 Err(err) => {
@@ -213,7 +248,7 @@ impl Allowance {
     ) -> Result<(), Refusal> {
         let now = now();
         let refill_before = refill.map(|refill| refill.interval.period_start(now));
-        match self.store.use_quota(account, refill_before, now).await {
+        match self.store.use_quota(account, 1, refill_before, now).await {
             Ok(QuotaUse::Taken { .. } | QuotaUse::Unlimited) => Ok(()),
             Ok(QuotaUse::Exhausted) => Err(Refusal::UsageExceeded {
                 retry_after: refill
@@ -238,53 +273,99 @@ fn limiter(limit: RateLimit) -> Option<Limiter> {
     Some(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>())
 }
 
-/// GCRA on Redis's clock: one "theoretical arrival time" per key, in microseconds. Returns whether
-/// the request is admitted, the requests left, microseconds until a full burst is allowed again,
-/// and microseconds until the next request is.
+/// GCRA on Redis's clock: one "theoretical arrival time" per key, in microseconds. Takes
+/// `ARGV[3]` requests at once when they fit in the burst and are at most a sixteenth of it, else
+/// one. Returns how many were taken (0: refused), the requests left, microseconds until a full burst
+/// is allowed again, and microseconds until the next request is.
 #[cfg(feature = "redis")]
 static GCRA: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local window = interval * burst
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
-local next_tat = tat + interval
+if want * 16 > burst or tat + interval * want - now > window then want = 1 end
+local next_tat = tat + interval * want
 if next_tat - now > window then
   return {0, 0, tat - now, next_tat - now - window}
 end
 redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000))
-return {1, math.floor((window - (next_tat - now)) / interval), next_tat - now, 0}
+return {want, math.floor((window - (next_tat - now)) / interval), next_tat - now, 0}
 ",
     )
 });
 
 #[cfg(feature = "redis")]
-async fn shared_rate(
-    connection: &redis::aio::ConnectionManager,
-    account: &str,
-    limit: RateLimit,
-) -> Result<Result<LimitState, Refusal>, redis::RedisError> {
-    let interval = interval(limit);
-    // EVALSHA: Redis keeps the script after its first use (it is sent again after a restart).
-    let (admitted, remaining, reset, retry): (i64, i64, i64, i64) = GCRA
-        .key(format!("apikeys:rate:{account}"))
-        .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
-        .arg(limit.requests)
-        .invoke_async(&mut connection.clone())
-        .await?;
-    let micros = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
-    let state = LimitState {
-        limit,
-        remaining: u32::try_from(remaining).unwrap_or(0),
-        reset: micros(reset),
-    };
-    Ok(if admitted == 1 {
-        Ok(state)
-    } else {
-        Err(Refusal::RateLimited { state, retry_after: micros(retry) })
-    })
+impl Shared {
+    /// Admits one request of `account` from the block in hand, taking the next block from Redis
+    /// when it is used up or was held for [`HOLD`]. A refusal stands until the wait it names.
+    async fn admit(
+        &self,
+        account: &str,
+        limit: RateLimit,
+    ) -> Result<Result<LimitState, Refusal>, CacheError> {
+        let block = entry(&self.blocks, &(account.to_owned(), limit), Mutex::default);
+        let mut block = block.lock().await;
+        let age = block.pace.age().unwrap_or(Duration::MAX);
+        let standing = |answer: &Result<LimitState, (LimitState, Duration)>| match answer {
+            Ok(_) => block.left > 0 && age < HOLD,
+            Err((_, wait)) => age < *wait,
+        };
+        let answer = match block.answer.filter(standing) {
+            Some(answer) => answer,
+            None => {
+                let want = block.pace.next(u64::from(limit.requests / 16));
+                let (taken, answer) = self.breaker.call(self.take(account, limit, want)).await?;
+                block.left = taken;
+                block.pace.took(u64::from(taken));
+                *block.answer.insert(answer)
+            }
+        };
+        let since = block.pace.age().unwrap_or_default();
+        Ok(match answer {
+            Ok(state) => {
+                block.left -= 1;
+                Ok(LimitState {
+                    limit,
+                    remaining: state.remaining + block.left,
+                    reset: state.reset.saturating_sub(since),
+                })
+            }
+            Err((state, retry_after)) => Err(Refusal::RateLimited {
+                state: LimitState { reset: state.reset.saturating_sub(since), ..state },
+                retry_after: retry_after.saturating_sub(since),
+            }),
+        })
+    }
+
+    /// Takes up to `want` requests of `account` from the shared count: how many it got, and the
+    /// shared count's standing after them.
+    async fn take(
+        &self,
+        account: &str,
+        limit: RateLimit,
+        want: u64,
+    ) -> Result<(u32, Result<LimitState, (LimitState, Duration)>), redis::RedisError> {
+        metrics().shared_rate_call();
+        let interval = interval(limit);
+        // EVALSHA: Redis keeps the script after its first use (it is sent again after a restart).
+        let (taken, remaining, reset, retry): (u32, i64, i64, i64) = GCRA
+            .key(format!("apikeys:rate:{account}"))
+            .arg(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX))
+            .arg(limit.requests)
+            .arg(want)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
+        let micros = |n: i64| Duration::from_micros(u64::try_from(n).unwrap_or(0));
+        let state = LimitState {
+            limit,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            reset: micros(reset),
+        };
+        Ok(if taken > 0 { (taken, Ok(state)) } else { (0, Err((state, micros(retry)))) })
+    }
 }
 
 #[cfg(test)]

@@ -307,6 +307,8 @@ impl ApiKeyService {
                 None => break,
             }
         }
+        // Uses this instance holds in hand are the manager's still.
+        let own = own.map(|record| self.with_unflushed_usage(record));
         Ok(Some(own.as_ref().map_or_else(|| Limits::of(key.record()), Limits::of)))
     }
 
@@ -365,10 +367,15 @@ impl ApiKeyService {
         }
     }
 
+    /// `record` as this instance knows it: with the uses counted since the last flush, and the
+    /// quota uses it holds in hand (taken from the store, not used yet).
     fn with_unflushed_usage(&self, mut record: ApiKeyRecord) -> ApiKeyRecord {
         if let Some((requests, last_used_at)) = self.usage.unflushed(&record.id) {
             record.request_count += requests;
             record.last_used_at = record.last_used_at.max(Some(last_used_at.trunc_subsecs(6)));
+        }
+        if let Some(remaining) = &mut record.remaining {
+            *remaining += self.store.quota_in_hand(&record.id);
         }
         record
     }

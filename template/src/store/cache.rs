@@ -1,8 +1,8 @@
 //! Caching in front of the key store for the authentication path: an in-process cache, and optionally
 //! a Redis cache shared by every instance.
 //!
-//! Only [`Backend::lookup`] is served from the caches; every other call reads or writes the primary
-//! backend. A cached key lives until it changes: the store announces every change on its change
+//! Only [`Backend::lookup`] is served from the caches, and quota uses from blocks taken ahead
+//! ([`super::quota`]); every other call reads or writes the primary backend. A cached key lives until it changes: the store announces every change on its change
 //! feed ([`super::feed`]), and each instance, following the feed, drops what it cached of that key
 //! (fencing its Redis entry off too). How stale a lookup can be:
 //! - on the instance that made the change, not at all (its entry is dropped at once);
@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::feed::{ChangeFeed, Heard, SILENCE, plausible_id};
+use super::quota::Leases;
 use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
@@ -43,7 +44,8 @@ use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_millis(500);
 /// The longest an in-process copy is kept, feed or not, unless configured otherwise.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
-const LOCAL_CAPACITY: usize = 100_000;
+/// quick_cache allocates as entries come, so only keys in use take memory.
+const LOCAL_CAPACITY: usize = 1_000_000;
 
 /// The in-process cache: each record with when it was read. quick_cache evicts by capacity; how long
 /// an entry is trusted depends on the feed, and is checked here, on read.
@@ -138,6 +140,8 @@ pub struct CachedBackend {
 /// The caches, shared with the task that follows the change feed.
 struct Caches {
     local: Option<LocalCache>,
+    /// Quota uses taken from the primary ahead of requests.
+    leases: Leases,
     #[cfg(feature = "redis")]
     shared: Option<super::redis::RedisCache>,
     /// Keys changed while Redis could not fence their entries: read from the primary until it can.
@@ -149,13 +153,7 @@ impl CachedBackend {
     /// An in-process cache in front of `primary`, with entries trusted as [`DEFAULT_LIFETIME`] and
     /// [`DEFAULT_LOCAL_TTL`] say.
     pub fn new(primary: Arc<dyn Backend>) -> Self {
-        let caches = Caches {
-            local: Some(LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL)),
-            #[cfg(feature = "redis")]
-            shared: None,
-            #[cfg(feature = "redis")]
-            unfenced: Arc::default(),
-        };
+        let caches = Caches::new(Some(LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL)));
         let runtime = tokio::runtime::Handle::try_current().ok();
         Self { primary, caches: Arc::new(caches), follower: OnceLock::new(), runtime }
     }
@@ -197,27 +195,41 @@ impl CachedBackend {
 }
 
 impl Caches {
+    fn new(local: Option<LocalCache>) -> Self {
+        Self {
+            local,
+            leases: Leases::default(),
+            #[cfg(feature = "redis")]
+            shared: None,
+            #[cfg(feature = "redis")]
+            unfenced: Arc::default(),
+        }
+    }
+
     fn remember(&self, record: &Arc<ApiKeyRecord>, generation: Option<u64>) {
         if let (Some(local), Some(generation)) = (&self.local, generation) {
             local.insert(record, generation);
         }
     }
 
-    /// Brings the caches in line with the primary after a change to `id`: the in-process copy goes
-    /// at once, then the Redis entry is fenced off, and the in-process copy goes again, in case a
-    /// lookup read the old Redis entry before the fence (see [`LocalCache::insert`]).
+    /// Brings the caches in line with the primary after a change to `id`: what this instance holds
+    /// of it goes at once, then the Redis entry is fenced off, and the in-process copy goes again,
+    /// in case a lookup read the old Redis entry before the fence (see [`LocalCache::insert`]).
     async fn refresh(&self, id: &str) {
-        let invalidate = || {
-            if let Some(local) = &self.local {
-                local.invalidate(id);
-            }
-        };
-        invalidate();
+        self.forget(id);
         #[cfg(feature = "redis")]
         if let Some(shared) = &self.shared {
             self.fence(shared, id).await;
-            invalidate();
+            self.forget(id);
         }
+    }
+
+    /// Drops the in-process copy of `id` and the quota uses held for it.
+    fn forget(&self, id: &str) {
+        if let Some(local) = &self.local {
+            local.invalidate(id);
+        }
+        self.leases.forget(id);
     }
 
     /// Fences off the Redis entry of `id`; if Redis cannot be reached, keeps trying in the
@@ -258,16 +270,27 @@ impl Caches {
     }
 
     /// Acts on what the change feed says.
-    async fn hear(&self, heard: Heard) {
+    fn hear(self: &Arc<Self>, heard: Heard) {
         let Some(local) = &self.local else { return };
         match heard {
             // What was cached before may have missed changes while the feed was not followed.
-            Heard::Listening => local.clear(),
+            Heard::Listening => {
+                local.clear();
+                self.leases.clear();
+            }
             Heard::Alive(sent) => {
                 local.heard(sent);
                 metrics().change_feed_heard(sent + SILENCE);
             }
-            Heard::Changed(id) if plausible_id(&id) => self.refresh(&id).await,
+            Heard::Changed(id) if plausible_id(&id) => {
+                self.forget(&id);
+                // Not awaited: a slow Redis must not hold up the announcements behind this one.
+                #[cfg(feature = "redis")]
+                if self.shared.is_some() {
+                    let caches = self.clone();
+                    tokio::spawn(async move { caches.refresh(&id).await });
+                }
+            }
             Heard::Changed(_) => {}
         }
     }
@@ -293,7 +316,7 @@ async fn follow(feed: Arc<dyn ChangeFeed>, caches: Arc<Caches>) {
         let ended = loop {
             tokio::select! {
                 ended = &mut following => break ended,
-                Some(heard) = hearing.recv() => caches.hear(heard).await,
+                Some(heard) = hearing.recv() => caches.hear(heard),
             }
         };
         if let Some(local) = &caches.local {
@@ -326,6 +349,10 @@ impl Backend for CachedBackend {
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         metrics().storage_operation("get");
         self.primary.get(id).await
+    }
+
+    fn quota_in_hand(&self, id: &str) -> u64 {
+        self.caches.leases.in_hand(id)
     }
 
     fn cached(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
@@ -431,12 +458,18 @@ impl Backend for CachedBackend {
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
-        // Cached entries keep an old `remaining`; the primary's count is the one that decides.
-        metrics().storage_operation("use_quota");
-        self.primary.use_quota(id, refill_before, now).await
+        // Cached entries keep an old `remaining`; blocks taken from the primary decide. Requests
+        // take one use each; a caller asking for a block of its own gets it from the primary.
+        if want != 1 {
+            metrics().storage_operation("use_quota");
+            return self.primary.use_quota(id, want, refill_before, now).await;
+        }
+        let following = self.following();
+        self.caches.leases.take(self.primary.as_ref(), id, refill_before, now, following).await
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
@@ -495,31 +528,26 @@ mod tests {
 
     #[tokio::test]
     async fn copies_live_until_they_change_while_the_feed_is_heard_and_briefly_without_it() {
-        let caches = Caches {
-            local: Some(LocalCache::new(Duration::from_secs(60), Duration::from_millis(40))),
-            #[cfg(feature = "redis")]
-            shared: None,
-            #[cfg(feature = "redis")]
-            unfenced: Arc::default(),
-        };
+        let local = LocalCache::new(Duration::from_secs(60), Duration::from_millis(40));
+        let caches = Arc::new(Caches::new(Some(local)));
         let local = caches.local.as_ref().unwrap();
         let record = Arc::new(sample("owner", Utc::now()));
         let cache = |record: &Arc<ApiKeyRecord>| local.insert(record, local.generation());
         let id = record.id.clone();
 
-        caches.hear(Heard::Listening).await;
+        caches.hear(Heard::Listening);
         assert!(!local.following(Instant::now()), "not before a heartbeat came back");
-        caches.hear(Heard::Alive(Instant::now())).await;
+        caches.hear(Heard::Alive(Instant::now()));
         cache(&record);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(local.get(&id).is_some(), "kept past the short TTL while the feed is heard");
-        caches.hear(Heard::Changed(id.clone())).await;
+        caches.hear(Heard::Changed(id.clone()));
         assert!(local.get(&id).is_none(), "dropped when the feed says it changed");
         cache(&record);
-        caches.hear(Heard::Changed("~not an id\n".into())).await;
+        caches.hear(Heard::Changed("~not an id\n".into()));
         assert!(local.get(&id).is_some(), "payloads that are no key id are ignored");
         let long_ago = Instant::now() - 2 * SILENCE;
-        caches.hear(Heard::Alive(long_ago)).await;
+        caches.hear(Heard::Alive(long_ago));
         assert!(local.following(Instant::now()), "a late heartbeat never moves the stamp back");
 
         cache(&record);
@@ -528,7 +556,7 @@ mod tests {
         assert!(local.get(&id).is_none(), "without the feed, trusted only for the short TTL");
         cache(&record);
         assert!(local.get(&id).is_some(), "fresh copies are still served without the feed");
-        caches.hear(Heard::Listening).await;
+        caches.hear(Heard::Listening);
         assert!(local.get(&id).is_none(), "following again drops what was cached meanwhile");
     }
 

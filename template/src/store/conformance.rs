@@ -34,6 +34,7 @@ pub async fn run(backend: &dyn Backend) {
     updates_only_what_changes(backend).await;
     rotates_once_and_links_both_keys(backend).await;
     takes_quota_atomically(backend).await;
+    takes_quota_in_blocks(backend).await;
     refills_quota_once_per_period(backend).await;
     records_events_with_their_mutations(backend).await;
 }
@@ -256,17 +257,21 @@ pub async fn updates_only_what_changes(backend: &dyn Backend) {
 
 pub async fn rotates_once_and_links_both_keys(backend: &dyn Backend) {
     let now = Utc::now().trunc_subsecs(6);
-    let old = sample(&fresh_owner(), now);
+    let mut old = sample(&fresh_owner(), now);
+    old.remaining = Some(10);
     stored(backend, &old).await;
     let mut new = sample(old.owner_id.as_deref().unwrap_or_default(), now);
-    new.rotated_from = Some(old.id.clone());
+    (new.rotated_from, new.remaining) = (Some(old.id.clone()), old.remaining);
+    // Uses taken after the new key was made from the old one are not handed out again.
+    backend.use_quota(&old.id, 1, None, now).await.expect("use");
     let retires_at = now + Duration::hours(1);
     let events = [event(&old.id), event(&new.id)];
     assert!(backend.rotate(&old.id, &new, retires_at, &events).await.expect("rotate"));
     let old_now = reread(backend, &old.id).await;
     assert_eq!(old_now.replaced_by.as_deref(), Some(new.id.as_str()));
     assert_eq!(old_now.retires_at, Some(retires_at));
-    assert_eq!(reread(backend, &new.id).await, new, "the new key is stored");
+    new.remaining = Some(9);
+    assert_eq!(reread(backend, &new.id).await, new, "the new key is stored, with the quota left");
 
     let another = sample("someone", now);
     assert!(
@@ -295,7 +300,7 @@ pub async fn takes_quota_atomically(backend: &dyn Backend) {
     stored(backend, &key).await;
     let now = Utc::now();
     let uses =
-        futures_util::future::join_all((0..50).map(|_| backend.use_quota(&key.id, None, now)))
+        futures_util::future::join_all((0..50).map(|_| backend.use_quota(&key.id, 1, None, now)))
             .await;
     let taken = uses.iter().filter(|used| matches!(used, Ok(QuotaUse::Taken { .. }))).count();
     let exhausted = uses.iter().filter(|used| matches!(used, Ok(QuotaUse::Exhausted))).count();
@@ -305,9 +310,39 @@ pub async fn takes_quota_atomically(backend: &dyn Backend) {
     let unlimited = sample(&fresh_owner(), Utc::now());
     stored(backend, &unlimited).await;
     assert_eq!(
-        backend.use_quota(&unlimited.id, None, now).await.expect("use"),
+        backend.use_quota(&unlimited.id, 1, None, now).await.expect("use"),
         QuotaUse::Unlimited
     );
+}
+
+pub async fn takes_quota_in_blocks(backend: &dyn Backend) {
+    let mut key = sample(&fresh_owner(), Utc::now());
+    key.remaining = Some(100);
+    stored(backend, &key).await;
+    let now = Utc::now();
+    let take = async |want| backend.use_quota(&key.id, want, None, now).await.expect("use");
+    assert_eq!(take(5).await, QuotaUse::Taken { taken: 5, remaining: 95 }, "16 × 5 are left");
+    assert_eq!(take(10).await, QuotaUse::Taken { taken: 1, remaining: 94 }, "16 × 10 are not");
+    let mut left = 94;
+    while left > 0 {
+        let QuotaUse::Taken { taken, remaining } = take(5).await else {
+            panic!("{left} uses are left");
+        };
+        assert_eq!(taken, if left >= 80 { 5 } else { 1 }, "{left} left");
+        assert_eq!(remaining, left - taken);
+        left = remaining;
+    }
+    assert_eq!(take(5).await, QuotaUse::Exhausted);
+
+    // A refill that is due comes first, whatever the block asked for.
+    let mut key = sample(&fresh_owner(), now);
+    key.remaining = Some(50);
+    key.refill = Some(Refill { interval: RefillInterval::Daily, amount: 3 });
+    key.refilled_at = Some(now - Duration::days(1));
+    stored(backend, &key).await;
+    let period = RefillInterval::Daily.period_start(now);
+    let used = backend.use_quota(&key.id, 2, Some(period), now).await.expect("use");
+    assert_eq!(used, QuotaUse::Taken { taken: 1, remaining: 2 }, "refilled to 3, then one taken");
 }
 
 pub async fn refills_quota_once_per_period(backend: &dyn Backend) {
@@ -319,20 +354,20 @@ pub async fn refills_quota_once_per_period(backend: &dyn Backend) {
     stored(backend, &key).await;
     let period = RefillInterval::Daily.period_start(now);
     assert_eq!(
-        backend.use_quota(&key.id, Some(period), now).await.expect("use"),
-        QuotaUse::Taken { remaining: 2 },
+        backend.use_quota(&key.id, 1, Some(period), now).await.expect("use"),
+        QuotaUse::Taken { taken: 1, remaining: 2 },
         "a new period refills, then takes one"
     );
     assert_eq!(reread(backend, &key.id).await.refilled_at, Some(now));
     for left in [1, 0] {
         assert_eq!(
-            backend.use_quota(&key.id, Some(period), now).await.expect("use"),
-            QuotaUse::Taken { remaining: left },
+            backend.use_quota(&key.id, 1, Some(period), now).await.expect("use"),
+            QuotaUse::Taken { taken: 1, remaining: left },
             "the same period does not refill again"
         );
     }
     assert_eq!(
-        backend.use_quota(&key.id, Some(period), now).await.expect("use"),
+        backend.use_quota(&key.id, 1, Some(period), now).await.expect("use"),
         QuotaUse::Exhausted
     );
 }

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use tokio::sync::mpsc::Sender;
 
 use super::feed::{ChangeFeed, Heard, follow_with_heartbeats};
-use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
+use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage, block_fits};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[derive(Debug)]
@@ -174,7 +174,10 @@ impl Backend for MemoryBackend {
         };
         old.replaced_by = Some(new.id.clone());
         old.retires_at = Some(retires_at);
-        state.keys.insert(new.id.clone(), new.clone());
+        // The quota as it stands now: uses taken since `new` was made from the old key are spent.
+        let new =
+            ApiKeyRecord { remaining: old.remaining, refilled_at: old.refilled_at, ..new.clone() };
+        state.keys.insert(new.id.clone(), new);
         state.events.extend_from_slice(events);
         self.announce(old_id);
         Ok(true)
@@ -183,6 +186,7 @@ impl Backend for MemoryBackend {
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
@@ -199,12 +203,13 @@ impl Backend for MemoryBackend {
             remaining = refill.amount;
             key.refilled_at = Some(now);
         }
-        let Some(left) = remaining.checked_sub(1) else {
+        if remaining == 0 {
             key.remaining = Some(0);
             return Ok(QuotaUse::Exhausted);
-        };
-        key.remaining = Some(left);
-        Ok(QuotaUse::Taken { remaining: left })
+        }
+        let taken = if block_fits(want, remaining) { want.max(1) } else { 1 };
+        key.remaining = Some(remaining - taken);
+        Ok(QuotaUse::Taken { taken, remaining: remaining - taken })
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod conformance;
 pub mod feed;
 pub mod memory;
+pub mod quota;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -29,11 +30,17 @@ pub use sql::SqlBackend;
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "redis")))]
 compile_error!("enable at least one of the `sqlite`, `postgres` and `redis` features");
 
+/// Whether `left` uses are enough to hand out a block of `want` at once (see
+/// [`Backend::use_quota`]).
+pub fn block_fits(want: u64, left: u64) -> bool {
+    want == 1 || left >= want.saturating_mul(16)
+}
+
 /// What [`Backend::use_quota`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaUse {
-    /// One use taken; this many are left.
-    Taken { remaining: u64 },
+    /// `taken` uses taken (the number asked for, or one); this many are left.
+    Taken { taken: u64, remaining: u64 },
     /// None left: the request must be refused.
     Exhausted,
     /// The key has no quota (or no longer exists): nothing to take.
@@ -109,6 +116,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Uses of the key's quota this instance holds in hand, taken from the store but not used yet
+    /// (see [`quota`]); what the store's `remaining` leaves out for this instance.
+    fn quota_in_hand(&self, _id: &str) -> u64 {
+        0
+    }
+
     /// Keys newest first (by `created_at`, then `id`), with the total matching `query`.
     async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError>;
 
@@ -140,12 +153,14 @@ pub trait Backend: Send + Sync + 'static {
         events: &[KeyEvent],
     ) -> Result<bool, StoreError>;
 
-    /// Takes one use from a key's quota, atomically: concurrent callers never take more than there
-    /// is. With `refill_before`, a quota last filled before that time is filled to its refill amount
-    /// first (at `now`).
+    /// Takes uses from a key's quota, atomically: `want` of them when at least sixteen times as many
+    /// are left, else one, so that concurrent callers never take more than there is and no caller
+    /// holds more than a sixteenth of what was left. With `refill_before`, a quota last filled
+    /// before that time is filled to its refill amount first (at `now`).
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError>;

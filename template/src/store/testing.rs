@@ -75,10 +75,11 @@ impl Backend for FlakyStore {
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
-        self.inner.use_quota(id, refill_before, now).await
+        self.inner.use_quota(id, want, refill_before, now).await
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {

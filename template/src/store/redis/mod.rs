@@ -130,18 +130,24 @@ if redis.call('HEXISTS', old, 'record') == 0 or redis.call('HEXISTS', old, 'revo
   or redis.call('HEXISTS', old, 'replaced_by') == 1 then return 0 end
 local after = put_key(KEYS[2], 2)
 if not after then return -1 end
+-- The quota as it stands now: uses taken since the new key was made from the old one are spent.
+for _, field in ipairs({'remaining', 'refilled_at'}) do
+  local value = redis.call('HGET', old, field)
+  if value then redis.call('HSET', KEYS[2], field, value) end
+end
 redis.call('HSET', old, 'replaced_by', ARGV[2], 'retires_at', ARGV[1])
 add_events(after)
 return 1
 "
 );
 
-/// Uses left after taking one; `-1` for no quota, `-2` for none left.
+/// Takes `ARGV[3]` uses if sixteen times as many are left, else one (as `block_fits`): the uses
+/// taken and those left; `-1` taken for no quota, `0` for none left.
 static USE_QUOTA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local left = redis.call('HGET', KEYS[1], 'remaining')
-if not left then return -1 end
+if not left then return {-1, 0} end
 left = tonumber(left)
 if ARGV[1] ~= '' then
   local at = redis.call('HGET', KEYS[1], 'refilled_at')
@@ -155,10 +161,13 @@ if ARGV[1] ~= '' then
 end
 if left <= 0 then
   redis.call('HSET', KEYS[1], 'remaining', 0)
-  return -2
+  return {0, 0}
 end
-redis.call('HSET', KEYS[1], 'remaining', left - 1)
-return left - 1
+local want = tonumber(ARGV[3])
+local taken = 1
+if want > 1 and left >= 16 * want then taken = want end
+redis.call('HSET', KEYS[1], 'remaining', left - taken)
+return {taken, left - taken}
 ",
     )
 });
@@ -490,15 +499,18 @@ impl Backend for RedisBackend {
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
         let mut invocation = USE_QUOTA.key(key_of(id));
-        invocation.arg(micros_or_empty(refill_before)).arg(micros(now));
-        Ok(match self.invoke(&invocation).await? {
-            -1 => QuotaUse::Unlimited,
-            -2 => QuotaUse::Exhausted,
-            left => QuotaUse::Taken { remaining: u64::try_from(left).unwrap_or(0) },
+        invocation.arg(micros_or_empty(refill_before)).arg(micros(now)).arg(want);
+        let (taken, left): (i64, i64) =
+            invocation.invoke_async(&mut self.connection.clone()).await.map_err(unavailable)?;
+        Ok(match u64::try_from(taken) {
+            Err(_) => QuotaUse::Unlimited,
+            Ok(0) => QuotaUse::Exhausted,
+            Ok(taken) => QuotaUse::Taken { taken, remaining: u64::try_from(left).unwrap_or(0) },
         })
     }
 

@@ -329,7 +329,6 @@ impl Backend for SqlBackend {
         retires_at: DateTime<Utc>,
         events: &[KeyEvent],
     ) -> Result<bool, StoreError> {
-        let row = ApiKeyRow::from(new);
         let events: Vec<EventRow> = events.iter().map(EventRow::from).collect();
         with_conn!(self, |conn| {
             conn.transaction(async |conn| {
@@ -340,14 +339,19 @@ impl Backend for SqlBackend {
                         .filter(api_keys::replaced_by.is_null()),
                 )
                 .set((
-                    api_keys::replaced_by.eq(&row.id),
+                    api_keys::replaced_by.eq(&new.id),
                     api_keys::retires_at.eq(retires_at.naive_utc()),
                 ))
-                .execute(conn)
-                .await?;
-                if replaced == 0 {
+                .returning((api_keys::remaining, api_keys::refilled_at))
+                .get_result(conn)
+                .await
+                .optional()?;
+                let Some((remaining, refilled_at)) = replaced else {
                     return Ok(false);
-                }
+                };
+                // The quota as it stands now: uses taken since `new` was made from the old key are
+                // spent.
+                let row = ApiKeyRow { remaining, refilled_at, ..ApiKeyRow::from(new) };
                 diesel::insert_into(api_keys::table).values(&row).execute(conn).await?;
                 // One statement per event: SQLite has no multi-row insert in Diesel.
                 for event in &events {
@@ -364,20 +368,24 @@ impl Backend for SqlBackend {
     async fn use_quota(
         &self,
         id: &str,
+        want: u64,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
         use self::schema::api_keys::{refill_amount, refilled_at, remaining};
 
-        let now = now.naive_utc();
-        // One UPDATE: the row lock (PostgreSQL) or the write lock (SQLite) makes concurrent uses
-        // queue, and each re-checks `remaining > 0` after the one before it.
+        let (now, n) = (now.naive_utc(), i64::try_from(want.max(1)).unwrap_or(i64::MAX));
+        // Enough left for a block of `n`: one use, or sixteen times `n` (see `block_fits`).
+        let enough = if n == 1 { 1 } else { n.saturating_mul(16) };
+        // One UPDATE taking `n` when enough are there: the row lock (PostgreSQL) or the write lock
+        // (SQLite) makes concurrent uses queue, and each re-checks what is left after the one before
+        // it. With too few left, the block shrinks to one use.
         let left: Option<Option<i64>> = with_conn!(self, |conn| {
             let quota = api_keys::table.find(id).filter(remaining.is_not_null());
             let taken = match refill_before {
                 None => {
-                    diesel::update(quota.filter(remaining.gt(0)))
-                        .set(remaining.eq(remaining - 1i64))
+                    diesel::update(quota.filter(remaining.ge(enough)))
+                        .set(remaining.eq(remaining - n))
                         .returning(remaining)
                         .get_result(&mut conn)
                         .await
@@ -388,13 +396,17 @@ impl Backend for SqlBackend {
                             .is_not_null()
                             .and(refilled_at.is_null().or(refilled_at.lt(before.naive_utc())))
                     };
-                    diesel::update(quota.filter(remaining.gt(0).or(due())))
+                    // A due refill decides alone: the old period's uses are never taken from.
+                    let takes = due()
+                        .and(refill_amount.ge(enough))
+                        .or(diesel::dsl::not(due()).and(remaining.ge(enough)));
+                    diesel::update(quota.filter(takes))
                         .set((
                             remaining.eq(case_when::<_, _, Nullable<BigInt>>(
                                 due(),
-                                refill_amount - 1i64,
+                                refill_amount - n,
                             )
-                            .otherwise(remaining - 1i64)),
+                            .otherwise(remaining - n)),
                             refilled_at.eq(case_when::<_, _, Nullable<Timestamp>>(
                                 due(),
                                 Some(now),
@@ -409,9 +421,11 @@ impl Backend for SqlBackend {
             taken.optional().map_err(query_failed)?
         });
         if let Some(left) = left {
-            return Ok(QuotaUse::Taken {
-                remaining: left.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-            });
+            let left = left.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            return Ok(QuotaUse::Taken { taken: want.max(1), remaining: left });
+        }
+        if want > 1 {
+            return self.use_quota(id, 1, refill_before, now.and_utc()).await;
         }
         Ok(match self.get(id).await? {
             Some(key) if key.remaining.is_some() => QuotaUse::Exhausted,

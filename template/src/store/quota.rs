@@ -1,0 +1,250 @@
+//! Quota uses taken from the store in blocks, so that a busy metered key costs one store write per
+//! block, not one per request.
+//!
+//! An instance admits requests from the uses it holds, and takes the next block (atomically, like a
+//! single use) only when they run out, so instances together never admit more than the quota. It
+//! holds uses only while it follows the change feed, which tells it of every change to the key: a
+//! change, a lost feed or a new refill period drops them, so a cut quota binds every instance as a
+//! revocation does. The price, uses lost when dropped or held by an instance that stops, is set out
+//! in the Quotas section of docs/src/lifecycle.md.
+
+use std::convert::Infallible;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use quick_cache::Equivalent;
+use tokio::sync::Mutex;
+
+use super::{Backend, QuotaUse, StoreError};
+use crate::metrics::metrics;
+
+/// The largest block: the most uses of one key an instance holds.
+pub const MAX_BLOCK: u64 = 1000;
+/// A block used up within this makes the next one twice as large.
+pub const BRISK: Duration = Duration::from_millis(100);
+/// How many keys' blocks an instance keeps.
+const CAPACITY: usize = 65_536;
+/// How long an exhausted quota or a failing store is taken at its word.
+const PAUSE: Duration = Duration::from_millis(250);
+
+/// How large a key's next block is: one use at first, twice the last while blocks last less than
+/// [`BRISK`], half when one lasts ten times that.
+#[derive(Debug, Default)]
+pub(crate) struct Pace {
+    size: u64,
+    taken_at: Option<Instant>,
+}
+
+impl Pace {
+    /// The next block's size, at most `fits` (and [`MAX_BLOCK`]).
+    pub(crate) fn next(&self, fits: u64) -> u64 {
+        let size = match self.age() {
+            None => 1,
+            Some(lasted) if lasted < BRISK => self.size * 2,
+            Some(lasted) if lasted > BRISK * 10 => self.size / 2,
+            Some(_) => self.size,
+        };
+        size.clamp(1, fits.clamp(1, MAX_BLOCK))
+    }
+
+    /// A block of `size` was taken just now.
+    pub(crate) fn took(&mut self, size: u64) {
+        (self.size, self.taken_at) = (size, Some(Instant::now()));
+    }
+
+    /// How long ago the last block was taken.
+    pub(crate) fn age(&self) -> Option<Duration> {
+        self.taken_at.map(|at| at.elapsed())
+    }
+}
+
+/// `cache`'s entry for `key`, made by `make` if there is none.
+pub(crate) fn entry<K, Q, V>(
+    cache: &quick_cache::sync::Cache<K, Arc<V>>,
+    key: &Q,
+    make: impl FnOnce() -> V,
+) -> Arc<V>
+where
+    K: Eq + Hash + Clone,
+    Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+{
+    let made = cache.get_or_insert_with(key, || Ok::<_, Infallible>(Arc::new(make())));
+    made.unwrap_or_else(|never| match never {})
+}
+
+/// The uses of one key's quota an instance holds.
+#[derive(Debug)]
+struct Slot {
+    /// Set when the key changed: these uses may belong to a quota that no longer stands.
+    dropped: AtomicBool,
+    /// [`Leases::epoch`] when the slot was made.
+    epoch: u64,
+    /// `lease.left`, readable without waiting for a block being taken.
+    in_hand: AtomicU64,
+    lease: Mutex<Lease>,
+}
+
+#[derive(Debug, Default)]
+struct Lease {
+    left: u64,
+    /// The refill period the uses belong to: a new period refills the store and drops them.
+    period: Option<DateTime<Utc>>,
+    pace: Pace,
+    /// What the store had left after the last block, once known.
+    store_left: Option<u64>,
+    /// When the store last said none are left (`true`), or failed (`false`): until [`PAUSE`]
+    /// later, asking again would only queue the key's requests behind another store call.
+    paused: Option<(Instant, bool)>,
+}
+
+#[derive(Debug)]
+pub(super) struct Leases {
+    slots: quick_cache::sync::Cache<String, Arc<Slot>>,
+    /// Bumped by [`Leases::clear`]: slots made before it hold nothing.
+    epoch: AtomicU64,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self { slots: quick_cache::sync::Cache::new(CAPACITY), epoch: AtomicU64::new(0) }
+    }
+}
+
+impl Leases {
+    /// Takes one use of `id`'s quota from those held, first taking a block from `primary` when none
+    /// are left. Without the change feed (`following` false) nothing is held: the use comes from
+    /// the store.
+    pub(super) async fn take(
+        &self,
+        primary: &dyn Backend,
+        id: &str,
+        refill_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        following: bool,
+    ) -> Result<QuotaUse, StoreError> {
+        let store = |want| {
+            metrics().storage_operation("use_quota");
+            primary.use_quota(id, want, refill_before, now)
+        };
+        if !following {
+            return store(1).await;
+        }
+        let epoch = self.epoch();
+        let slot = entry(&self.slots, id, || Slot {
+            dropped: AtomicBool::new(false),
+            epoch,
+            in_hand: AtomicU64::new(0),
+            lease: Mutex::default(),
+        });
+        let dropped = || slot.dropped.load(Ordering::SeqCst) || slot.epoch != self.epoch();
+        let mut lease = slot.lease.lock().await;
+        // Around midnight, requests on either side may arrive in any order: a block belongs to the
+        // newest period seen, and a request dated before it goes to the store alone.
+        if dropped() || refill_before < lease.period {
+            return store(1).await;
+        }
+        if refill_before != lease.period {
+            *lease = Lease { period: refill_before, ..Lease::default() };
+        }
+        if lease.left == 0 {
+            if let Some((at, exhausted)) = lease.paused
+                && at.elapsed() < PAUSE
+            {
+                return if exhausted {
+                    Ok(QuotaUse::Exhausted)
+                } else {
+                    Err(StoreError::Unavailable("the quota store failed a moment ago".into()))
+                };
+            }
+            let want = lease.pace.next(lease.store_left.map_or(MAX_BLOCK, |left| left / 16));
+            match store(want).await {
+                // The key changed while the block was taken: this request is as one in flight
+                // during the change, but the rest of the block is not kept.
+                Ok(QuotaUse::Taken { remaining, .. }) if dropped() => {
+                    return Ok(QuotaUse::Taken { taken: 1, remaining });
+                }
+                Ok(QuotaUse::Taken { taken, remaining }) => {
+                    (lease.left, lease.store_left, lease.paused) = (taken, Some(remaining), None);
+                    lease.pace.took(taken);
+                }
+                Ok(QuotaUse::Exhausted) => {
+                    lease.paused = Some((Instant::now(), true));
+                    return Ok(QuotaUse::Exhausted);
+                }
+                Ok(QuotaUse::Unlimited) => return Ok(QuotaUse::Unlimited),
+                Err(err) => {
+                    lease.paused = Some((Instant::now(), false));
+                    return Err(err);
+                }
+            }
+        }
+        lease.left -= 1;
+        slot.in_hand.store(lease.left, Ordering::Relaxed);
+        Ok(QuotaUse::Taken { taken: 1, remaining: lease.left + lease.store_left.unwrap_or(0) })
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Uses of `id` this instance holds.
+    pub(super) fn in_hand(&self, id: &str) -> u64 {
+        self.slots.get(id).map_or(0, |slot| slot.in_hand.load(Ordering::Relaxed))
+    }
+
+    /// Drops the uses of `id` held: the key changed, and its quota may have too. A request already
+    /// waiting for them sees the mark and asks the store.
+    pub(super) fn forget(&self, id: &str) {
+        if let Some(slot) = self.slots.get(id) {
+            slot.dropped.store(true, Ordering::SeqCst);
+        }
+        self.slots.remove(id);
+    }
+
+    /// Drops every use held: the change feed was lost, or followed again after a loss.
+    pub(super) fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.slots.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryBackend;
+    use crate::store::conformance::{event, sample};
+
+    #[tokio::test]
+    async fn busy_keys_take_growing_blocks_and_never_more_than_there_is() {
+        let store = MemoryBackend::default();
+        let mut key = sample("owner", Utc::now());
+        key.remaining = Some(1000);
+        store.insert(&key, &event(&key.id)).await.unwrap();
+        let leases = Leases::default();
+        let mut admitted = 0;
+        while let QuotaUse::Taken { .. } =
+            leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap()
+        {
+            admitted += 1;
+        }
+        assert_eq!(admitted, 1000, "every use, and not one more");
+        let stored = store.get(&key.id).await.unwrap().unwrap();
+        assert_eq!(stored.remaining, Some(0));
+
+        key = sample("owner", Utc::now());
+        key.remaining = Some(1000);
+        store.insert(&key, &event(&key.id)).await.unwrap();
+        for _ in 0..100 {
+            leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap();
+        }
+        let left = store.get(&key.id).await.unwrap().unwrap().remaining.unwrap();
+        let in_hand = leases.in_hand(&key.id);
+        assert_eq!(left + in_hand, 900, "what the store has and what is in hand");
+        assert!(in_hand <= MAX_BLOCK && left < 900, "blocks grew: {left} left, {in_hand} in hand");
+        leases.forget(&key.id);
+        assert_eq!(leases.in_hand(&key.id), 0);
+    }
+}
