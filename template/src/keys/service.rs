@@ -307,7 +307,7 @@ impl ApiKeyService {
                 None => break,
             }
         }
-        // Uses this instance holds in hand are the manager's still.
+        // Quota uses this instance holds are not spent yet: they count as the manager's own.
         let own = own.map(|record| self.with_unflushed_usage(record));
         Ok(Some(own.as_ref().map_or_else(|| Limits::of(key.record()), Limits::of)))
     }

@@ -2,9 +2,10 @@
 //! a Redis cache shared by every instance.
 //!
 //! Only [`Backend::lookup`] is served from the caches, and quota uses from blocks taken ahead
-//! ([`super::quota`]); every other call reads or writes the primary backend. A cached key lives until it changes: the store announces every change on its change
-//! feed ([`super::feed`]), and each instance, following the feed, drops what it cached of that key
-//! (fencing its Redis entry off too). How stale a lookup can be:
+//! ([`super::quota`]); every other call reads or writes the primary backend. A cached key lives
+//! until it changes: the store announces every change on its change feed ([`super::feed`]), and
+//! each instance, following the feed, drops what it cached of that key (fencing its Redis entry off
+//! too). How stale a lookup can be:
 //! - on the instance that made the change, not at all (its entry is dropped at once);
 //! - on other instances, as long as the feed takes to bring the announcement (milliseconds);
 //! - while an instance cannot follow the feed, its copies are trusted only for `KEY_CACHE_TTL_MS`
