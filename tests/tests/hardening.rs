@@ -685,6 +685,63 @@ fn a_flood_of_bad_keys_is_audited_in_a_few_lines_without_colour() {
 }
 
 #[test]
+fn wrong_secrets_for_one_key_log_the_lockout_once() {
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("service.log");
+    let database_url = format!("sqlite://{}", scratch.path().join("secrets.db").display());
+    // The address limit off, the per-key limit at its default (10 a minute, one every 6 s).
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("RUST_LOG", "info"),
+        ("AUTH_FAILURES_PER_MINUTE", "0"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let service = Service::start_logged(&bin, &env, free_port(), &log);
+    let client = Client::new(&service.base_url);
+    let started = Instant::now();
+    let secret_at = "sk_".len() + 12 + 1;
+    let mut statuses = Vec::new();
+    for i in 0..300 {
+        // Another secret under the key's id, with a checksum that fits it: a real guess.
+        let mut body = admin[..admin.len() - 6].to_owned().into_bytes();
+        let at = secret_at + i % 40;
+        body[at] = if body[at] == b'a' { b'b' } else { b'a' };
+        let wrong = with_checksum(&body);
+        statuses.push(client.try_send("GET", "/protected", Some(&wrong)));
+    }
+    let crossings = started.elapsed().as_secs() / 6 + 1;
+    assert!(service.stop().success());
+    assert_eq!(statuses.iter().filter(|s| **s == Some(401)).count(), 10, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == Some(429)).count(), 290);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lockouts = text.lines().filter(|l| l.contains("too many wrong secrets")).count() as u64;
+    assert!(
+        (1..=crossings).contains(&lockouts),
+        "{lockouts} lockout lines for 290 refusals:\n{text}"
+    );
+}
+
+/// `body` with the checksum a key ends with: its CRC-32 (IEEE) in six base62 digits.
+fn with_checksum(body: &[u8]) -> String {
+    const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut crc = !0u32;
+    for &byte in body {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    let mut n = !crc;
+    let mut sum = [b'0'; 6];
+    for slot in sum.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8([body, &sum].concat()).unwrap()
+}
+
+#[test]
 fn a_tenants_expiry_listing_reads_only_its_own_keys_from_redis() {
     let redis = Redis::start();
     let bin = service_binary();

@@ -17,6 +17,7 @@
 //! A rotated key in its grace period is charged to its replacement, or to the newest key when the
 //! replacement was rotated too: rotating a key never multiplies what it may do.
 
+use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,7 @@ use super::{ApiKey, AuthError};
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, RateLimit, Refill, now};
 #[cfg(feature = "redis")]
-use crate::store::quota::{Pace, entry};
+use crate::store::quota::Pace;
 #[cfg(feature = "redis")]
 use crate::store::redis::breaker::{Breaker, CacheError};
 use crate::store::{Backend, QuotaUse};
@@ -50,7 +51,7 @@ pub(crate) const MAX_ROTATIONS_FOLLOWED: usize = 8;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
-/// Where a key stands against its rate limit after a request: what the `RateLimit-*` headers say.
+/// Where a key stands against its rate limit after a request: what the `RateLimit` fields say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitState {
     pub limit: RateLimit,
@@ -95,7 +96,7 @@ impl Refusal {
 
 pub struct Allowance {
     store: Arc<dyn Backend>,
-    local: quick_cache::sync::Cache<(String, RateLimit), Arc<Limiter>>,
+    local: Held<Option<Limiter>>,
     #[cfg(feature = "redis")]
     shared: Option<Shared>,
 }
@@ -105,7 +106,7 @@ pub struct Allowance {
 struct Shared {
     connection: redis::aio::ConnectionManager,
     breaker: Breaker,
-    blocks: quick_cache::sync::Cache<(String, RateLimit), Arc<Mutex<Block>>>,
+    blocks: Held<Mutex<Block>>,
 }
 
 /// The requests of one key taken from its shared rate limit and not used yet.
@@ -210,13 +211,8 @@ impl Allowance {
     }
 
     fn local_rate(&self, account: &str, limit: RateLimit) -> Result<LimitState, Refusal> {
-        let Some(limiter) = self
-            .local
-            .get_or_insert_with(&(account.to_owned(), limit), || {
-                limiter(limit).map(Arc::new).ok_or(())
-            })
-            .ok()
-        else {
+        let limiter = held(&self.local, account, limit, || limiter(limit));
+        let Some(limiter) = limiter.as_ref() else {
             // Validation keeps limits positive; a stored zero admits nothing.
             return Err(Refusal::UsageExceeded { retry_after: None, state: None });
         };
@@ -264,6 +260,23 @@ impl Allowance {
 }
 
 /// The time between two requests at a steady pace.
+/// Per key id, what counts its requests and the limit it counts them under.
+type Held<T> = quick_cache::sync::Cache<String, (RateLimit, Arc<T>)>;
+
+/// What `cache` holds for `account` under `limit`; made afresh by `make` when there is nothing, or
+/// when the key's limit changed. Looked up by `&str`, so a request allocates nothing here.
+fn held<T>(cache: &Held<T>, account: &str, limit: RateLimit, make: impl Fn() -> T) -> Arc<T> {
+    let made = || (limit, Arc::new(make()));
+    let found = cache.get_or_insert_with(account, || Ok::<_, Infallible>(made()));
+    let (under, found) = found.unwrap_or_else(|never| match never {});
+    if under == limit {
+        return found;
+    }
+    let (_, fresh) = made();
+    cache.insert(account.to_owned(), (limit, fresh.clone()));
+    fresh
+}
+
 fn interval(limit: RateLimit) -> Duration {
     Duration::from_secs(u64::from(limit.window)) / limit.requests.max(1)
 }
@@ -306,7 +319,7 @@ impl Shared {
         account: &str,
         limit: RateLimit,
     ) -> Result<Result<LimitState, Refusal>, CacheError> {
-        let block = entry(&self.blocks, &(account.to_owned(), limit), Mutex::default);
+        let block = held(&self.blocks, account, limit, Mutex::default);
         let mut block = block.lock().await;
         let age = block.pace.age().unwrap_or(Duration::MAX);
         let standing = |answer: &Result<LimitState, (LimitState, Duration)>| match answer {

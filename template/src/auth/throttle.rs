@@ -68,7 +68,12 @@ impl FailureLimits {
             return false;
         };
         let key = id.to_owned();
-        let over = counter.blocked(&key) || counter.failed(&key);
+        if counter.blocked(&key) {
+            // Logged when the limit was crossed; the refusals since are in the failure audit's
+            // tallies, so a flood of wrong secrets writes one line here, not one per request.
+            return true;
+        }
+        let over = counter.failed(&key);
         if over {
             tracing::warn!(target: "audit", key_id = id, "too many wrong secrets for this key");
         }

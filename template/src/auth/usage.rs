@@ -1,12 +1,12 @@
 //! Usage tracking without a database write per request: uses are counted in memory and flushed in one
 //! batch per interval (and at shutdown), as relative increments.
 
-use std::collections::HashMap;
 use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use foldhash::HashMap;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -15,6 +15,7 @@ use crate::store::{Backend, StoreError, Usage};
 
 #[derive(Debug, Default)]
 pub struct UsageTracker {
+    /// By key id. Only authenticated keys get here, so a fast hash is safe from crafted ids.
     pending: Mutex<HashMap<String, Pending>>,
 }
 

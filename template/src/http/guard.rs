@@ -28,7 +28,7 @@ use crate::scope::{self, Match};
 pub(crate) struct Authentication(pub(crate) Result<ApiKey, AuthError>);
 
 /// The per-key limits' verdict on a request, kept in its extensions: reached once, however many
-/// guards ask, and read again by the middleware for the `RateLimit-*` headers.
+/// guards ask, and read again by the middleware for the `RateLimit` fields.
 #[derive(Clone, Default)]
 pub(crate) struct Admission(Rc<OnceCell<Result<Option<LimitState>, Refusal>>>);
 

@@ -1,7 +1,7 @@
 //! The authentication middleware: looks at the key of every request once and records the outcome in
 //! the request's extensions. It never rejects a request by itself; the guards do, where a route asks.
-//! On the way out, it reports a rate-limited key's standing in `RateLimit-*` headers
-//! (draft-ietf-httpapi-ratelimit-headers).
+//! On the way out, it reports a rate-limited key's standing in the `RateLimit-Policy` and
+//! `RateLimit` fields of draft-ietf-httpapi-ratelimit-headers-10.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -39,17 +39,18 @@ pub async fn authenticate(
     Ok(res)
 }
 
+/// `RateLimit-Policy: "key";q=100;w=60` is the key's limit (q requests per w seconds);
+/// `RateLimit: "key";r=99;t=1` what is left of it and the whole seconds until a full burst is back.
 fn report(headers: &mut HeaderMap, state: LimitState) {
+    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    const STANDING: HeaderName = HeaderName::from_static("ratelimit");
     let limit = state.limit;
     let reset = if state.reset.is_zero() { 0 } else { whole_seconds(state.reset) };
-    for (name, value) in [
-        ("ratelimit-limit", limit.requests.to_string()),
-        ("ratelimit-remaining", state.remaining.to_string()),
-        ("ratelimit-reset", reset.to_string()),
-        ("ratelimit-policy", format!("{};w={}", limit.requests, limit.window)),
-    ] {
+    let policy = format!("\"key\";q={};w={}", limit.requests, limit.window);
+    let standing = format!("\"key\";r={};t={reset}", state.remaining);
+    for (name, value) in [(POLICY, policy), (STANDING, standing)] {
         if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(name, value);
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use actix_web::{HttpResponse, web};
 
 use utoipa::OpenApi;
-use utoipa::openapi::header::Header;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{
@@ -187,12 +187,18 @@ fn protect(operation: &mut Operation, scopes: &[&str], mode: Match) {
     let mut throttled = problem(
         "Too many failed authentications from this client or wrong secrets for this key \
          (`too_many_failed_attempts`), the key's rate limit is spent (`rate_limit_exceeded`, with \
-         `RateLimit-*` headers), or its quota is (`usage_exceeded`); retry after `Retry-After` seconds",
+         `RateLimit` and `RateLimit-Policy`), or its quota is (`usage_exceeded`); retry after `Retry-After` seconds",
     );
-    for header in ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"] {
+    let headers = [
+        ("Retry-After", Type::Integer, "Whole seconds to wait"),
+        ("RateLimit-Policy", Type::String, r#"The key's rate limit: `"key";q=100;w=60`"#),
+        ("RateLimit", Type::String, r#"What is left of it: `"key";r=0;t=12`"#),
+    ];
+    for (name, kind, description) in headers {
+        let schema = ObjectBuilder::new().schema_type(kind).build();
         throttled.headers.insert(
-            header.into(),
-            Header::new(ObjectBuilder::new().schema_type(Type::Integer).build()),
+            name.into(),
+            HeaderBuilder::new().schema(schema).description(Some(description)).build(),
         );
     }
     answer("429", throttled);

@@ -62,7 +62,7 @@ impl Pace {
 }
 
 /// `cache`'s entry for `key`, made by `make` if there is none.
-pub(crate) fn entry<K, Q, V>(
+fn entry<K, Q, V>(
     cache: &quick_cache::sync::Cache<K, Arc<V>>,
     key: &Q,
     make: impl FnOnce() -> V,
