@@ -712,10 +712,17 @@ fn wrong_secrets_for_one_key_log_the_lockout_once() {
     }
     let crossings = started.elapsed().as_secs() / 6 + 1;
     assert!(service.stop().success());
-    assert_eq!(statuses.iter().filter(|s| **s == Some(401)).count(), 10, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == Some(401)).count(),
+        10,
+        "{statuses:?}"
+    );
     assert_eq!(statuses.iter().filter(|s| **s == Some(429)).count(), 290);
     let text = std::fs::read_to_string(&log).unwrap();
-    let lockouts = text.lines().filter(|l| l.contains("too many wrong secrets")).count() as u64;
+    let lockouts = text
+        .lines()
+        .filter(|l| l.contains("too many wrong secrets"))
+        .count() as u64;
     assert!(
         (1..=crossings).contains(&lockouts),
         "{lockouts} lockout lines for 290 refusals:\n{text}"
@@ -729,7 +736,11 @@ fn with_checksum(body: &[u8]) -> String {
     for &byte in body {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     let mut n = !crc;
