@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::http::openapi::{self, AllowedMethods};
 use crate::http::problem::extractors;
 use crate::http::proxies::TrustedProxies;
-use crate::http::{ApiError, health, keys, middleware, observe};
+use crate::http::{ApiError, health, keys, middleware, observe, verify};
 use crate::keys::{ApiKeyService, Manager};
 use crate::model::NewKey;
 use crate::store::{self, Backend};
@@ -66,6 +66,7 @@ impl AppState {
                 ManagementScopes {
                     admin: config.api_keys_admin_scope.clone(),
                     manage: config.api_keys_manage_scope.clone(),
+                    verify: config.api_keys_verify_scope.clone(),
                 },
                 store.clone(),
                 usage.clone(),
@@ -124,7 +125,11 @@ pub fn routes(config: &Config) -> impl FnOnce(&mut ServiceConfig) + '_ {
             cfg.service(health::serve_metrics);
         }
         if config.api_keys_routes {
-            cfg.service(scope(config.api_keys_route_prefix.as_str()).configure(keys::routes));
+            let prefix = config.api_keys_route_prefix.as_str();
+            cfg.service(scope(prefix).configure(verify::verify_route).configure(keys::routes));
+        }
+        if !config.forward_auth_path.is_empty() {
+            cfg.service(scope(config.forward_auth_path.as_str()).configure(verify::check_route));
         }
     }
 }

@@ -50,8 +50,8 @@ pub fn grants(held: &str, required: &str) -> bool {
 }
 
 /// Whether the held scopes satisfy `required` under `mode`.
-pub fn satisfies<S: AsRef<str>>(held: &[S], required: &[&str], mode: Match) -> bool {
-    let granted = |r: &&str| held.iter().any(|h| grants(h.as_ref(), r));
+pub fn satisfies<S: AsRef<str>, R: AsRef<str>>(held: &[S], required: &[R], mode: Match) -> bool {
+    let granted = |r: &R| held.iter().any(|h| grants(h.as_ref(), r.as_ref()));
     match mode {
         Match::All => required.iter().all(granted),
         Match::Any => required.iter().any(granted),

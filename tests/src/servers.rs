@@ -1,4 +1,5 @@
-//! Throwaway PostgreSQL and Redis servers on loopback, in temporary folders, stopped when dropped.
+//! Throwaway PostgreSQL, Redis and nginx servers on loopback, in temporary folders, stopped when
+//! dropped.
 //!
 //! PostgreSQL refuses to run as root, so when the tests run as root the cluster is created and
 //! started as the `postgres` user.
@@ -343,5 +344,70 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Debian's nginx with the `http` block `http` (everything but its temporary paths), listening where
+/// that block says; stopped on drop.
+pub struct Nginx {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    /// Starts nginx and waits until `port`, one it listens on, takes connections.
+    pub fn start(http: &str, port: u16) -> Self {
+        let dir = scratch_dir("nginx");
+        let root = dir.path().display().to_string();
+        let config = format!(
+            "daemon off;\nmaster_process off;\npid {root}/nginx.pid;\nerror_log {root}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n\
+             access_log off;\n\
+             client_body_temp_path {root}/body;\nproxy_temp_path {root}/proxy;\n\
+             fastcgi_temp_path {root}/fastcgi;\nuwsgi_temp_path {root}/uwsgi;\nscgi_temp_path {root}/scgi;\n\
+             {http}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
+        let nginx = tools::require("nginx");
+        run(
+            "nginx -t",
+            Command::new(&nginx)
+                .args(["-t", "-q", "-p"])
+                .arg(dir.path())
+                .arg("-c")
+                .arg(dir.path().join("nginx.conf")),
+        );
+        let child = Command::new(&nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { dir, child };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "nginx did not listen on port {port}: {}",
+            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        );
+    }
+
+    /// What nginx logged: its errors and warnings.
+    pub fn errors(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

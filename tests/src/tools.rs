@@ -20,6 +20,7 @@ const DEBIAN_PROGRAMS: &[(&str, &str)] = &[
     ("tmux", "tmux"),
     ("wrk", "wrk"),
     ("openssl", "openssl"),
+    ("nginx", "nginx"),
 ];
 
 /// The path of `program` (one of [`DEBIAN_PROGRAMS`]), installing the missing Debian packages first.
@@ -45,9 +46,12 @@ pub fn require(program: &str) -> PathBuf {
     find(program).unwrap_or_else(|| panic!("{program} is still missing after apt-get install"))
 }
 
-/// `program`'s path, looked up on `PATH`.
+/// `program`'s path, looked up on `PATH`, then in the sbin folders (nginx lives in /usr/sbin, which
+/// a non-root `PATH` often lacks).
 fn find(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use actix_api_auth_tests::servers::Redis;
+use actix_api_auth_tests::servers::{Nginx, Redis};
 use actix_api_auth_tests::{Client, Service, binary, free_port, generate, mint_admin_key, tools};
 use regex::Regex;
 use serde_json::json;
@@ -727,6 +727,150 @@ fn wrong_secrets_for_one_key_log_the_lockout_once() {
         (1..=crossings).contains(&lockouts),
         "{lockouts} lockout lines for 290 refusals:\n{text}"
     );
+}
+
+/// A GET through nginx with `headers`: status, the headers named in `wanted`, and the body.
+fn through(
+    url: &str,
+    headers: &[(&str, &str)],
+    wanted: &[&str],
+) -> (u16, Vec<Option<String>>, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = ureq::http::Request::builder().uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = agent.run(request.body(()).unwrap()).expect("nginx answers");
+    let found = wanted
+        .iter()
+        .map(|name| {
+            response
+                .headers()
+                .get(*name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .collect();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    (response.status().as_u16(), found, body)
+}
+
+#[test]
+fn nginx_lets_through_only_what_the_forward_auth_check_passes() {
+    let bin = service_binary();
+    let scratch = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", scratch.path().join("gateway.db").display());
+    // As deploy/nginx.conf says: nginx is the trusted proxy, and reports the client in X-Real-IP.
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("RUST_LOG", "warn"),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+        ("PROXY_HEADER", "x-real-ip"),
+    ];
+    let admin = mint_admin_key(&bin, &env);
+    let service = Service::start(&bin, &env, free_port());
+    let client = Client::new(&service.base_url);
+    let reports = |name: &str, extra: serde_json::Value| {
+        let mut body =
+            json!({"name": name, "owner_id": "team-reports", "scopes": ["reports:read"]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        create(&client, &admin, body)
+    };
+    let (reader_id, reader) = reports("reader", json!({}));
+    let (_, limited) = reports(
+        "limited",
+        json!({"rate_limit": {"requests": 1, "window": 60}}),
+    );
+    let (revoked_id, revoked) = reports("revoked", json!({}));
+    assert_eq!(
+        client
+            .send(
+                "DELETE",
+                &format!("{KEYS}/{revoked_id}"),
+                Some(&admin),
+                None
+            )
+            .0,
+        204
+    );
+    let (_, unscoped) = create(
+        &client,
+        &admin,
+        json!({"name": "elsewhere", "scopes": ["billing:read"]}),
+    );
+
+    // The shipped configuration, on this test's ports, and an upstream that says what it was sent.
+    let project = actix_api_auth_tests::work_dir()
+        .join("generated")
+        .join(NAME);
+    let shipped = std::fs::read_to_string(project.join("deploy/nginx.conf")).unwrap();
+    let (listen, upstream) = (free_port(), free_port());
+    let service_port = service.base_url.rsplit(':').next().unwrap().to_owned();
+    let http = format!(
+        "{}\nserver {{ listen 127.0.0.1:{upstream}; location / {{ default_type text/plain; \
+         return 200 'id=$http_x_api_key_id owner=$http_x_api_key_owner scopes=$http_x_api_key_scopes \
+         key=$http_x_api_key authorization=$http_authorization'; }} }}",
+        shipped
+            .replace("127.0.0.1:8000", &format!("127.0.0.1:{listen}"))
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{service_port}"))
+            .replace("127.0.0.1:9000", &format!("127.0.0.1:{upstream}"))
+    );
+    let nginx = Nginx::start(&http, listen);
+    let url = format!("http://127.0.0.1:{listen}/reports/monthly");
+    let wanted = ["www-authenticate", "retry-after"];
+
+    // A valid key reaches the upstream with who it is, and without the key; a client's own identity
+    // headers are replaced.
+    let forged = [
+        ("X-API-Key", reader.as_str()),
+        ("X-Api-Key-Id", "someone-else"),
+    ];
+    let (status, _, body) = through(&url, &forged, &wanted);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        format!("id={reader_id} owner=team-reports scopes=reports:read key= authorization=")
+    );
+    let bearer = format!("Bearer {reader}");
+    assert_eq!(through(&url, &[("Authorization", &bearer)], &wanted).0, 200);
+
+    // Missing, wrong and revoked keys: 401 from nginx, with the challenge.
+    let cases = [
+        (None, "missing"),
+        (Some(wrong_secret(&reader)), "wrong"),
+        (Some(revoked), "revoked"),
+    ];
+    for (key, what) in cases {
+        let headers: Vec<(&str, &str)> = key.iter().map(|k| ("X-API-Key", k.as_str())).collect();
+        let (status, found, body) = through(&url, &headers, &wanted);
+        assert_eq!(status, 401, "{what} key: {body}");
+        assert!(
+            found[0].as_deref().is_some_and(|c| c.starts_with("Bearer")),
+            "{what}: {found:?}"
+        );
+        assert!(!body.contains("id="), "{what} key reached the upstream");
+    }
+    // A key without the route's scope: 403.
+    let (status, _, body) = through(&url, &[("X-API-Key", unscoped.as_str())], &wanted);
+    assert_eq!(status, 403, "{body}");
+    // A key over its rate limit: 429 with the check's Retry-After.
+    assert_eq!(
+        through(&url, &[("X-API-Key", limited.as_str())], &wanted).0,
+        200
+    );
+    let (status, found, body) = through(&url, &[("X-API-Key", limited.as_str())], &wanted);
+    assert_eq!(status, 429, "{body}");
+    let wait: u64 = found[1]
+        .as_deref()
+        .expect("Retry-After is passed on")
+        .parse()
+        .unwrap();
+    assert!((59..=60).contains(&wait), "{wait}");
+    assert!(!nginx.errors().contains("[emerg]"), "{}", nginx.errors());
 }
 
 /// `body` with the checksum a key ends with: its CRC-32 (IEEE) in six base62 digits.

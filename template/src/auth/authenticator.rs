@@ -84,13 +84,15 @@ impl AuthError {
     }
 }
 
-/// The scopes that open the key-management routes.
+/// The scopes that open the key-management and verify routes.
 #[derive(Debug, Clone)]
 pub struct ManagementScopes {
     /// Every key, any scope (`API_KEYS_ADMIN_SCOPE`).
     pub admin: String,
     /// The keys of the caller's own owner (`API_KEYS_MANAGE_SCOPE`).
     pub manage: String,
+    /// Verifying other keys, for another service (`API_KEYS_VERIFY_SCOPE`).
+    pub verify: String,
 }
 
 pub struct Authenticator {
@@ -166,6 +168,29 @@ impl Authenticator {
         if client.is_some_and(|address| self.limits.address_blocked(address)) {
             return Err(AuthError::Throttled);
         }
+        self.check(presented, client, client).await
+    }
+
+    /// Authenticates `key` for another service, the `caller` at its address, as
+    /// [`Authenticator::authenticate`] does a request's key: counted, audited, and limited per key id.
+    /// The per-address failure limit does not apply: the caller speaks for many clients, and one of
+    /// them sending bad keys must not lock out the rest.
+    pub async fn authenticate_for(
+        &self,
+        key: &[u8],
+        caller: Option<IpAddr>,
+    ) -> Result<ApiKey, AuthError> {
+        self.check(Ok(key), caller, None).await
+    }
+
+    /// Checks a presented key; a failure is audited as from `client` and counted against
+    /// `limited`'s failure limit.
+    async fn check(
+        &self,
+        presented: Result<&[u8], AuthError>,
+        client: Option<IpAddr>,
+        limited: Option<IpAddr>,
+    ) -> Result<ApiKey, AuthError> {
         let parsed =
             presented.and_then(|key| self.format.parse_shape(key).map_err(|_| AuthError::Invalid));
         let key_id = parsed.as_ref().ok().map(ParsedKey::id);
@@ -174,7 +199,7 @@ impl Authenticator {
             Err(err) => Err(err),
         };
         if let Err(err) = outcome {
-            if let Some(address) = client
+            if let Some(address) = limited
                 && matches!(err, AuthError::Invalid | AuthError::Throttled)
                 && self.limits.address_failed(address)
             {

@@ -60,6 +60,14 @@ pub struct LimitState {
     pub reset: Duration,
 }
 
+/// Where an admitted request leaves its key: against its rate limit, and the uses left in its
+/// quota (as far as this instance knows: uses it holds count as left), for keys that have them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Admitted {
+    pub rate: Option<LimitState>,
+    pub remaining: Option<u64>,
+}
+
 /// Why a key's request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -142,9 +150,8 @@ impl Allowance {
         Ok(self)
     }
 
-    /// Admits one request of `key`, or says why not. The rate-limit state comes back for the
-    /// response headers when the key has a rate limit.
-    pub async fn admit(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
+    /// Admits one request of `key`, or says why not.
+    pub async fn admit(&self, key: &ApiKey) -> Result<Admitted, Refusal> {
         let verdict = self.verdict(key).await;
         if let Err(refusal @ (Refusal::RateLimited { .. } | Refusal::UsageExceeded { .. })) =
             verdict
@@ -154,17 +161,18 @@ impl Allowance {
         verdict
     }
 
-    async fn verdict(&self, key: &ApiKey) -> Result<Option<LimitState>, Refusal> {
+    async fn verdict(&self, key: &ApiKey) -> Result<Admitted, Refusal> {
         let newest = self.account(key.record()).await?;
         let account = newest.as_deref().unwrap_or(key.record());
-        let state = match account.rate_limit {
+        let rate = match account.rate_limit {
             Some(limit) => Some(self.rate(&account.id, limit).await?),
             None => None,
         };
-        if account.remaining.is_some() {
-            self.take_quota(&account.id, account.refill, state).await?;
-        }
-        Ok(state)
+        let remaining = match account.remaining {
+            Some(_) => self.take_quota(&account.id, account.refill, rate).await?,
+            None => None,
+        };
+        Ok(Admitted { rate, remaining })
     }
 
     /// The key whose limits `record`'s requests use, with those limits: the newest key of its
@@ -241,11 +249,12 @@ impl Allowance {
         account: &str,
         refill: Option<Refill>,
         state: Option<LimitState>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<u64>, Refusal> {
         let now = now();
         let refill_before = refill.map(|refill| refill.interval.period_start(now));
         match self.store.use_quota(account, 1, refill_before, now).await {
-            Ok(QuotaUse::Taken { .. } | QuotaUse::Unlimited) => Ok(()),
+            Ok(QuotaUse::Taken { remaining, .. }) => Ok(Some(remaining)),
+            Ok(QuotaUse::Unlimited) => Ok(None),
             Ok(QuotaUse::Exhausted) => Err(Refusal::UsageExceeded {
                 retry_after: refill
                     .and_then(|refill| (refill.interval.next_start(now) - now).to_std().ok()),
@@ -398,7 +407,7 @@ mod tests {
             futures_util::future::join_all((0..3).map(|_| allowance.admit(&key)))
                 .await
                 .into_iter()
-                .map(|admitted| admitted.unwrap().unwrap().remaining)
+                .map(|admitted| admitted.unwrap().rate.unwrap().remaining)
                 .collect();
         assert_eq!(remaining, [2, 1, 0]);
         let Err(Refusal::RateLimited { retry_after, state }) = allowance.admit(&key).await else {

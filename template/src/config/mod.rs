@@ -47,8 +47,12 @@ pub struct Config {
     pub api_keys_admin_scope: String,
     /// Scope that grants the key-management routes over the keys of the caller's own owner.
     pub api_keys_manage_scope: String,
-    /// Whether the key-management routes are mounted at all.
+    /// Scope a service's key needs to verify other keys at `{API_KEYS_ROUTE_PREFIX}/verify`.
+    pub api_keys_verify_scope: String,
+    /// Whether the key-management routes (and the verify route beside them) are mounted at all.
     pub api_keys_routes: bool,
+    /// Where a proxy's forward-auth asks whether to let a request through; empty turns it off.
+    pub forward_auth_path: String,
     pub docs_path: String,
     /// How often counted key usage is written to the database, in seconds.
     pub usage_flush_seconds: u64,
@@ -154,7 +158,9 @@ impl Default for Config {
             api_keys_route_prefix: defaults::API_KEYS_ROUTE_PREFIX.into(),
             api_keys_admin_scope: "api_keys:admin".into(),
             api_keys_manage_scope: "api_keys:manage".into(),
+            api_keys_verify_scope: "api_keys:verify".into(),
             api_keys_routes: true,
+            forward_auth_path: "/auth/check".into(),
             docs_path: defaults::DOCS_PATH.into(),
             usage_flush_seconds: 5,
             auth_failures_per_minute: 30,
@@ -292,9 +298,13 @@ impl Config {
         );
         check_path("API_KEYS_ROUTE_PREFIX", &self.api_keys_route_prefix)?;
         check_path("DOCS_PATH", &self.docs_path)?;
+        if !self.forward_auth_path.is_empty() {
+            self.check_forward_auth_path()?;
+        }
         for (variable, value) in [
             ("API_KEYS_ADMIN_SCOPE", &self.api_keys_admin_scope),
             ("API_KEYS_MANAGE_SCOPE", &self.api_keys_manage_scope),
+            ("API_KEYS_VERIFY_SCOPE", &self.api_keys_verify_scope),
         ] {
             ensure!(
                 scope::is_valid(value),
@@ -320,6 +330,20 @@ impl Config {
             ["text", "json"].contains(&log_format.as_str()),
             "LOG_FORMAT",
             format!("must be text or json, got {log_format:?}")
+        );
+        Ok(())
+    }
+
+    /// The forward-auth path is a path of its own: not a probe's, nor under the key routes or docs.
+    fn check_forward_auth_path(&self) -> Result<(), ConfigError> {
+        let path = self.forward_auth_path.as_str();
+        check_path("FORWARD_AUTH_PATH", path)?;
+        let under = |base: &str| path == base || path.starts_with(&format!("{base}/"));
+        let taken = ["/health", "/ready", "/metrics", &self.api_keys_route_prefix, &self.docs_path];
+        ensure!(
+            !taken.into_iter().any(under),
+            "FORWARD_AUTH_PATH",
+            format!("{path:?} is taken by the probes, the key routes or the docs")
         );
         Ok(())
     }
@@ -443,11 +467,27 @@ mod tests {
             ("PROXY_HEADER", "via"),
             ("METRICS_ADDR", "localhost"),
             ("API_KEYS_ROUTES", "maybe"),
+            ("API_KEYS_VERIFY_SCOPE", "verify keys"),
+            ("FORWARD_AUTH_PATH", "auth/check"),
+            ("FORWARD_AUTH_PATH", "/health"),
         ] {
             let message = error(&[(var, value)]);
             assert!(message.starts_with(&format!("{var}: ")), "{var}={value} gave {message:?}");
             assert!(!message.contains('\n'), "{message:?}");
         }
+    }
+
+    #[test]
+    fn forward_auth_can_be_moved_or_turned_off() {
+        assert_eq!(Config::from_vars([]).unwrap().forward_auth_path, "/auth/check");
+        let moved = Config::from_vars([("FORWARD_AUTH_PATH", "/gateway/check")]).unwrap();
+        assert_eq!(moved.forward_auth_path, "/gateway/check");
+        assert!(
+            Config::from_vars([("FORWARD_AUTH_PATH", "")]).unwrap().forward_auth_path.is_empty()
+        );
+        let under_keys =
+            error(&[("API_KEYS_ROUTE_PREFIX", "/keys"), ("FORWARD_AUTH_PATH", "/keys/check")]);
+        assert!(under_keys.starts_with("FORWARD_AUTH_PATH: "), "{under_keys}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use futures_util::future::{Either, LocalBoxFuture};
 use tokio::sync::OnceCell;
 
 use super::ApiError;
-use crate::auth::limits::{LimitState, Refusal};
+use crate::auth::limits::{Admitted, LimitState, Refusal};
 use crate::auth::{Allowance, ApiKey, AuthError, Authenticator};
 use crate::keys::{Manager, ServiceError};
 use crate::scope::{self, Match};
@@ -30,13 +30,13 @@ pub(crate) struct Authentication(pub(crate) Result<ApiKey, AuthError>);
 /// The per-key limits' verdict on a request, kept in its extensions: reached once, however many
 /// guards ask, and read again by the middleware for the `RateLimit` fields.
 #[derive(Clone, Default)]
-pub(crate) struct Admission(Rc<OnceCell<Result<Option<LimitState>, Refusal>>>);
+pub(crate) struct Admission(Rc<OnceCell<Result<Admitted, Refusal>>>);
 
 impl Admission {
     /// The rate-limit state to report, once the verdict is in.
     pub(crate) fn limit_state(&self) -> Option<LimitState> {
         match self.0.get()? {
-            Ok(state) => *state,
+            Ok(admitted) => admitted.rate,
             Err(Refusal::RateLimited { state, .. }) => Some(*state),
             Err(Refusal::UsageExceeded { state, .. }) => *state,
             Err(Refusal::Unavailable) => None,
@@ -110,6 +110,53 @@ fn authenticated(req: &HttpRequest) -> Result<ApiKey, ApiError> {
                 .unwrap_or_default(),
         }),
         Err(err) => Err((*err).into()),
+    }
+}
+
+/// Admits a request whose key holds `required` under `mode`, as `#[require_scope]` does, for a
+/// route that learns its scopes per request.
+pub(crate) fn with_scopes(
+    req: &HttpRequest,
+    required: Vec<String>,
+    mode: Match,
+) -> Guarded<ApiKey> {
+    guard(
+        req,
+        authenticated(req).and_then(|key| {
+            if scope::satisfies(key.scopes(), &required, mode) {
+                Ok((key.clone(), key))
+            } else {
+                Err(ApiError::InsufficientScope { required })
+            }
+        }),
+    )
+}
+
+/// A service allowed to verify keys for itself: its key holds the verify scope
+/// (`API_KEYS_VERIFY_SCOPE`).
+#[derive(Debug, Clone)]
+pub struct Verifier(pub ApiKey);
+
+impl FromRequest for Verifier {
+    type Error = ApiError;
+    type Future = Guarded<Self>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        guard(
+            req,
+            authenticated(req).and_then(|key| {
+                let scope = &req
+                    .app_data::<web::Data<Authenticator>>()
+                    .ok_or(ApiError::Auth(AuthError::NotInstalled))?
+                    .management_scopes()
+                    .verify;
+                if key.has_scope(scope) {
+                    Ok((key.clone(), Self(key)))
+                } else {
+                    Err(ApiError::InsufficientScope { required: vec![scope.clone()] })
+                }
+            }),
+        )
     }
 }
 

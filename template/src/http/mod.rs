@@ -1,8 +1,9 @@
 //! Everything HTTP: the middleware that authenticates each request ([`middleware`], with the client
 //! address from [`proxies`]) and labels it ([`observe`]), the guards your handlers use ([`guard`]),
 //! the key-management routes ([`keys`]) and their bodies ([`bodies`]), the probes and metrics
-//! ([`health`]), the OpenAPI document ([`openapi`]), and the one place where failures become
-//! problem+json responses ([`problem`]).
+//! ([`health`]), keys verified for other services and their proxies ([`verify`]), the OpenAPI
+//! document ([`openapi`]), and the one place where failures become problem+json responses
+//! ([`problem`]).
 
 pub mod bodies;
 pub mod guard;
@@ -13,6 +14,7 @@ pub mod observe;
 pub mod openapi;
 pub mod problem;
 pub mod proxies;
+pub mod verify;
 
 pub use auth_macros::{require_api_key, require_scope};
 pub use guard::{GuardedRoute, RequireScopes, ScopeRequirement};

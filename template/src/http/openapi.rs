@@ -62,6 +62,35 @@ pub fn complete(registered: Document, config: &Config) -> Document {
         "bearer",
         SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
     );
+    for operation in operations(&mut doc) {
+        match operation.operation_id.as_deref() {
+            Some("verify_key") => {
+                protect(operation, &[config.api_keys_verify_scope.as_str()], Match::All);
+                add_answers(
+                    operation,
+                    &[
+                        ("400", "Malformed JSON or an unknown field (`bad_request`)"),
+                        ("413", "Body too large (`payload_too_large`)"),
+                        (
+                            "422",
+                            "Both `scopes` and `any_scopes`, or a bad scope (`validation_failed`)",
+                        ),
+                    ],
+                );
+            }
+            Some("check_key") => {
+                protect(operation, &[], Match::All);
+                add_answers(
+                    operation,
+                    &[
+                        ("400", "A required scope is not a scope (`bad_request`)"),
+                        ("403", "The key lacks a required scope (`insufficient_scope`)"),
+                    ],
+                );
+            }
+            _ => {}
+        }
+    }
     for route in guarded_routes() {
         for operation in operations(&mut doc) {
             if operation.operation_id.as_deref() == Some(route.operation) {
@@ -156,6 +185,14 @@ fn add_problems(operation: &mut Operation, has_id: bool) {
         if applies {
             responses.entry(status.to_string()).or_insert(problem(&description).into());
         }
+    }
+}
+
+/// Problem answers with these statuses and descriptions, unless the operation describes its own.
+fn add_answers(operation: &mut Operation, answers: &[(&str, &str)]) {
+    for (status, description) in answers {
+        let responses = &mut operation.responses.responses;
+        responses.entry((*status).into()).or_insert(problem(description).into());
     }
 }
 

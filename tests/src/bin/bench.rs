@@ -437,6 +437,9 @@ fn run(args: &Args) -> Result<()> {
     );
     let table = render(args, &reports, build_times.as_deref(), &svg_name);
     print!("{table}");
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
     std::fs::write(&out, &table)?;
     std::fs::write(&svg, chart(args, &reports))?;
     eprintln!(
