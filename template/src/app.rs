@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::http::openapi::{self, AllowedMethods};
 use crate::http::problem::extractors;
 use crate::http::proxies::TrustedProxies;
-use crate::http::{ApiError, health, keys, middleware, observe, verify};
+use crate::http::{ApiError, health, keys, middleware, observe, other_services};
 use crate::keys::{ApiKeyService, Manager};
 use crate::model::NewKey;
 use crate::store::{self, Backend};
@@ -126,10 +126,14 @@ pub fn routes(config: &Config) -> impl FnOnce(&mut ServiceConfig) + '_ {
         }
         if config.api_keys_routes {
             let prefix = config.api_keys_route_prefix.as_str();
-            cfg.service(scope(prefix).configure(verify::verify_route).configure(keys::routes));
+            cfg.service(
+                scope(prefix).configure(other_services::verify_route).configure(keys::routes),
+            );
         }
         if !config.forward_auth_path.is_empty() {
-            cfg.service(scope(config.forward_auth_path.as_str()).configure(verify::check_route));
+            cfg.service(
+                scope(config.forward_auth_path.as_str()).configure(other_services::check_route),
+            );
         }
     }
 }

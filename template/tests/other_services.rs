@@ -160,6 +160,39 @@ async fn bad_keys_sent_to_verify_do_not_lock_out_the_caller() {
     }
 }
 
+#[actix_web::test]
+async fn a_named_client_is_limited_and_a_key_id_is_limited_through_verify() {
+    let h = harness_with(
+        Arc::new(MemoryBackend::default()),
+        &[("AUTH_FAILURES_PER_MINUTE", "2"), ("AUTH_FAILURES_PER_KEY_PER_MINUTE", "2")],
+    )
+    .await;
+    let caller = h.mint(verifier()).await.key.to_string();
+    let junk = |client: &str| json!({"key": "sk_junk", "client_address": client});
+    let codes = |verdicts: Vec<Value>| -> Vec<String> {
+        verdicts.iter().map(|v| v["code"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut verdicts = Vec::new();
+    for _ in 0..3 {
+        verdicts.push(call(&h.app, verify(&caller, junk("203.0.113.7"))).await.2);
+    }
+    assert_eq!(codes(verdicts), ["invalid_api_key", "invalid_api_key", "too_many_failed_attempts"]);
+    let other = call(&h.app, verify(&caller, junk("203.0.113.8"))).await.2;
+    assert_eq!(other["code"], "invalid_api_key", "another client is not refused");
+
+    // Wrong secrets for a real key id count against that key, whoever sends them.
+    let key = h.mint(reader("target")).await.key.to_string();
+    assert_eq!(call(&h.app, verify(&caller, json!({"key": key}))).await.2["code"], "valid");
+    let at = key.len() - 10;
+    let mut wrong = key.clone();
+    wrong.replace_range(at..=at, if &key[at..=at] == "a" { "b" } else { "a" });
+    let mut verdicts = Vec::new();
+    for _ in 0..3 {
+        verdicts.push(call(&h.app, verify(&caller, json!({"key": wrong}))).await.2);
+    }
+    assert_eq!(codes(verdicts), ["invalid_api_key", "invalid_api_key", "too_many_failed_attempts"]);
+}
+
 fn check(key: Option<&str>) -> TestRequest {
     let request = TestRequest::get().uri("/auth/check");
     match key {
@@ -246,6 +279,33 @@ async fn the_check_limits_failures_per_original_client() {
     assert_eq!(call(&h.app, via_proxy("203.0.113.5", &key)).await.0, StatusCode::TOO_MANY_REQUESTS);
     // Another client behind the same proxy is not refused.
     assert_eq!(call(&h.app, via_proxy("203.0.113.6", &key)).await.0, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn the_check_answers_below_its_path_for_any_method_as_envoy_asks() {
+    let h = memory_harness().await;
+    let key = h.mint(reader("reports")).await.key.to_string();
+    // Envoy sends the request's own method, path and query; the query is the upstream's, not ours.
+    let envoy = |scopes: &str| {
+        with_key(TestRequest::post().uri("/auth/check/reports/monthly?scopes=admin:all"), &key)
+            .insert_header(("X-Required-Scopes", scopes))
+    };
+    let (status, headers, _) = call(&h.app, envoy("reports:read")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.contains_key("x-api-key-id"));
+    assert_eq!(call(&h.app, envoy("reports:write")).await.0, StatusCode::FORBIDDEN);
+    let anonymous = TestRequest::delete().uri("/auth/check/reports/1");
+    assert_eq!(call(&h.app, anonymous).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[actix_web::test]
+async fn every_identity_header_is_sent_even_empty() {
+    let h = memory_harness().await;
+    let ownerless = NewKey { owner_id: None, ..reader("ownerless") };
+    let key = h.mint(ownerless).await.key.to_string();
+    let (status, headers, _) = call(&h.app, check(Some(&key))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get("x-api-key-owner").map(|v| v.as_bytes()), Some(&b""[..]));
 }
 
 #[actix_web::test]

@@ -399,6 +399,10 @@ impl Nginx {
         );
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What nginx logged: its errors and warnings.
     pub fn errors(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()

@@ -168,28 +168,33 @@ impl Authenticator {
         if client.is_some_and(|address| self.limits.address_blocked(address)) {
             return Err(AuthError::Throttled);
         }
-        self.check(presented, client, client).await
+        self.examine(presented, client, client).await
     }
 
     /// Authenticates `key` for another service, the `caller` at its address, as
-    /// [`Authenticator::authenticate`] does a request's key: counted, audited, and limited per key id.
-    /// The per-address failure limit does not apply: the caller speaks for many clients, and one of
-    /// them sending bad keys must not lock out the rest.
+    /// [`Authenticator::authenticate`] does a request's key: counted, audited, limited per key id,
+    /// and per address when the caller names its `client` (the caller holds the verify scope, so
+    /// its word is taken). The caller's own address is never counted: it speaks for many clients,
+    /// and one of them sending bad keys must not lock out the rest.
     pub async fn authenticate_for(
         &self,
         key: &[u8],
+        client: Option<IpAddr>,
         caller: Option<IpAddr>,
     ) -> Result<ApiKey, AuthError> {
-        self.check(Ok(key), caller, None).await
+        if client.is_some_and(|address| self.limits.address_blocked(address)) {
+            return Err(AuthError::Throttled);
+        }
+        self.examine(Ok(key), client.or(caller), client).await
     }
 
-    /// Checks a presented key; a failure is audited as from `client` and counted against
-    /// `limited`'s failure limit.
-    async fn check(
+    /// Authenticates a presented key; a failure is audited as from `client` and counted against
+    /// the failure limit of `count_against`.
+    async fn examine(
         &self,
         presented: Result<&[u8], AuthError>,
         client: Option<IpAddr>,
-        limited: Option<IpAddr>,
+        count_against: Option<IpAddr>,
     ) -> Result<ApiKey, AuthError> {
         let parsed =
             presented.and_then(|key| self.format.parse_shape(key).map_err(|_| AuthError::Invalid));
@@ -199,7 +204,7 @@ impl Authenticator {
             Err(err) => Err(err),
         };
         if let Err(err) = outcome {
-            if let Some(address) = limited
+            if let Some(address) = count_against
                 && matches!(err, AuthError::Invalid | AuthError::Throttled)
                 && self.limits.address_failed(address)
             {

@@ -188,9 +188,10 @@ impl KeyFormat {
         })
     }
 
-    /// Compares a presented key with a stored digest in constant time: every byte is looked at,
-    /// and the one branch is on their folded difference (subtle's per-byte barriers cost more than
-    /// the rest of the comparison).
+    /// Compares a presented key's digest with a stored one: every byte is looked at, and the one
+    /// branch is on their folded difference. Timing could only ever tell how much of two digests
+    /// agree, which reveals nothing of the secret; subtle's per-byte barriers cost more than the
+    /// rest of the comparison.
     pub fn verify(&self, key: ParsedKey<'_>, stored: &KeyHash) -> bool {
         let presented = self.hash(key).0;
         let diff = presented.iter().zip(&stored.0).fold(0u8, |acc, (a, b)| acc | (a ^ b));

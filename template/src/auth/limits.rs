@@ -60,6 +60,13 @@ pub struct LimitState {
     pub reset: Duration,
 }
 
+impl LimitState {
+    /// `reset` in whole seconds, rounded up: 0 only when a full burst is already back.
+    pub fn reset_seconds(&self) -> u64 {
+        if self.reset.is_zero() { 0 } else { whole_seconds(self.reset) }
+    }
+}
+
 /// Where an admitted request leaves its key: against its rate limit, and the uses left in its
 /// quota (as far as this instance knows: uses it holds count as left), for keys that have them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,6 +96,15 @@ impl Refusal {
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::UsageExceeded { .. } => "usage_exceeded",
             Self::Unavailable => AuthError::Unavailable.code(),
+        }
+    }
+
+    /// Where the key stands against its rate limit, when it has one.
+    pub fn limit_state(&self) -> Option<LimitState> {
+        match self {
+            Self::RateLimited { state, .. } => Some(*state),
+            Self::UsageExceeded { state, .. } => *state,
+            Self::Unavailable => None,
         }
     }
 
@@ -268,7 +284,11 @@ impl Allowance {
     }
 }
 
-/// The time between two requests at a steady pace.
+/// Whole seconds, rounded up, and at least one (RFC 9110 §10.2.3): what `Retry-After` says.
+pub fn whole_seconds(duration: Duration) -> u64 {
+    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
+}
+
 /// Per key id, what counts its requests and the limit it counts them under.
 type Held<T> = quick_cache::sync::Cache<String, (RateLimit, Arc<T>)>;
 
@@ -286,6 +306,7 @@ fn held<T>(cache: &Held<T>, account: &str, limit: RateLimit, make: impl Fn() -> 
     fresh
 }
 
+/// The time between two requests at a steady pace.
 fn interval(limit: RateLimit) -> Duration {
     Duration::from_secs(u64::from(limit.window)) / limit.requests.max(1)
 }

@@ -334,16 +334,19 @@ impl Config {
         Ok(())
     }
 
-    /// The forward-auth path is a path of its own: not a probe's, nor under the key routes or docs.
+    /// The forward-auth path is a path of its own: neither it nor the probes, the key routes or the
+    /// docs lie under another (the check answers every path below its own).
     fn check_forward_auth_path(&self) -> Result<(), ConfigError> {
         let path = self.forward_auth_path.as_str();
         check_path("FORWARD_AUTH_PATH", path)?;
-        let under = |base: &str| path == base || path.starts_with(&format!("{base}/"));
+        let below = |inner: &str, outer: &str| {
+            inner.strip_prefix(outer).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
         let taken = ["/health", "/ready", "/metrics", &self.api_keys_route_prefix, &self.docs_path];
         ensure!(
-            !taken.into_iter().any(under),
+            !taken.into_iter().any(|other| below(path, other) || below(other, path)),
             "FORWARD_AUTH_PATH",
-            format!("{path:?} is taken by the probes, the key routes or the docs")
+            format!("{path:?} overlaps the probes, the key routes or the docs")
         );
         Ok(())
     }
@@ -485,9 +488,10 @@ mod tests {
         assert!(
             Config::from_vars([("FORWARD_AUTH_PATH", "")]).unwrap().forward_auth_path.is_empty()
         );
-        let under_keys =
-            error(&[("API_KEYS_ROUTE_PREFIX", "/keys"), ("FORWARD_AUTH_PATH", "/keys/check")]);
-        assert!(under_keys.starts_with("FORWARD_AUTH_PATH: "), "{under_keys}");
+        for (other, path) in [("/keys", "/keys/check"), ("/keys/v1", "/keys")] {
+            let overlap = error(&[("API_KEYS_ROUTE_PREFIX", other), ("FORWARD_AUTH_PATH", path)]);
+            assert!(overlap.starts_with("FORWARD_AUTH_PATH: "), "{overlap}");
+        }
     }
 
     #[test]

@@ -37,9 +37,7 @@ impl Admission {
     pub(crate) fn limit_state(&self) -> Option<LimitState> {
         match self.0.get()? {
             Ok(admitted) => admitted.rate,
-            Err(Refusal::RateLimited { state, .. }) => Some(*state),
-            Err(Refusal::UsageExceeded { state, .. }) => *state,
-            Err(Refusal::Unavailable) => None,
+            Err(refusal) => refusal.limit_state(),
         }
     }
 }
@@ -135,7 +133,9 @@ pub(crate) fn with_scopes(
 /// A service allowed to verify keys for itself: its key holds the verify scope
 /// (`API_KEYS_VERIFY_SCOPE`).
 #[derive(Debug, Clone)]
-pub struct Verifier(pub ApiKey);
+pub struct Verifier {
+    pub key: ApiKey,
+}
 
 impl FromRequest for Verifier {
     type Error = ApiError;
@@ -151,7 +151,7 @@ impl FromRequest for Verifier {
                     .management_scopes()
                     .verify;
                 if key.has_scope(scope) {
-                    Ok((key.clone(), Self(key)))
+                    Ok((key.clone(), Self { key }))
                 } else {
                     Err(ApiError::InsufficientScope { required: vec![scope.clone()] })
                 }

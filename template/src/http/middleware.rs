@@ -10,7 +10,6 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
 use super::guard::{Admission, Authentication};
-use super::problem::whole_seconds;
 use super::proxies::TrustedProxies;
 use crate::auth::limits::LimitState;
 use crate::auth::{AuthError, Authenticator};
@@ -45,9 +44,8 @@ fn report(headers: &mut HeaderMap, state: LimitState) {
     const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
     const STANDING: HeaderName = HeaderName::from_static("ratelimit");
     let limit = state.limit;
-    let reset = if state.reset.is_zero() { 0 } else { whole_seconds(state.reset) };
     let policy = format!("\"key\";q={};w={}", limit.requests, limit.window);
-    let standing = format!("\"key\";r={};t={reset}", state.remaining);
+    let standing = format!("\"key\";r={};t={}", state.remaining, state.reset_seconds());
     for (name, value) in [(POLICY, policy), (STANDING, standing)] {
         if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(name, value);

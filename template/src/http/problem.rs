@@ -11,7 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::AuthError;
-use crate::auth::limits::Refusal;
+use crate::auth::limits::{Refusal, whole_seconds};
 use crate::keys::ServiceError;
 use crate::store::StoreError;
 
@@ -200,11 +200,6 @@ impl ResponseError for ApiError {
             _ => response.json(self.problem()),
         }
     }
-}
-
-/// Whole seconds, rounded up, and at least one (RFC 9110 §10.2.3).
-pub fn whole_seconds(duration: std::time::Duration) -> u64 {
-    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
 }
 
 /// The body of an authentication failure. Bad keys are what a flood sends, so these bodies are

@@ -3,6 +3,8 @@
 //! (nginx `auth_request`, Traefik `forwardAuth`, Envoy `ext_authz`) whether to pass a request on.
 //! Both authenticate, count, limit and audit the key exactly as a guarded route does.
 
+use std::net::IpAddr;
+
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
@@ -13,7 +15,7 @@ use zeroize::Zeroizing;
 
 use super::ApiError;
 use super::guard::{self, Verifier};
-use crate::auth::limits::{Admitted, LimitState, Refusal};
+use crate::auth::limits::{Admitted, LimitState, Refusal, whole_seconds};
 use crate::auth::{Allowance, ApiKey, AuthError, Authenticator};
 use crate::keys::ServiceError;
 use crate::keys::validation::MAX_SCOPES;
@@ -35,10 +37,12 @@ pub fn verify_route(cfg: &mut ServiceConfig) {
     cfg.service(verify_key);
 }
 
-/// The forward-auth route, registered at `FORWARD_AUTH_PATH`, and below it: Envoy's `ext_authz`
-/// puts the request's own path after the check's (`/auth/check/reports/monthly`).
+/// The forward-auth route, registered at `FORWARD_AUTH_PATH`, and below it for any method: Envoy's
+/// `ext_authz` asks with the request's own method and puts its path and query after the check's
+/// (`POST /auth/check/reports/monthly?page=2`), so there the scopes come from the header only.
 pub fn check_route(cfg: &mut ServiceConfig) {
-    cfg.service(check_key).route("/{original:.*}", web::get().to(check));
+    cfg.service(check_key)
+        .route("/{original:.*}", web::route().to(|req: HttpRequest| check(req, None)));
 }
 
 /// What to verify. This type has no `Debug`: the key cannot be logged by accident.
@@ -53,6 +57,11 @@ pub struct VerifyRequest {
     scopes: Option<Vec<String>>,
     /// Scopes the key must hold one of (instead of `scopes`).
     any_scopes: Option<Vec<String>>,
+    /// The address of the client that presented the key, when the caller knows it: failures are
+    /// then audited from it and count against its failure limit (`AUTH_FAILURES_PER_MINUTE`).
+    /// Without it, they are audited from the caller, whose address no limit counts.
+    #[schema(value_type = Option<String>, example = "203.0.113.7")]
+    client_address: Option<IpAddr>,
 }
 
 /// Whether a key may do what the caller asked, and who it is.
@@ -92,9 +101,7 @@ pub struct RateStanding {
 
 impl From<LimitState> for RateStanding {
     fn from(state: LimitState) -> Self {
-        let reset =
-            if state.reset.is_zero() { 0 } else { super::problem::whole_seconds(state.reset) };
-        Self { limit: state.limit, remaining: state.remaining, reset }
+        Self { limit: state.limit, remaining: state.remaining, reset: state.reset_seconds() }
     }
 }
 
@@ -103,10 +110,14 @@ impl Verdict {
         Self { code, ..Self::default() }
     }
 
-    /// The verdict on a genuine key: `code` and what the limits said, with who the key is.
+    fn valid(key: &ApiKey) -> Self {
+        Self { valid: true, ..Self::on(key, "valid") }
+    }
+
+    /// A genuine key, with who it is, refused with `code` (by a scope or a limit).
     fn on(key: &ApiKey, code: &'static str) -> Self {
         Self {
-            valid: code == "valid",
+            valid: false,
             code,
             key_id: Some(key.id().to_owned()),
             owner_id: key.owner_id().map(str::to_owned),
@@ -121,9 +132,9 @@ impl Verdict {
 ///
 /// For services that accept this service's keys: authenticates `key`, checks its scopes, and
 /// charges its rate limit and quota, as a guarded route would. Usage is counted and failures are
-/// audited (from the caller's address; the per-address failure limit does not apply to the
-/// caller, which speaks for many clients). The answer is 200 whatever the verdict; a store that
-/// cannot answer is 503.
+/// audited, from `client_address` when given (and counted against its failure limit), else from
+/// the caller, which speaks for many clients and so is never refused for their bad keys. The
+/// answer is 200 whatever the verdict; a store that cannot answer is 503.
 #[utoipa::path(
     tag = TAG,
     request_body = VerifyRequest,
@@ -152,8 +163,9 @@ pub async fn verify_key(
 ) -> Result<web::Json<Verdict>, ApiError> {
     let request = body.into_inner();
     let (required, mode) = requirement(request.scopes, request.any_scopes)?;
-    let key = match authenticator.authenticate_for(request.key.as_bytes(), caller.0.client()).await
-    {
+    let presented = request.key.as_bytes();
+    let client = request.client_address;
+    let key = match authenticator.authenticate_for(presented, client, caller.key.client()).await {
         Ok(key) => key,
         Err(err @ (AuthError::Unavailable | AuthError::NotInstalled)) => return Err(err.into()),
         Err(err) => return Ok(web::Json(Verdict::refused(err.code()))),
@@ -162,25 +174,17 @@ pub async fn verify_key(
         return Ok(web::Json(Verdict::on(&key, "insufficient_scope")));
     }
     Ok(web::Json(match allowance.admit(&key).await {
-        Ok(Admitted { rate, remaining }) => Verdict {
-            rate_limit: rate.map(RateStanding::from),
-            remaining,
-            ..Verdict::on(&key, "valid")
-        },
-        Err(Refusal::Unavailable) => return Err(Refusal::Unavailable.into()),
-        Err(refusal) => {
-            let (rate, remaining) = match refusal {
-                Refusal::RateLimited { state, .. } => (Some(state), None),
-                Refusal::UsageExceeded { state, .. } => (state, Some(0)),
-                Refusal::Unavailable => (None, None),
-            };
-            Verdict {
-                rate_limit: rate.map(RateStanding::from),
-                remaining,
-                retry_after: refusal.retry_after().map(super::problem::whole_seconds),
-                ..Verdict::on(&key, refusal.code())
-            }
+        Ok(Admitted { rate, remaining }) => {
+            Verdict { rate_limit: rate.map(RateStanding::from), remaining, ..Verdict::valid(&key) }
         }
+        Err(Refusal::Unavailable) => return Err(Refusal::Unavailable.into()),
+        Err(refusal) => Verdict {
+            rate_limit: refusal.limit_state().map(RateStanding::from),
+            // A rate limit refuses before the quota is asked, so only a used-up quota is known.
+            remaining: matches!(refusal, Refusal::UsageExceeded { .. }).then_some(0),
+            retry_after: refusal.retry_after().map(whole_seconds),
+            ..Verdict::on(&key, refusal.code())
+        },
     }))
 }
 
@@ -248,34 +252,46 @@ pub struct CheckParams {
     responses(
         (status = 200, description = "Let the request through", headers(
             ("X-Api-Key-Id" = String, description = "The key's public id"),
-            ("X-Api-Key-Owner" = String, description = "The key's owner, when it has one"),
+            ("X-Api-Key-Owner" = String, description = "The key's owner; empty when it has none"),
             ("X-Api-Key-Scopes" = String, description = "The key's scopes, separated by spaces"),
         )),
     )
 )]
 #[get("")]
-pub async fn check_key(
-    req: HttpRequest,
-    params: web::Query<CheckParams>,
-) -> Result<HttpResponse, ApiError> {
-    check(req, params).await
+pub async fn check_key(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    // The query is parsed only when there is one: most checks carry none, and this runs on every
+    // request a proxy passes on.
+    let query = match req.query_string() {
+        "" => None,
+        query => {
+            web::Query::<CheckParams>::from_query(query)
+                .map_err(|err| ApiError::BadRequest(err.to_string()))?
+                .into_inner()
+                .scopes
+        }
+    };
+    check(req, query).await
 }
 
-async fn check(
-    req: HttpRequest,
-    params: web::Query<CheckParams>,
-) -> Result<HttpResponse, ApiError> {
-    let required = demanded(&req, params.scopes.as_deref())?;
+/// Admits the request's key if it holds the scopes demanded in `X-Required-Scopes` and `query`, and
+/// says who it is. All three identity headers are always sent, the owner empty when there is none,
+/// so that a proxy which copies only the headers present cannot pass on the client's own.
+async fn check(req: HttpRequest, query: Option<String>) -> Result<HttpResponse, ApiError> {
+    let required = demanded(&req, query.as_deref())?;
     let key = guard::with_scopes(&req, required, Match::All).await?;
-    let mut answer = HttpResponse::Ok();
-    answer.insert_header((KEY_ID, key.id())).insert_header((KEY_SCOPES, key.scopes().join(" ")));
-    if let Some(owner) = key.owner_id().and_then(|owner| HeaderValue::from_str(owner).ok()) {
-        answer.insert_header((KEY_OWNER, owner));
-    }
-    Ok(answer.finish())
+    let owner = HeaderValue::from_str(key.owner_id().unwrap_or_default()).map_err(|_| {
+        tracing::error!(key_id = key.id(), "the key's owner id cannot be sent in a header");
+        ApiError::Internal
+    })?;
+    Ok(HttpResponse::Ok()
+        .insert_header((KEY_ID, key.id()))
+        .insert_header((KEY_OWNER, owner))
+        .insert_header((KEY_SCOPES, key.scopes().join(" ")))
+        .finish())
 }
 
-/// Every scope named in `X-Required-Scopes` headers and the `scopes` query parameter.
+/// Every scope named in `X-Required-Scopes` headers and in `query`, each a list separated by spaces
+/// or commas.
 fn demanded(req: &HttpRequest, query: Option<&str>) -> Result<Vec<String>, ApiError> {
     let headers = req.headers().get_all(REQUIRED_SCOPES).map(|value| {
         value.to_str().map_err(|_| ApiError::BadRequest("X-Required-Scopes is not text".into()))
