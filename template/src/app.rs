@@ -120,7 +120,14 @@ pub fn app(
 /// OpenAPI document.
 pub fn routes(config: &Config) -> impl FnOnce(&mut ServiceConfig) + '_ {
     move |cfg| {
-        cfg.service(health::health).service(health::ready).configure(crate::routes::routes);
+        cfg.service(health::health).service(health::ready);
+        // Before routes with path parameters: the router tries routes in order, and a proxy asks
+        // the check on every request it passes on.
+        if !config.forward_auth_path.is_empty() {
+            let path = config.forward_auth_path.as_str();
+            cfg.service(scope(path).configure(other_services::check_route));
+        }
+        cfg.configure(crate::routes::routes);
         if config.metrics_addr.is_empty() {
             cfg.service(health::serve_metrics);
         }
@@ -128,11 +135,6 @@ pub fn routes(config: &Config) -> impl FnOnce(&mut ServiceConfig) + '_ {
             let prefix = config.api_keys_route_prefix.as_str();
             cfg.service(
                 scope(prefix).configure(other_services::verify_route).configure(keys::routes),
-            );
-        }
-        if !config.forward_auth_path.is_empty() {
-            cfg.service(
-                scope(config.forward_auth_path.as_str()).configure(other_services::check_route),
             );
         }
     }
