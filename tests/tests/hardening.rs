@@ -103,7 +103,12 @@ fn keys_never_leak_into_logs_or_storage() {
         json!({"name": "reader", "scopes": ["users:read"]}),
     );
     let (doomed_id, doomed) = create(&client, &admin, json!({"name": "doomed"}));
-    issued.extend([key.clone(), doomed.clone()]);
+    let (_, admin_all) = create(
+        &client,
+        &admin,
+        json!({"name": "verifier", "scopes": ["*"]}),
+    );
+    issued.extend([key.clone(), doomed.clone(), admin_all.clone()]);
 
     // Every path a key takes: success, both headers, wrong secrets, revoked, in a query string,
     // in a body, listed, read, and a repeated header.
@@ -132,6 +137,40 @@ fn keys_never_leak_into_logs_or_storage() {
     assert_eq!(
         status, 422,
         "a key-shaped name is refused, so it is never stored"
+    );
+    // Verified for another service: valid, a wrong secret, revoked, and in a field that is refused.
+    let verify = format!("{KEYS}/verify");
+    for (presented, code) in [
+        (key.clone(), "valid"),
+        (wrong_secret(&key), "invalid_api_key"),
+        (doomed.clone(), "revoked_api_key"),
+    ] {
+        let (status, verdict) = client.send(
+            "POST",
+            &verify,
+            Some(&admin_all),
+            Some(json!({"key": presented})),
+        );
+        assert_eq!(
+            (status, verdict["code"].as_str()),
+            (200, Some(code)),
+            "{verdict}"
+        );
+    }
+    let (status, _) = client.send(
+        "POST",
+        &verify,
+        Some(&admin_all),
+        Some(json!({"key": key, "scopes": [key]})),
+    );
+    assert_eq!(status, 422);
+    // Through the forward-auth check, as a proxy sends it.
+    assert_eq!(client.send("GET", "/auth/check", Some(&key), None).0, 200);
+    assert_eq!(
+        client
+            .send("GET", "/auth/check", Some(&wrong_secret(&key)), None)
+            .0,
+        401
     );
     assert_eq!(
         client
@@ -187,7 +226,8 @@ fn keys_never_leak_into_logs_or_storage() {
     assert_eq!(events["total"], 3, "created, updated, rotated: {events}");
     std::thread::sleep(Duration::from_millis(1500));
     let (_, details) = client.send("GET", &format!("{KEYS}/{id}"), Some(&admin), None);
-    assert_eq!(details["request_count"], 3, "the flush ran: {details}");
+    // Two guarded requests, one verified for another service and one passed by the check.
+    assert_eq!(details["request_count"], 5, "the flush ran: {details}");
     assert!(service.stop().success());
 
     // The CLI's rotation prints the new key alone on stdout, like creation.
