@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 
 use super::ApiError;
 use crate::auth::limits::{Admitted, LimitState, Refusal};
-use crate::auth::{Allowance, ApiKey, AuthError, Authenticator};
+use crate::auth::{Allowance, ApiKey, AuthError, Authenticator, ManagementScopes};
 use crate::keys::{Manager, ServiceError};
 use crate::scope::{self, Match};
 
@@ -145,11 +145,7 @@ impl FromRequest for Verifier {
         guard(
             req,
             authenticated(req).and_then(|key| {
-                let scope = &req
-                    .app_data::<web::Data<Authenticator>>()
-                    .ok_or(ApiError::Auth(AuthError::NotInstalled))?
-                    .management_scopes()
-                    .verify;
+                let scope = &configured_scopes(req)?.verify;
                 if key.has_scope(scope) {
                     Ok((key.clone(), Self { key }))
                 } else {
@@ -158,6 +154,13 @@ impl FromRequest for Verifier {
             }),
         )
     }
+}
+
+/// The scopes that open the key-management and verify routes, as this service is configured.
+fn configured_scopes(req: &HttpRequest) -> Result<&ManagementScopes, ApiError> {
+    let authenticator = req.app_data::<web::Data<Authenticator>>();
+    let scopes = authenticator.map(|authenticator| authenticator.management_scopes());
+    scopes.ok_or(ApiError::Auth(AuthError::NotInstalled))
 }
 
 /// The scopes a route demands. `#[require_scope]` implements this on a marker type per handler.
@@ -204,10 +207,7 @@ impl FromRequest for Manager {
         guard(
             req,
             authenticated(req).and_then(|key| {
-                let scopes = req
-                    .app_data::<web::Data<Authenticator>>()
-                    .ok_or(ApiError::Auth(AuthError::NotInstalled))?
-                    .management_scopes();
+                let scopes = configured_scopes(req)?;
                 if key.has_scope(&scopes.admin) {
                     Ok((key.clone(), Self::Admin(key)))
                 } else if !key.has_scope(&scopes.manage) {

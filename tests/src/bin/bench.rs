@@ -930,10 +930,7 @@ fn behind_nginx(
     log: &Path,
     args: &Args,
 ) -> Result<Gateway> {
-    let proxy = [
-        ("TRUSTED_PROXIES", "127.0.0.1"),
-        ("PROXY_HEADER", "x-real-ip"),
-    ];
+    let proxy = [("TRUSTED_PROXIES", "127.0.0.1")];
     let (service, client, admin, _) = start(binary, dir, env, &proxy, SERVICE_CORE, log)?;
     let (key, _) = create_key(
         &client,
