@@ -281,6 +281,9 @@ mod tests {
                 "{id}"
             );
         }
+        let verify = security_of(&mut doc, "verify_key");
+        assert_eq!(verify, Some(vec![config.api_keys_verify_scope.clone()]));
+        assert_eq!(security_of(&mut doc, "check_key"), Some(vec![]), "any valid key, per request");
         let unguarded: Vec<_> = operations(&mut doc)
             .filter(|op| op.security.is_none())
             .filter_map(|op| op.operation_id.clone())

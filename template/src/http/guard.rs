@@ -130,7 +130,7 @@ pub(crate) fn with_scopes(
     )
 }
 
-/// A service allowed to verify keys for itself: its key holds the verify scope
+/// A caller allowed to ask whether other keys are good: its key holds the verify scope
 /// (`API_KEYS_VERIFY_SCOPE`).
 #[derive(Debug, Clone)]
 pub struct Verifier {
