@@ -146,6 +146,17 @@ pub fn document(config: &Config) -> Document {
     openapi::complete(registered, config)
 }
 
+/// A route of this service the forward-auth check would answer instead, because it lies below
+/// `FORWARD_AUTH_PATH` (the check answers every path below its own). Refused at start-up.
+pub fn shadowed_by_check(config: &Config) -> Option<String> {
+    let check = config.forward_auth_path.as_str();
+    if check.is_empty() {
+        return None;
+    }
+    let below = format!("{check}/");
+    document(config).paths.paths.into_keys().find(|path| path.starts_with(&below))
+}
+
 /// No route took the request: 405 naming the methods if the path exists with others, else 404.
 async fn unmatched(
     req: HttpRequest,
@@ -164,6 +175,12 @@ pub async fn serve(
     config: Config,
     admin_key_file: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(path) = shadowed_by_check(&config) {
+        let check = &config.forward_auth_path;
+        return Err(
+            format!("FORWARD_AUTH_PATH: {path} lies below {check}, which would answer it").into()
+        );
+    }
     let applied = store::migrate(&config.database_url).await?;
     if applied > 0 {
         tracing::info!(applied, "database migrated");
@@ -293,6 +310,20 @@ mod tests {
             ["health", "metrics", "ready"],
             "only the probes and the metrics are open"
         );
+    }
+
+    #[test]
+    fn no_route_may_lie_below_the_forward_auth_check() {
+        assert_eq!(shadowed_by_check(&Config::default()), None);
+        let over_examples = Config::from_vars([
+            ("API_KEYS_ROUTE_PREFIX", "/keys"),
+            ("DOCS_PATH", "/docs"),
+            ("FORWARD_AUTH_PATH", "/api"),
+        ])
+        .unwrap();
+        let shadowed =
+            shadowed_by_check(&over_examples).expect("the example routes lie below /api");
+        assert!(shadowed.starts_with("/api/"), "{shadowed}");
     }
 
     #[test]

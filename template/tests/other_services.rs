@@ -176,9 +176,19 @@ async fn a_named_client_is_limited_and_a_key_id_is_limited_through_verify() {
     for _ in 0..3 {
         verdicts.push(call(&h.app, verify(&caller, junk("203.0.113.7"))).await.2);
     }
-    assert_eq!(codes(verdicts), ["invalid_api_key", "invalid_api_key", "too_many_failed_attempts"]);
+    assert_eq!(
+        codes(verdicts.clone()),
+        ["invalid_api_key", "invalid_api_key", "too_many_failed_attempts"]
+    );
+    assert!(verdicts[2]["retry_after"].as_u64().is_some_and(|s| s > 0), "{}", verdicts[2]);
     let other = call(&h.app, verify(&caller, junk("203.0.113.8"))).await.2;
     assert_eq!(other["code"], "invalid_api_key", "another client is not refused");
+    // A caller naming its own address is not counted: its users cannot lock it out.
+    let from = "198.51.100.9:4000".parse::<SocketAddr>().unwrap();
+    for _ in 0..4 {
+        let request = verify(&caller, junk("198.51.100.9")).peer_addr(from);
+        assert_eq!(call(&h.app, request).await.2["code"], "invalid_api_key");
+    }
 
     // Wrong secrets for a real key id count against that key, whoever sends them.
     let key = h.mint(reader("target")).await.key.to_string();
@@ -296,6 +306,12 @@ async fn the_check_answers_below_its_path_for_any_method_as_envoy_asks() {
     assert_eq!(call(&h.app, envoy("reports:write")).await.0, StatusCode::FORBIDDEN);
     let anonymous = TestRequest::delete().uri("/auth/check/reports/1");
     assert_eq!(call(&h.app, anonymous).await.0, StatusCode::UNAUTHORIZED);
+    // A trailing slash is still the check itself: its query counts.
+    let slash = with_key(TestRequest::get().uri("/auth/check/?scopes=reports:write"), &key);
+    assert_eq!(call(&h.app, slash).await.0, StatusCode::FORBIDDEN);
+    // At its own path the check is GET only.
+    let posted = with_key(TestRequest::post().uri("/auth/check"), &key);
+    assert_eq!(call(&h.app, posted).await.0, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[actix_web::test]

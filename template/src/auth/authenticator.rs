@@ -182,6 +182,10 @@ impl Authenticator {
         client: Option<IpAddr>,
         caller: Option<IpAddr>,
     ) -> Result<ApiKey, AuthError> {
+        // Naming itself would let a caller's users lock the caller out of every route.
+        let client = client.filter(|client| {
+            caller.is_none_or(|caller| !FailureLimits::same_client(*client, caller))
+        });
         if client.is_some_and(|address| self.limits.address_blocked(address)) {
             return Err(AuthError::Throttled);
         }

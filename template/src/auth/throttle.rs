@@ -53,6 +53,11 @@ impl FailureLimits {
         self.by_address.as_ref().is_some_and(|c| c.blocked(&client(address)))
     }
 
+    /// Whether two addresses are counted as one client (the same IPv4 address, or IPv6 /64).
+    pub fn same_client(a: IpAddr, b: IpAddr) -> bool {
+        client(a) == client(b)
+    }
+
     /// Counts a failed authentication from `address`; `true` when it went over the limit.
     pub fn address_failed(&self, address: IpAddr) -> bool {
         let over = self.by_address.as_ref().is_some_and(|counter| counter.failed(&client(address)));

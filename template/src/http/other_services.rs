@@ -41,8 +41,7 @@ pub fn verify_route(cfg: &mut ServiceConfig) {
 /// `ext_authz` asks with the request's own method and puts its path and query after the check's
 /// (`POST /auth/check/reports/monthly?page=2`), so there the scopes come from the header only.
 pub fn check_route(cfg: &mut ServiceConfig) {
-    cfg.service(check_key)
-        .route("/{original:.*}", web::route().to(|req: HttpRequest| check(req, None)));
+    cfg.service(check_key).route("/{original:.*}", web::route().to(check_below));
 }
 
 /// What to verify. This type has no `Debug`: the key cannot be logged by accident.
@@ -168,7 +167,11 @@ pub async fn verify_key(
     let key = match authenticator.authenticate_for(presented, client, caller.key.client()).await {
         Ok(key) => key,
         Err(err @ (AuthError::Unavailable | AuthError::NotInstalled)) => return Err(err.into()),
-        Err(err) => return Ok(web::Json(Verdict::refused(err.code()))),
+        Err(err) => {
+            let wait = (err == AuthError::Throttled).then(|| authenticator.retry_after());
+            let retry_after = wait.map(whole_seconds);
+            return Ok(web::Json(Verdict { retry_after, ..Verdict::refused(err.code()) }));
+        }
     };
     if !scope::satisfies(key.scopes(), &required, mode) {
         return Ok(web::Json(Verdict::on(&key, "insufficient_scope")));
@@ -259,9 +262,24 @@ pub struct CheckParams {
 )]
 #[get("")]
 pub async fn check_key(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    // The query is parsed only when there is one: most checks carry none, and this runs on every
-    // request a proxy passes on.
-    let query = match req.query_string() {
+    let query = scopes_in_query(&req)?;
+    check(req, query).await
+}
+
+/// Below the check's path, Envoy's form: the query is the upstream's and is not read. A bare
+/// trailing slash (`/auth/check/?scopes=…`) is still the check itself, and its query counts.
+async fn check_below(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let query = match req.match_info().query("original") {
+        "" => scopes_in_query(&req)?,
+        _ => None,
+    };
+    check(req, query).await
+}
+
+/// The `scopes` query parameter. The query is parsed only when there is one: most checks carry
+/// none, and this runs on every request a proxy passes on.
+fn scopes_in_query(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    Ok(match req.query_string() {
         "" => None,
         query => {
             web::Query::<CheckParams>::from_query(query)
@@ -269,8 +287,7 @@ pub async fn check_key(req: HttpRequest) -> Result<HttpResponse, ApiError> {
                 .into_inner()
                 .scopes
         }
-    };
-    check(req, query).await
+    })
 }
 
 /// Admits the request's key if it holds the scopes demanded in `X-Required-Scopes` and `query`, and
