@@ -206,7 +206,11 @@ pub async fn serve(
     let server_state = state.clone();
     let server = HttpServer::new(move || app(server_state.clone())).bind(address)?;
     for addr in server.addrs() {
-        tracing::info!("listening on http://{addr}; Swagger UI at http://{addr}{docs_path}/");
+        if docs_path.is_empty() {
+            tracing::info!("listening on http://{addr}");
+        } else {
+            tracing::info!("listening on http://{addr}; Swagger UI at http://{addr}{docs_path}/");
+        }
     }
     if state.config.metrics_addr.is_empty() {
         server.run().await?;

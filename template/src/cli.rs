@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 
 use crate::keys::{ApiKeyService, Manager, Rotation};
 use crate::model::{KeyStatus, NewKey, name_of};
-use crate::store::ListQuery;
+use crate::store::{ListQuery, Retention};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -73,6 +73,20 @@ pub enum KeysCommand {
     },
     /// Revoke a key by its id
     Revoke { id: String },
+    /// Delete keys that stopped working and audit events, older than the ages given; the purge
+    /// itself is recorded in the audit log
+    #[command(group(ArgGroup::new("what").required(true).multiple(true)))]
+    Purge {
+        /// Keys revoked, expired or retired at least this long ago, e.g. 90d
+        #[arg(long, value_name = "AGE", group = "what", value_parser = humantime::parse_duration)]
+        revoked_keys: Option<Duration>,
+        /// Audit events at least this old, e.g. 365d
+        #[arg(long, value_name = "AGE", group = "what", value_parser = humantime::parse_duration)]
+        events: Option<Duration>,
+        /// Count what would be deleted, and delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 impl KeysCommand {
@@ -158,9 +172,32 @@ impl KeysCommand {
                 service.revoke_key(&Manager::Operator, &id).await?;
                 eprintln!("Revoked key {id}.");
             }
+            Self::Purge { revoked_keys, events, dry_run } => {
+                let before = |age: Option<Duration>| {
+                    age.map(|age| earlier(age).ok_or("an age is too long")).transpose()
+                };
+                let retention = Retention {
+                    keys_before: before(revoked_keys)?,
+                    events_before: before(events)?,
+                };
+                let purged = service.purge(&retention, dry_run).await?;
+                let verb = if dry_run { "would purge" } else { "purged" };
+                if let Some(at) = retention.keys_before {
+                    println!("{verb} {} keys revoked, expired or retired before {at}", purged.keys);
+                }
+                if let Some(at) = retention.events_before {
+                    println!("{verb} {} audit events recorded before {at}", purged.events);
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Now minus `duration`, to the second, if that is a time chrono can hold.
+fn earlier(duration: std::time::Duration) -> Option<chrono::DateTime<chrono::Utc>> {
+    let duration = chrono::Duration::from_std(duration).ok()?;
+    chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0).checked_sub_signed(duration)
 }
 
 /// Now plus `duration`, if that is a time chrono can hold.

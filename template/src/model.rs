@@ -378,6 +378,9 @@ pub enum EventAction {
     Rotated,
     Updated,
     Revoked,
+    /// Keys that had stopped working and old events were deleted (`keys purge`); the event's
+    /// `key_id` is `*`, its changes give the cut-offs and the counts.
+    Purged,
 }
 
 /// The current time at the precision every backend stores.

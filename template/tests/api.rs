@@ -315,6 +315,21 @@ async fn list_total_is_the_real_count() {
 }
 
 #[actix_web::test]
+async fn an_empty_docs_path_serves_no_docs() {
+    let h = harness_with(Arc::new(MemoryBackend::default()), &[("DOCS_PATH", "")]).await;
+    for path in ["/docs", "/docs/", "/docs/openapi.json"] {
+        assert_eq!(
+            call(&h.app, TestRequest::get().uri(path)).await.0,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    let (status, _, _) =
+        call(&h.app, with_key(TestRequest::get().uri("/protected"), &h.admin)).await;
+    assert_eq!(status, StatusCode::OK, "the routes are served as before");
+}
+
+#[actix_web::test]
 async fn wildcards_and_the_docs() {
     let h = memory_harness().await;
     let (_, admin_star) =

@@ -121,4 +121,68 @@ fn seed_flow_over_http() {
         row.contains("revoked") && row.split_whitespace().any(|w| w == "4"),
         "{row}"
     );
+
+    // Retention: a dry run counts, a purge deletes the revoked key and is audited, and asking
+    // for nothing is refused with a line naming what to give.
+    let purge = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .args(["keys", "purge"])
+            .args(args)
+            .envs(env)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, refused) = purge(&[]);
+    assert_eq!(code, Some(2), "{refused}");
+    assert!(
+        refused.contains("--revoked-keys <AGE>") && refused.contains("--events <AGE>"),
+        "{refused}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // the cut-off is to the second
+    let (code, counted) = purge(&["--revoked-keys", "0s", "--dry-run"]);
+    assert_eq!(code, Some(0), "{counted}");
+    assert!(
+        counted.starts_with("would purge 1 keys revoked, expired or retired before "),
+        "{counted}"
+    );
+    let (code, purged) = purge(&["--revoked-keys", "0s", "--events", "100y"]);
+    assert_eq!(code, Some(0), "{purged}");
+    let lines: Vec<&str> = purged.lines().collect();
+    assert!(
+        lines[0].starts_with("purged 1 keys revoked, expired or retired before ")
+            && lines[1].starts_with("purged 0 audit events recorded before "),
+        "{purged}"
+    );
+    let listed = Command::new(&bin)
+        .args(["keys", "list"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains(&id),
+        "the revoked key is gone"
+    );
+    let service = Service::start(&bin, &env, free_port());
+    let (_, events) = Client::new(&service.base_url).send(
+        "GET",
+        "/api/v1/api-keys/events?limit=1",
+        Some(&admin),
+        None,
+    );
+    let recorded = &events["items"][0];
+    assert_eq!(
+        (
+            &recorded["action"],
+            &recorded["key_id"],
+            &recorded["changes"]["keys"]
+        ),
+        (&json!("purged"), &json!("*"), &json!(1)),
+        "{recorded}"
+    );
+    assert!(service.stop().success());
 }

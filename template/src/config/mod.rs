@@ -297,7 +297,9 @@ impl Config {
             "must be at least 32 characters long"
         );
         check_path("API_KEYS_ROUTE_PREFIX", &self.api_keys_route_prefix)?;
-        check_path("DOCS_PATH", &self.docs_path)?;
+        if !self.docs_path.is_empty() {
+            check_path("DOCS_PATH", &self.docs_path)?;
+        }
         if !self.forward_auth_path.is_empty() {
             self.check_forward_auth_path()?;
         }
@@ -344,7 +346,9 @@ impl Config {
         };
         let taken = ["/health", "/ready", "/metrics", &self.api_keys_route_prefix, &self.docs_path];
         ensure!(
-            !taken.into_iter().any(|other| below(path, other) || below(other, path)),
+            !taken
+                .into_iter()
+                .any(|other| !other.is_empty() && (below(path, other) || below(other, path))),
             "FORWARD_AUTH_PATH",
             format!("{path:?} overlaps the probes, the key routes or the docs")
         );

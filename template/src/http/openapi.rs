@@ -101,10 +101,14 @@ pub fn complete(registered: Document, config: &Config) -> Document {
     doc
 }
 
-/// Swagger UI at `DOCS_PATH/`, the document at `DOCS_PATH/openapi.json`, and `DOCS_PATH` redirecting to the UI.
+/// Swagger UI at `DOCS_PATH/`, the document at `DOCS_PATH/openapi.json`, and `DOCS_PATH` redirecting to the UI;
+/// nothing when `DOCS_PATH` is empty.
 pub fn docs(config: &Config, doc: Document) -> impl FnOnce(&mut web::ServiceConfig) {
     let docs_path = config.docs_path.clone();
     move |cfg| {
+        if docs_path.is_empty() {
+            return;
+        }
         // Relative, so the redirect also works behind a proxy that mounts the service under a sub-path.
         let location = format!("{}/", docs_path.rsplit('/').next().unwrap_or_default());
         cfg.service(

@@ -25,7 +25,7 @@ use crate::auth::UsageTracker;
 use crate::auth::key_format::KeyFormat;
 use crate::auth::limits::MAX_ROTATIONS_FOLLOWED;
 use crate::model::{ApiKeyRecord, EventAction, KeyChanges, KeyEvent, NewKey, now, to_object};
-use crate::store::{Backend, EventQuery, ListQuery, Page, StoreError};
+use crate::store::{Backend, EventQuery, ListQuery, Page, Purged, Retention, StoreError};
 
 /// How to rotate a key. Send `{}` for the defaults.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize, utoipa::ToSchema)]
@@ -365,6 +365,30 @@ impl ApiKeyService {
         } else {
             Err(ServiceError::NotFound)
         }
+    }
+
+    /// Deletes the keys that stopped working and the audit events that `retention` names, and
+    /// records the purge in the audit log (keyed `*`); with `dry_run`, only counts them. For the
+    /// operator: nothing over HTTP calls it.
+    pub async fn purge(
+        &self,
+        retention: &Retention,
+        dry_run: bool,
+    ) -> Result<Purged, ServiceError> {
+        let cut_offs =
+            json!({"keys_before": retention.keys_before, "events_before": retention.events_before});
+        let event = Manager::Operator.event("*", EventAction::Purged, to_object(&cut_offs));
+        let purged = self.store.purge(retention, (!dry_run).then_some(&event)).await?;
+        if !dry_run {
+            tracing::info!(
+                target: "audit",
+                action = "purge",
+                keys = purged.keys,
+                events = purged.events,
+                "purged keys that stopped working and old audit events"
+            );
+        }
+        Ok(purged)
     }
 
     /// `record` as this instance knows it: with the uses counted since the last flush, and the

@@ -36,7 +36,7 @@ use tokio::task::AbortHandle;
 
 use super::feed::{ChangeFeed, Heard, SILENCE, plausible_id};
 use super::quota::Leases;
-use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
+use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
@@ -476,6 +476,17 @@ impl Backend for CachedBackend {
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
         metrics().storage_operation("events");
         self.primary.events(query).await
+    }
+
+    async fn purge(
+        &self,
+        retention: &Retention,
+        event: Option<&KeyEvent>,
+    ) -> Result<Purged, StoreError> {
+        // Nothing to drop from the caches: a purged key had stopped working, and a cached copy of
+        // it is refused as it stands.
+        metrics().storage_operation("purge");
+        self.primary.purge(retention, event).await
     }
 
     async fn health_checks(&self) -> Vec<(&'static str, Result<(), StoreError>)> {

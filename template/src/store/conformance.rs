@@ -16,7 +16,7 @@
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::json;
 
-use super::{Backend, EventQuery, ListQuery, QuotaUse, StoreError, Usage};
+use super::{Backend, EventQuery, ListQuery, Purged, QuotaUse, Retention, StoreError, Usage};
 use crate::model::{
     ApiKeyRecord, EventAction, KeyChanges, KeyEvent, KeyHash, NewKey, RateLimit, Refill,
     RefillInterval, random_id, to_object,
@@ -37,6 +37,7 @@ pub async fn run(backend: &dyn Backend) {
     takes_quota_in_blocks(backend).await;
     refills_quota_once_per_period(backend).await;
     records_events_with_their_mutations(backend).await;
+    purges_only_what_ended_before_the_cut_off(backend).await;
 }
 
 /// A record with a fresh random id, owned by `owner`, created at `created_at`.
@@ -403,4 +404,64 @@ pub async fn records_events_with_their_mutations(backend: &dyn Backend) {
     let all =
         backend.events(&EventQuery { key_id: None, limit: 100, offset: 0 }).await.expect("events");
     assert!(all.total >= 3, "the global log holds every key's events");
+}
+
+pub async fn purges_only_what_ended_before_the_cut_off(backend: &dyn Backend) {
+    // Long ago, so that nothing another check stores at the same time is old enough to go.
+    let cut_off = Utc::now().trunc_subsecs(6) - Duration::days(365 * 30);
+    let old = cut_off - Duration::hours(1);
+    let ended = |change: fn(&mut ApiKeyRecord)| {
+        let mut key = sample(&fresh_owner(), old - Duration::days(60));
+        change(&mut key);
+        key
+    };
+    let revoked = ended(|k| k.revoked_at = Some(k.created_at + Duration::days(1)));
+    let expired = ended(|k| k.expires_at = Some(k.created_at + Duration::days(2)));
+    let retired = ended(|k| {
+        k.replaced_by = Some(random_id());
+        k.retires_at = Some(k.created_at + Duration::days(3));
+    });
+    let mut working = ended(|k| k.expires_at = None);
+    working.revoked_at = Some(cut_off + Duration::hours(1));
+    let mut old_event = event(&working.id);
+    old_event.at = old;
+    for key in [&revoked, &expired, &retired] {
+        stored(backend, key).await;
+    }
+    backend.insert(&working, &old_event).await.expect("insert");
+    let mut later = working.clone();
+    later.id = random_id();
+    let mut kept_event = event(&later.id);
+    kept_event.at = cut_off + Duration::seconds(1);
+    backend.insert(&later, &kept_event).await.expect("insert");
+
+    let retention = Retention { keys_before: Some(cut_off), events_before: Some(cut_off) };
+    let counted = backend.purge(&retention, None).await.expect("dry run");
+    assert!(counted.keys >= 3 && counted.events >= 1, "a dry run counts: {counted:?}");
+    assert!(backend.get(&revoked.id).await.expect("get").is_some(), "a dry run deletes nothing");
+
+    let mut purge = event("*");
+    purge.action = EventAction::Purged;
+    let purged = backend.purge(&retention, Some(&purge)).await.expect("purge");
+    assert!(purged.keys >= 3 && purged.events >= 1, "{purged:?}");
+    for gone in [&revoked, &expired, &retired] {
+        assert_eq!(backend.get(&gone.id).await.expect("get"), None, "a key that ended is gone");
+    }
+    assert_eq!(reread(backend, &working.id).await, working, "a key ended after the cut-off stays");
+    let owners =
+        ListQuery { owner_id: revoked.owner_id.clone(), limit: 10, ..ListQuery::default() };
+    assert_eq!(backend.list(&owners).await.expect("list").total, 0, "and leaves no listing behind");
+    let events = |key_id: &str| EventQuery { key_id: Some(key_id.into()), limit: 10, offset: 0 };
+    assert_eq!(backend.events(&events(&working.id)).await.expect("events").items, []);
+    assert_eq!(backend.events(&events(&later.id)).await.expect("events").items, [kept_event]);
+    let recorded = backend.events(&events("*")).await.expect("events");
+    assert!(
+        recorded
+            .items
+            .iter()
+            .any(|e| e.id == purge.id && e.changes == purged.recorded_in(&purge).changes),
+        "the purge is recorded with its counts"
+    );
+    let again = backend.purge(&retention, None).await.expect("dry run");
+    assert_eq!(again, Purged::default(), "nothing is left to purge");
 }

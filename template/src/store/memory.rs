@@ -12,7 +12,10 @@ use tokio::sync::broadcast;
 use tokio::sync::mpsc::Sender;
 
 use super::feed::{ChangeFeed, Heard, follow_with_heartbeats};
-use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage, block_fits};
+use super::{
+    Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage,
+    block_fits,
+};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[derive(Debug)]
@@ -220,6 +223,23 @@ impl Backend for MemoryBackend {
             .filter(|e| query.key_id.is_none() || Some(&e.key_id) == query.key_id.as_ref())
             .collect();
         Ok(page(matching, |e| (e.at, &e.id), query.limit, query.offset))
+    }
+
+    async fn purge(
+        &self,
+        retention: &Retention,
+        event: Option<&KeyEvent>,
+    ) -> Result<Purged, StoreError> {
+        let mut state = self.write();
+        let keys = state.keys.values().filter(|k| retention.expels(k)).count() as u64;
+        let events = state.events.iter().filter(|e| retention.expels_event(e)).count() as u64;
+        let purged = Purged { keys, events };
+        if let Some(event) = event {
+            state.keys.retain(|_, k| !retention.expels(k));
+            state.events.retain(|e| !retention.expels_event(e));
+            state.events.push(purged.recorded_in(event));
+        }
+        Ok(purged)
     }
 
     fn feed(&self) -> Option<Arc<dyn ChangeFeed>> {

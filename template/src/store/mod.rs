@@ -75,6 +75,44 @@ pub struct Page<T> {
     pub total: u64,
 }
 
+/// What [`Backend::purge`] deletes: keys that stopped working (revoked, expired, or retired after a
+/// rotation) before `keys_before`, and audit events recorded before `events_before`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub keys_before: Option<DateTime<Utc>>,
+    pub events_before: Option<DateTime<Utc>>,
+}
+
+impl Retention {
+    /// Whether `key` stopped working before `keys_before`.
+    pub fn expels(&self, key: &ApiKeyRecord) -> bool {
+        let ended = [key.revoked_at, key.expires_at, key.retires_at].into_iter().flatten().min();
+        self.keys_before.zip(ended).is_some_and(|(before, ended)| ended < before)
+    }
+
+    /// Whether `event` was recorded before `events_before`.
+    pub fn expels_event(&self, event: &KeyEvent) -> bool {
+        self.events_before.is_some_and(|before| event.at < before)
+    }
+}
+
+/// How many keys and events [`Backend::purge`] deleted (or would delete).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub keys: u64,
+    pub events: u64,
+}
+
+impl Purged {
+    /// `event` with the counts added to its changes, as the audit log keeps a purge.
+    pub fn recorded_in(self, event: &KeyEvent) -> KeyEvent {
+        let mut event = event.clone();
+        event.changes.insert("keys".into(), self.keys.into());
+        event.changes.insert("events".into(), self.events.into());
+        event
+    }
+}
+
 /// Requests counted for one key since the last flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage {
@@ -167,6 +205,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Recorded changes, newest first (by `at`, then `id`), with the total matching `query`.
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError>;
+
+    /// Deletes what `retention` names and then records `event` with the counts
+    /// ([`Purged::recorded_in`]); with no `event` (a dry run), only counts. Deleting is idempotent,
+    /// so a backend may delete in batches: a purge cut short is finished by running it again.
+    async fn purge(
+        &self,
+        retention: &Retention,
+        event: Option<&KeyEvent>,
+    ) -> Result<Purged, StoreError>;
 
     /// Whether each thing this backend depends on answers, by name, for the readiness probe. The
     /// default reads one (absent) key.

@@ -8,7 +8,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use super::{Backend, EventQuery, ListQuery, MemoryBackend, Page, QuotaUse, StoreError, Usage};
+use super::{
+    Backend, EventQuery, ListQuery, MemoryBackend, Page, Purged, QuotaUse, Retention, StoreError,
+    Usage,
+};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[derive(Default)]
@@ -84,6 +87,14 @@ impl Backend for FlakyStore {
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
         self.inner.events(query).await
+    }
+
+    async fn purge(
+        &self,
+        retention: &Retention,
+        event: Option<&KeyEvent>,
+    ) -> Result<Purged, StoreError> {
+        self.inner.purge(retention, event).await
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {

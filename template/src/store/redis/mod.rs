@@ -19,7 +19,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, ScriptInvocation};
 
 use super::feed::ChangeFeed;
-use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
+use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 pub use cache::{FENCE, RedisCache};
@@ -45,7 +45,8 @@ pub(crate) fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
 ///   `apikeys:events:key:{key_id}`;
 /// - `apikeys:changed`: the channel every change publishes its key id on ([`feed`]).
 ///
-/// Every mutation is one Lua script, so a key and its audit event are stored together or not at all.
+/// Every mutation is one Lua script, so a key and its audit event are stored together or not at all;
+/// only a purge runs as many short scripts (see [`PURGE_BATCH`]).
 pub struct RedisBackend {
     connection: ConnectionManager,
     feed: Arc<feed::RedisFeed>,
@@ -140,6 +141,60 @@ add_events(after)
 return 1
 "
 );
+
+/// Of the keys `ARGV[3..]`, counts those that stopped working (revoked, expired or retired) before
+/// `ARGV[1]`, and deletes them with their index entries when `ARGV[2]` is `1`.
+static PURGE_KEYS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local before, n = tonumber(ARGV[1]), 0
+local function ended(at) return at and tonumber(at) < before end
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local hash = 'apikeys:key:' .. id
+  local key = redis.call('HMGET', hash, 'record', 'revoked_at', 'retires_at')
+  if key[1] and (ended(key[2]) or ended(key[3]) or ended(redis.call('ZSCORE', 'apikeys:expires', id))) then
+    n = n + 1
+    if ARGV[2] == '1' then
+      local owner = cjson.decode(key[1]).owner_id
+      if type(owner) == 'string' then redis.call('ZREM', 'apikeys:owner:' .. owner, id) end
+      redis.call('ZREM', 'apikeys:created', id)
+      redis.call('ZREM', 'apikeys:expires', id)
+      redis.call('DEL', hash)
+    end
+  end
+end
+return n
+",
+    )
+});
+
+/// Deletes up to `PURGE_BATCH` events recorded before `ARGV[1]`, oldest first: how many it deleted.
+static PURGE_EVENTS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ids = redis.call('ZRANGEBYSCORE', 'apikeys:events', '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  local event = redis.call('GET', 'apikeys:event:' .. id)
+  if event then redis.call('ZREM', 'apikeys:events:key:' .. cjson.decode(event).key_id, id) end
+  redis.call('DEL', 'apikeys:event:' .. id)
+  redis.call('ZREM', 'apikeys:events', id)
+end
+return #ids
+",
+    )
+});
+
+static RECORD_EVENTS: LazyLock<Script> = script!(
+    r"
+add_events(1)
+return 1
+"
+);
+
+/// Keys or events one purge script handles: a purge runs as many short scripts, so Redis keeps
+/// serving requests in between.
+const PURGE_BATCH: usize = 1000;
 
 /// Takes `ARGV[3]` uses if sixteen times as many are left, else one (as `block_fits`): the uses
 /// taken and those left; `-1` taken for no quota, `0` for none left.
@@ -532,6 +587,48 @@ impl Backend for RedisBackend {
             .map(|json| serde_json::from_str(&json).map_err(corrupt))
             .collect::<Result<_, _>>()?;
         Ok(Page { items, total })
+    }
+
+    async fn purge(
+        &self,
+        retention: &Retention,
+        event: Option<&KeyEvent>,
+    ) -> Result<Purged, StoreError> {
+        let mut conn = self.connection.clone();
+        let delete = if event.is_some() { "1" } else { "" };
+        let mut purged = Purged::default();
+        if let Some(before) = retention.keys_before {
+            let ids: Vec<String> = conn.zrange(ALL, 0, -1).await.map_err(unavailable)?;
+            for batch in ids.chunks(PURGE_BATCH) {
+                let mut invocation = PURGE_KEYS.prepare_invoke();
+                invocation.arg(micros(before)).arg(delete).arg(batch);
+                purged.keys += self.invoke(&invocation).await?.unsigned_abs();
+            }
+        }
+        if let Some(before) = retention.events_before {
+            let before = micros(before);
+            if event.is_none() {
+                purged.events =
+                    conn.zcount(EVENTS, "-inf", format!("({before}")).await.map_err(unavailable)?;
+            } else {
+                loop {
+                    let deleted = self
+                        .invoke(PURGE_EVENTS.arg(before).arg(PURGE_BATCH))
+                        .await?
+                        .unsigned_abs();
+                    purged.events += deleted;
+                    if deleted < PURGE_BATCH as u64 {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(event) = event {
+            let mut invocation = RECORD_EVENTS.prepare_invoke();
+            event_args(&mut invocation, &[purged.recorded_in(event)], None)?;
+            self.invoke(&invocation).await?;
+        }
+        Ok(purged)
     }
 
     async fn health_checks(&self) -> Vec<(&'static str, Result<(), StoreError>)> {

@@ -24,7 +24,7 @@ use self::feed::Announce;
 use self::models::{ApiKeyRow, ChangesRow, EventRow};
 use self::schema::{api_key_events, api_keys};
 use super::feed::ChangeFeed;
-use super::{Backend, EventQuery, ListQuery, Page, QuotaUse, StoreError, Usage};
+use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
 use crate::config::store_kind;
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
@@ -452,6 +452,62 @@ impl Backend for SqlBackend {
             (rows, total)
         });
         paged(rows, total)
+    }
+
+    async fn purge(
+        &self,
+        retention: &Retention,
+        event: Option<&KeyEvent>,
+    ) -> Result<Purged, StoreError> {
+        let keys_before = retention.keys_before.map(|at| at.naive_utc());
+        let events_before = retention.events_before.map(|at| at.naive_utc());
+        with_conn!(self, |conn| {
+            conn.transaction(async |conn| {
+                let mut purged = Purged::default();
+                if let Some(before) = keys_before {
+                    let ended = || {
+                        api_keys::revoked_at
+                            .lt(before)
+                            .or(api_keys::expires_at.lt(before))
+                            .or(api_keys::retires_at.lt(before))
+                    };
+                    purged.keys = match event {
+                        Some(_) => {
+                            diesel::delete(api_keys::table.filter(ended())).execute(conn).await?
+                                as u64
+                        }
+                        None => {
+                            api_keys::table.filter(ended()).count().get_result::<i64>(conn).await?
+                                as u64
+                        }
+                    };
+                }
+                if let Some(before) = events_before {
+                    let old = || api_key_events::at.lt(before);
+                    purged.events = match event {
+                        Some(_) => {
+                            diesel::delete(api_key_events::table.filter(old()))
+                                .execute(conn)
+                                .await? as u64
+                        }
+                        None => {
+                            api_key_events::table
+                                .filter(old())
+                                .count()
+                                .get_result::<i64>(conn)
+                                .await? as u64
+                        }
+                    };
+                }
+                if let Some(event) = event {
+                    let row = EventRow::from(&purged.recorded_in(event));
+                    diesel::insert_into(api_key_events::table).values(&row).execute(conn).await?;
+                }
+                Ok::<_, DieselError>(purged)
+            })
+            .await
+            .map_err(query_failed)
+        })
     }
 
     fn feed(&self) -> Option<Arc<dyn ChangeFeed>> {
