@@ -134,7 +134,7 @@ fn seed_flow_over_http() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (
             out.status.code(),
-            text + &String::from_utf8_lossy(&out.stderr),
+            text + &*String::from_utf8_lossy(&out.stderr),
         )
     };
     let (code, refused) = purge(&[]);
