@@ -252,6 +252,36 @@ fn the_post_hook_prints_next_steps() {
     ] {
         assert!(printed.contains(line), "{line:?} in:\n{printed}");
     }
+    assert!(
+        !printed.contains("createdb"),
+        "SQLite needs no server:\n{printed}"
+    );
+
+    // PostgreSQL needs a server and a database: the hook names the URL the project defaults to.
+    let output = generate_into(
+        &destination,
+        "pg-steps",
+        &["database=postgres", "redis_cache=true"],
+    );
+    let printed = String::from_utf8_lossy(&output.stderr);
+    let defaults = read(&destination.join("pg-steps"), "src/config/defaults.rs");
+    for line in [
+        "# Keys live in PostgreSQL at postgres://postgres@localhost/pg_steps (DATABASE_URL):",
+        "createdb -h localhost -U postgres pg_steps",
+        "# The Redis cache is used once REDIS_URL is set",
+    ] {
+        assert!(printed.contains(line), "{line:?} in:\n{printed}");
+    }
+    assert!(
+        defaults.contains("\"postgres://postgres@localhost/pg_steps\""),
+        "{defaults}"
+    );
+    let output = generate_into(&destination, "redis-steps", &["database=redis"]);
+    let printed = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        printed.contains("# Keys live in Redis at redis://127.0.0.1:6379/ (DATABASE_URL): start redis-server first."),
+        "{printed}"
+    );
 }
 
 /// The files cargo-generate renders (`include` in cargo-generate.toml) use `{{`, `{%` and `{#`
