@@ -174,17 +174,17 @@ fn rust_blocks(text: &str) -> Vec<(String, String)> {
 
 #[test]
 fn rust_examples_compile_or_say_they_are_illustrative() {
-    let mut compiled = Vec::new();
+    let (mut compiled, mut tests) = (Vec::new(), Vec::new());
     for (page, text) in pages() {
         for (n, (info, code)) in rust_blocks(&text).into_iter().enumerate() {
+            let module = format!("{}_{n}", page.trim_end_matches(".md").replace('-', "_"));
             match info.as_str() {
                 ",ignore" => {}
-                "" => compiled.push((
-                    format!("{}_{n}", page.trim_end_matches(".md").replace('-', "_")),
-                    code,
-                )),
+                "" => compiled.push((module, code)),
+                // A test file of the project's own: the crate is called `my_service` on the pages.
+                ",test" => tests.push((module, code.replace("my_service::", "docs_svc::"))),
                 other => panic!(
-                    "{page}: a rust block is either ```rust (compiled) or ```rust,ignore (illustrative), not ```rust{other}"
+                    "{page}: a rust block is ```rust (compiled), ```rust,test (a test file, run) or ```rust,ignore (illustrative), not ```rust{other}"
                 ),
             }
         }
@@ -198,11 +198,13 @@ fn rust_examples_compile_or_say_they_are_illustrative() {
         .into_iter()
         .enumerate()
     {
-        assert_eq!(
-            info, "",
-            "the generated README's rust blocks are all compiled"
-        );
-        compiled.push((format!("readme_{n}"), code));
+        match info.as_str() {
+            "" => compiled.push((format!("readme_{n}"), code)),
+            ",test" => tests.push((format!("readme_{n}"), code)),
+            other => {
+                panic!("the generated README's rust blocks are compiled or run, not ```rust{other}")
+            }
+        }
     }
     let mut lib = read(&project.join("src/lib.rs"));
     for (module, code) in &compiled {
@@ -223,6 +225,20 @@ fn rust_examples_compile_or_say_they_are_illustrative() {
     }
     std::fs::write(project.join("src/lib.rs"), lib).unwrap();
     cargo(&project, &["build", "--locked", "--lib"]);
+    assert!(
+        tests.len() >= 2,
+        "the testing page and the README show a test"
+    );
+    let mut args = vec!["test".to_owned(), "--locked".to_owned()];
+    for (module, code) in &tests {
+        std::fs::write(project.join("tests").join(format!("doc_{module}.rs")), code).unwrap();
+        args.extend(["--test".to_owned(), format!("doc_{module}")]);
+    }
+    let ran = cargo(
+        &project,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    println!("{ran}");
     println!(
         "compiled {} examples: {:?}",
         compiled.len(),
