@@ -1,6 +1,8 @@
 //! The documentation site (`docs/`, an mdBook) stays true: it builds without a warning, every
 //! setting and placeholder the code has is documented (and nothing else), and every Rust example
-//! either compiles in a generated project or is marked as illustrative (`rust,ignore`).
+//! either compiles in a generated project or is marked as illustrative (`rust,ignore`). The lists
+//! the pages copy from the template (reserved routes, rendered files) match it, every file they name
+//! exists, and the changelog's newest version is the one a generated project records.
 //!
 //! The book is built with mdBook 0.5.4, installed with cargo under the work directory on first use.
 
@@ -244,4 +246,107 @@ fn rust_examples_compile_or_say_they_are_illustrative() {
         compiled.len(),
         compiled.iter().map(|(m, _)| m).collect::<Vec<_>>()
     );
+}
+
+/// The backticked items of the text from `lead` to `end`.
+fn listed_after(text: &str, lead: &str, end: &str) -> BTreeSet<String> {
+    let start = text
+        .find(lead)
+        .unwrap_or_else(|| panic!("{lead:?} is on the page"));
+    let sentence = &text[start..];
+    let sentence = &sentence[..sentence.find(end).unwrap_or(sentence.len())];
+    let item = Regex::new(r"`([^`]+)`").unwrap();
+    item.captures_iter(sentence)
+        .map(|c| c[1].to_owned())
+        .collect()
+}
+
+#[test]
+fn lists_copied_from_the_template_match_it() {
+    let placeholders = read(&docs().join("src/placeholders.md"));
+    let hook = read(&repo_root().join("hooks/pre.rhai"));
+    let reserved = Regex::new(r#"for reserved in \[([^\]]*)\]"#).unwrap();
+    let routes: BTreeSet<String> = reserved.captures(&hook).expect("the hook lists its routes")[1]
+        .split(',')
+        .map(|route| route.trim().trim_matches('"').to_owned())
+        .collect();
+    let documented = listed_after(
+        &placeholders,
+        "either one overlapping a route of the service",
+        ")",
+    );
+    assert_eq!(
+        documented, routes,
+        "placeholders.md names the routes hooks/pre.rhai reserves"
+    );
+
+    let manifest = read(&repo_root().join("cargo-generate.toml"));
+    let include = &manifest[manifest.find("include = [").unwrap()..];
+    let include = &include[..include.find(']').unwrap()];
+    let rendered: BTreeSet<String> = Regex::new(r#""([^"]+)""#)
+        .unwrap()
+        .captures_iter(include)
+        .map(|c| c[1].to_owned())
+        .collect();
+    let documented = listed_after(&placeholders, "placeholders: ", ". ");
+    assert_eq!(
+        documented, rendered,
+        "placeholders.md names the files cargo-generate renders"
+    );
+}
+
+#[test]
+fn files_the_pages_name_exist() {
+    // The reader's own files, which the pages ask them to create.
+    let yours = ["src/reports.rs", "tests/data.rs", "tests/users.rs"];
+    let path = Regex::new(
+        r"`((?:src|tests|deploy|migrations|macros|hooks|docs|template|\.ci)/[A-Za-z0-9_./-]+\.[a-z]+)`",
+    )
+    .unwrap();
+    let template = repo_root().join("template");
+    let mut missing = Vec::new();
+    let readmes = [
+        ("README.md".to_owned(), read(&repo_root().join("README.md"))),
+        (
+            "template/README.md".to_owned(),
+            read(&template.join("README.md")),
+        ),
+    ];
+    for (page, text) in pages().into_iter().chain(readmes) {
+        for named in path.captures_iter(&text).map(|c| c[1].to_owned()) {
+            let found = [repo_root(), template.clone(), docs().join("src")]
+                .iter()
+                .any(|root| root.join(&named).exists());
+            if !found && !yours.contains(&named.as_str()) {
+                missing.push(format!("{page}: {named}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "files named but not in the repository or the template: {missing:#?}"
+    );
+}
+
+#[test]
+fn the_changelog_names_the_version_projects_record() {
+    let changelog = read(&repo_root().join("CHANGELOG.md"));
+    let newest = Regex::new(r"(?m)^## (\d+\.\d+\.\d+)")
+        .unwrap()
+        .captures(&changelog)
+        .unwrap()[1]
+        .to_owned();
+    let manifest = read(&repo_root().join("template/Cargo.toml"));
+    assert!(
+        manifest.contains(&format!(
+            "[workspace.metadata.template]\nname = \"actix-api-auth\"\nversion = \"{newest}\""
+        )),
+        "template/Cargo.toml records version {newest}, the changelog's newest"
+    );
+    // Every older version names the commit to generate it from.
+    let versions = Regex::new(r"(?m)^## .*$").unwrap();
+    let commit = Regex::new(r"^## \d+\.\d+\.\d+ — commit [0-9a-f]{7,40}$").unwrap();
+    for older in versions.find_iter(&changelog).skip(1) {
+        assert!(commit.is_match(older.as_str()), "{}", older.as_str());
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use actix_api_auth_tests::{Client, Service, binary, free_port, generate, work_dir};
+use actix_api_auth_tests::{Client, Service, binary, free_port, generate, repo_root, work_dir};
 use serde_json::json;
 
 #[test]
@@ -36,6 +36,21 @@ fn seed_flow_over_http() {
     assert!(
         !String::from_utf8_lossy(&minted.stderr).contains(&admin),
         "the key is printed once, on stdout"
+    );
+
+    // A bad setting stops start-up with the line the configuration page quotes.
+    let refused = Command::new(&bin)
+        .envs(env)
+        .env("PORT", "eighty")
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&refused.stderr).trim().to_owned();
+    assert_eq!(refused.status.code(), Some(2), "{line}");
+    let page = std::fs::read_to_string(repo_root().join("docs/src/configuration.md")).unwrap();
+    assert!(
+        page.replace('\n', " ")
+            .contains(&format!("`{line}` (exit status 2)")),
+        "configuration.md quotes {line:?}"
     );
 
     let service = Service::start(&bin, &env, free_port());
