@@ -1,10 +1,11 @@
 //! Every placeholder combination renders into a complete project with no Liquid left, and the hooks
-//! reject bad combinations with a clear message. Cheap: nothing is compiled here.
+//! reject bad combinations with a clear message. A project generated from an older version takes
+//! the newer one's changes as the upgrade page says. Cheap: nothing is compiled here.
 
 use std::path::Path;
 use std::process::Command;
 
-use actix_api_auth_tests::{generate, generate_into, work_dir};
+use actix_api_auth_tests::{generate, generate_into, repo_root, work_dir};
 
 const PLACEHOLDERS: &[&str] = &[
     "project-name",
@@ -332,4 +333,135 @@ fn rendered_files_use_braces_for_placeholders_only() {
             }
         }
     }
+}
+
+/// The `sh` blocks of a page, in order.
+fn sh_blocks(page: &str) -> Vec<String> {
+    page.split("```sh\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+/// The upgrade page's steps, run as written between version 0.3.0 (the commit CHANGELOG.md names)
+/// and this checkout: the owner's project, generated from the old version and edited since, takes
+/// the template's changes with no rejected hunk, keeps the edit, and otherwise becomes what the new
+/// version generates.
+#[test]
+fn a_project_upgrades_between_two_versions_as_the_page_says() {
+    let changelog = std::fs::read_to_string(repo_root().join("CHANGELOG.md")).unwrap();
+    let old = changelog
+        .lines()
+        .find_map(|line| line.strip_prefix("## 0.3.0 — commit "))
+        .expect("CHANGELOG.md names the commit of 0.3.0");
+    let page = std::fs::read_to_string(repo_root().join("docs/src/upgrading.md")).unwrap();
+    let blocks = sh_blocks(&page);
+    let (generate_both, apply) = (&blocks[0], &blocks[1]);
+    assert!(generate_both.contains(&format!("git worktree add /tmp/template-old {old}")));
+
+    let work = work_dir().join("upgrade");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(repo_root())
+            .output()
+            .unwrap()
+    };
+    git(&["worktree", "prune"]);
+    assert!(
+        git(&["cat-file", "-e", &format!("{old}^{{commit}}")])
+            .status
+            .success(),
+        "this clone lacks commit {old} of CHANGELOG.md (a shallow clone? `git fetch --unshallow`)"
+    );
+    // The page's commands, in folders of the test's own instead of /tmp and ~/src, and without
+    // `git pull`: this checkout is the newest version.
+    let bin = std::env::current_exe().unwrap();
+    let cargo_generate = bin.parent().unwrap().parent().unwrap();
+    // `git diff --no-index` exits 1 when the trees differ, as they do: the second block runs as a
+    // shell reading it line by line would, without `-e`; its last command decides.
+    let run = |script: &str, options: &str| {
+        let script = script
+            .replace("cd actix-api-auth && git pull", "cd actix-api-auth")
+            .replace("~/src/my-service", "/tmp/project")
+            .replace("/tmp/", &format!("{}/", work.display()))
+            .replace("/tmp ", &format!("{} ", work.display()));
+        let out = Command::new("bash")
+            .args([options, &script])
+            .current_dir(repo_root().parent().unwrap())
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    cargo_generate.display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .env("USER", "template-tests")
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{script}\n{printed}");
+    };
+    // The clone is named as the page names it.
+    let clone = repo_root().parent().unwrap().join("actix-api-auth");
+    let linked = !clone.exists();
+    if linked {
+        std::os::unix::fs::symlink(repo_root(), &clone).unwrap();
+    }
+    run(generate_both, "-ec");
+    if linked {
+        std::fs::remove_file(&clone).unwrap();
+    }
+
+    // The owner's project: the old version, with a route of their own.
+    let project = work.join("project");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(work.join("old/my-service"))
+        .arg(&project)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    // Its own repository, as an owner's project is: `git apply` takes paths from the repository's
+    // top.
+    let init = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&project)
+        .status()
+        .unwrap();
+    assert!(init.success());
+    let own = "\n/// The owner's own route.\n#[get(\"/mine\")]\n#[require_api_key]\npub async fn mine() -> HttpResponse {\n    HttpResponse::Ok().finish()\n}\n";
+    let routes = project.join("src/routes.rs");
+    let edited = std::fs::read_to_string(&routes).unwrap() + own;
+    std::fs::write(&routes, &edited).unwrap();
+
+    run(
+        &apply.replace(
+            "git apply -p3 --reject /tmp/template.patch",
+            "git apply -p3 --reject /tmp/template.patch && test -z \"$(find . -name '*.rej')\"",
+        ),
+        "-c",
+    );
+    let new = work.join("new/my-service");
+    let new_routes = std::fs::read_to_string(new.join("src/routes.rs")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&routes).unwrap(),
+        new_routes + own,
+        "the template's changes and the owner's route"
+    );
+    for file in ["Cargo.toml", "Cargo.lock", "src/store/mod.rs", "src/cli.rs"] {
+        assert_eq!(read(&project, file), read(&new, file), "{file}");
+    }
+    let manifest = read(&project, "Cargo.toml");
+    assert!(
+        manifest.contains("[workspace.metadata.template]"),
+        "the version is recorded now"
+    );
 }
