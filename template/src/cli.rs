@@ -77,7 +77,7 @@ pub enum KeysCommand {
     /// itself is recorded in the audit log
     #[command(group(ArgGroup::new("what").required(true).multiple(true)))]
     Purge {
-        /// Keys revoked, expired or retired at least this long ago, e.g. 90d
+        /// Keys revoked, expired or retired at least this long ago (30d or more), e.g. 90d
         #[arg(long, value_name = "AGE", group = "what", value_parser = humantime::parse_duration)]
         revoked_keys: Option<Duration>,
         /// Audit events at least this old, e.g. 365d

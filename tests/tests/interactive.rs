@@ -364,7 +364,11 @@ impl Shell {
     /// Runs `command`; what it printed, once it succeeded.
     fn run(&mut self, command: &str) -> String {
         const END: &str = "::end of command::";
-        writeln!(self.stdin, "{command}\necho; echo \"{END} $?\"").unwrap();
+        writeln!(
+            self.stdin,
+            "{command}\nstatus=$?; echo; echo \"{END} $status\""
+        )
+        .unwrap();
         let mut printed = String::new();
         for line in self.output.by_ref() {
             let line = line.unwrap();

@@ -375,6 +375,15 @@ impl ApiKeyService {
         retention: &Retention,
         dry_run: bool,
     ) -> Result<Purged, ServiceError> {
+        // A key that ended less than the longest grace period ago may still be the link that
+        // charges an older key, in its grace period, to its successor's limits.
+        let latest = now() - Duration::seconds(MAX_GRACE_SECONDS as i64);
+        if retention.keys_before.is_some_and(|before| before > latest) {
+            return Err(invalid(
+                "revoked_keys",
+                format!("must be at least {} days", MAX_GRACE_SECONDS / 86_400),
+            ));
+        }
         let cut_offs =
             json!({"keys_before": retention.keys_before, "events_before": retention.events_before});
         let event = Manager::Operator.event("*", EventAction::Purged, to_object(&cut_offs));

@@ -594,35 +594,46 @@ impl Backend for RedisBackend {
         retention: &Retention,
         event: Option<&KeyEvent>,
     ) -> Result<Purged, StoreError> {
-        let mut conn = self.connection.clone();
-        let delete = if event.is_some() { "1" } else { "" };
         let mut purged = Purged::default();
-        if let Some(before) = retention.keys_before {
-            let ids: Vec<String> = conn.zrange(ALL, 0, -1).await.map_err(unavailable)?;
-            for batch in ids.chunks(PURGE_BATCH) {
-                let mut invocation = PURGE_KEYS.prepare_invoke();
-                invocation.arg(micros(before)).arg(delete).arg(batch);
-                purged.keys += self.invoke(&invocation).await?.unsigned_abs();
+        let batches = async {
+            let mut conn = self.connection.clone();
+            let delete = if event.is_some() { "1" } else { "" };
+            if let Some(before) = retention.keys_before {
+                let ids: Vec<String> = conn.zrange(ALL, 0, -1).await.map_err(unavailable)?;
+                for batch in ids.chunks(PURGE_BATCH) {
+                    let mut invocation = PURGE_KEYS.prepare_invoke();
+                    invocation.arg(micros(before)).arg(delete).arg(batch);
+                    purged.keys += self.invoke(&invocation).await?.unsigned_abs();
+                }
             }
-        }
-        if let Some(before) = retention.events_before {
-            let before = micros(before);
-            if event.is_none() {
-                purged.events =
-                    conn.zcount(EVENTS, "-inf", format!("({before}")).await.map_err(unavailable)?;
-            } else {
-                loop {
-                    let deleted = self
-                        .invoke(PURGE_EVENTS.arg(before).arg(PURGE_BATCH))
-                        .await?
-                        .unsigned_abs();
-                    purged.events += deleted;
-                    if deleted < PURGE_BATCH as u64 {
-                        break;
+            if let Some(before) = retention.events_before {
+                let before = micros(before);
+                if event.is_none() {
+                    purged.events = conn
+                        .zcount(EVENTS, "-inf", format!("({before}"))
+                        .await
+                        .map_err(unavailable)?;
+                } else {
+                    loop {
+                        let deleted = self
+                            .invoke(PURGE_EVENTS.arg(before).arg(PURGE_BATCH))
+                            .await?
+                            .unsigned_abs();
+                        purged.events += deleted;
+                        if deleted < PURGE_BATCH as u64 {
+                            break;
+                        }
                     }
                 }
             }
+            Ok::<_, StoreError>(())
         }
+        .await;
+        if let Err(err) = &batches {
+            // The batches run stay deleted: say how far the purge got, as no event will.
+            tracing::warn!(target: "audit", keys = purged.keys, events = purged.events, "purge cut short: {err}");
+        }
+        batches?;
         if let Some(event) = event {
             let mut invocation = RECORD_EVENTS.prepare_invoke();
             event_args(&mut invocation, &[purged.recorded_in(event)], None)?;
