@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `migrate`, and `keys create|list|rotate|revoke`.
+//! The command line: `serve` (the default), `migrate`, and `keys create|list|rotate|revoke|purge`.
 
 use std::path::PathBuf;
 use std::time::Duration;
