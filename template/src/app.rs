@@ -19,7 +19,7 @@ use utoipa_actix_web::{AppExt, scope};
 use crate::auth::audit;
 use crate::auth::key_format::KeyFormat;
 use crate::auth::throttle::FailureLimits;
-use crate::auth::{Allowance, Authenticator, ManagementScopes, UsageTracker};
+use crate::auth::{Allowance, Authenticator, RouteScopes, UsageTracker};
 use crate::config::Config;
 use crate::http::openapi::{self, AllowedMethods};
 use crate::http::problem::extractors;
@@ -63,7 +63,7 @@ impl AppState {
             authenticator: web::Data::new(Authenticator::new(
                 format,
                 header,
-                ManagementScopes {
+                RouteScopes {
                     admin: config.api_keys_admin_scope.clone(),
                     manage: config.api_keys_manage_scope.clone(),
                     verify: config.api_keys_verify_scope.clone(),

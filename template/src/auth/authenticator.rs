@@ -86,7 +86,7 @@ impl AuthError {
 
 /// The scopes that open the key-management and verify routes.
 #[derive(Debug, Clone)]
-pub struct ManagementScopes {
+pub struct RouteScopes {
     /// Every key, any scope (`API_KEYS_ADMIN_SCOPE`).
     pub admin: String,
     /// The keys of the caller's own owner (`API_KEYS_MANAGE_SCOPE`).
@@ -98,7 +98,7 @@ pub struct ManagementScopes {
 pub struct Authenticator {
     format: KeyFormat,
     header: HeaderName,
-    scopes: ManagementScopes,
+    scopes: RouteScopes,
     store: Arc<dyn Backend>,
     usage: Arc<UsageTracker>,
     limits: FailureLimits,
@@ -112,7 +112,7 @@ impl Authenticator {
     pub fn new(
         format: KeyFormat,
         header: HeaderName,
-        scopes: ManagementScopes,
+        scopes: RouteScopes,
         store: Arc<dyn Backend>,
         usage: Arc<UsageTracker>,
         limits: FailureLimits,
@@ -133,7 +133,7 @@ impl Authenticator {
         }
     }
 
-    pub fn management_scopes(&self) -> &ManagementScopes {
+    pub fn route_scopes(&self) -> &RouteScopes {
         &self.scopes
     }
 

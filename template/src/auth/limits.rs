@@ -17,7 +17,6 @@
 //! A rotated key in its grace period is charged to its replacement, or to the newest key when the
 //! replacement was rotated too: rotating a key never multiplies what it may do.
 
-use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +31,7 @@ use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, RateLimit, Refill, now};
 #[cfg(feature = "redis")]
 use crate::store::quota::Pace;
+use crate::store::quota::entry;
 #[cfg(feature = "redis")]
 use crate::store::redis::breaker::{Breaker, CacheError};
 use crate::store::{Backend, QuotaUse};
@@ -296,8 +296,7 @@ type Held<T> = quick_cache::sync::Cache<String, (RateLimit, Arc<T>)>;
 /// when the key's limit changed. Looked up by `&str`, so a request allocates nothing here.
 fn held<T>(cache: &Held<T>, account: &str, limit: RateLimit, make: impl Fn() -> T) -> Arc<T> {
     let made = || (limit, Arc::new(make()));
-    let found = cache.get_or_insert_with(account, || Ok::<_, Infallible>(made()));
-    let (under, found) = found.unwrap_or_else(|never| match never {});
+    let (under, found) = entry(cache, account, made);
     if under == limit {
         return found;
     }

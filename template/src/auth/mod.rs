@@ -15,6 +15,6 @@ pub mod throttle;
 pub mod usage;
 
 pub use api_key::ApiKey;
-pub use authenticator::{AuthError, Authenticator, ManagementScopes};
+pub use authenticator::{AuthError, Authenticator, RouteScopes};
 pub use limits::Allowance;
 pub use usage::UsageTracker;

@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 
 use super::ApiError;
 use crate::auth::limits::{Admitted, LimitState, Refusal};
-use crate::auth::{Allowance, ApiKey, AuthError, Authenticator, ManagementScopes};
+use crate::auth::{Allowance, ApiKey, AuthError, Authenticator, RouteScopes};
 use crate::keys::{Manager, ServiceError};
 use crate::scope::{self, Match};
 
@@ -118,16 +118,22 @@ pub(crate) fn with_scopes(
     required: Vec<String>,
     mode: Match,
 ) -> Guarded<ApiKey> {
-    guard(
-        req,
-        authenticated(req).and_then(|key| {
-            if scope::satisfies(key.scopes(), &required, mode) {
-                Ok((key.clone(), key))
-            } else {
-                Err(ApiError::InsufficientScope { required })
-            }
-        }),
-    )
+    guard(req, key_holding(req, &required, mode).map(|key| (key.clone(), key)))
+}
+
+/// The request's key if it holds `required` under `mode`; otherwise 401, or 403 naming them.
+fn key_holding<S: AsRef<str>>(
+    req: &HttpRequest,
+    required: &[S],
+    mode: Match,
+) -> Result<ApiKey, ApiError> {
+    let key = authenticated(req)?;
+    if scope::satisfies(key.scopes(), required, mode) {
+        Ok(key)
+    } else {
+        let required = required.iter().map(|s| s.as_ref().to_owned()).collect();
+        Err(ApiError::InsufficientScope { required })
+    }
 }
 
 /// A caller allowed to ask whether other keys are good: its key holds the verify scope
@@ -142,24 +148,16 @@ impl FromRequest for Verifier {
     type Future = Guarded<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        guard(
-            req,
-            authenticated(req).and_then(|key| {
-                let scope = &configured_scopes(req)?.verify;
-                if key.has_scope(scope) {
-                    Ok((key.clone(), Self { key }))
-                } else {
-                    Err(ApiError::InsufficientScope { required: vec![scope.clone()] })
-                }
-            }),
-        )
+        let verify = configured_scopes(req).map(|scopes| std::slice::from_ref(&scopes.verify));
+        let key = verify.and_then(|scope| key_holding(req, scope, Match::All));
+        guard(req, key.map(|key| (key.clone(), Self { key })))
     }
 }
 
 /// The scopes that open the key-management and verify routes, as this service is configured.
-fn configured_scopes(req: &HttpRequest) -> Result<&ManagementScopes, ApiError> {
+fn configured_scopes(req: &HttpRequest) -> Result<&RouteScopes, ApiError> {
     let authenticator = req.app_data::<web::Data<Authenticator>>();
-    let scopes = authenticator.map(|authenticator| authenticator.management_scopes());
+    let scopes = authenticator.map(|authenticator| authenticator.route_scopes());
     scopes.ok_or(ApiError::Auth(AuthError::NotInstalled))
 }
 
@@ -181,18 +179,8 @@ impl<S: ScopeRequirement + 'static> FromRequest for RequireScopes<S> {
     type Future = Guarded<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        guard(
-            req,
-            authenticated(req).and_then(|key| {
-                if scope::satisfies(key.scopes(), S::SCOPES, S::MATCH) {
-                    Ok((key.clone(), Self { key, requirement: PhantomData }))
-                } else {
-                    Err(ApiError::InsufficientScope {
-                        required: S::SCOPES.iter().map(|s| (*s).to_owned()).collect(),
-                    })
-                }
-            }),
-        )
+        let key = key_holding(req, S::SCOPES, S::MATCH);
+        guard(req, key.map(|key| (key.clone(), Self { key, requirement: PhantomData })))
     }
 }
 

@@ -62,16 +62,17 @@ impl Pace {
 }
 
 /// `cache`'s entry for `key`, made by `make` if there is none.
-fn entry<K, Q, V>(
-    cache: &quick_cache::sync::Cache<K, Arc<V>>,
+pub(crate) fn entry<K, Q, V>(
+    cache: &quick_cache::sync::Cache<K, V>,
     key: &Q,
     make: impl FnOnce() -> V,
-) -> Arc<V>
+) -> V
 where
     K: Eq + Hash + Clone,
     Q: Hash + Equivalent<K> + ToOwned<Owned = K> + ?Sized,
+    V: Clone,
 {
-    let made = cache.get_or_insert_with(key, || Ok::<_, Infallible>(Arc::new(make())));
+    let made = cache.get_or_insert_with(key, || Ok::<_, Infallible>(make()));
     made.unwrap_or_else(|never| match never {})
 }
 
@@ -133,11 +134,13 @@ impl Leases {
             return store(1).await;
         }
         let epoch = self.epoch();
-        let slot = entry(&self.slots, id, || Slot {
-            dropped: AtomicBool::new(false),
-            epoch,
-            in_hand: AtomicU64::new(0),
-            lease: Mutex::default(),
+        let slot = entry(&self.slots, id, || {
+            Arc::new(Slot {
+                dropped: AtomicBool::new(false),
+                epoch,
+                in_hand: AtomicU64::new(0),
+                lease: Mutex::default(),
+            })
         });
         let dropped = || slot.dropped.load(Ordering::SeqCst) || slot.epoch != self.epoch();
         let mut lease = slot.lease.lock().await;
