@@ -38,6 +38,15 @@ fn seed_flow_over_http() {
         "the key is printed once, on stdout"
     );
 
+    // The keys command refuses a store that would end with it.
+    let memory = Command::new(&bin)
+        .args(["keys", "list"])
+        .env("DATABASE_URL", "memory://")
+        .output()
+        .unwrap();
+    assert_eq!(memory.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&memory.stderr).contains("serve --admin-key-file"));
+
     // A bad setting stops start-up with the line the configuration page quotes.
     let refused = Command::new(&bin)
         .envs(env)

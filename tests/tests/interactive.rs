@@ -322,6 +322,9 @@ fn shows(shown: &[String], printed: &str) -> bool {
     matches(&shown, &printed)
 }
 
+/// Settings a developer's shell may hold, which a newcomer's does not.
+const YOUR_SETTINGS: [&str; 5] = ["PORT", "HOST", "DATABASE_URL", "REDIS_URL", "RUST_LOG"];
+
 /// A shell the page's commands run in, one after another, so that variables carry over.
 struct Shell {
     child: std::process::Child,
@@ -342,7 +345,7 @@ impl Shell {
                 None => command.env_remove(name),
             };
         }
-        for unset in ["PORT", "HOST", "DATABASE_URL", "REDIS_URL", "RUST_LOG"] {
+        for unset in YOUR_SETTINGS {
             command.env_remove(unset);
         }
         let mut child = command
@@ -461,10 +464,11 @@ fn getting_started_runs_as_the_page_shows() {
                     );
                 }
                 let mut run = cargo_command(&project);
-                run.arg("run")
-                    .env_remove("RUST_LOG")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
+                run.arg("run");
+                for unset in YOUR_SETTINGS {
+                    run.env_remove(unset);
+                }
+                run.stdout(Stdio::null()).stderr(Stdio::null());
                 service = Some(Service::adopt(run.spawn().unwrap(), 8080));
             }
             Instruction::Run(step) => {

@@ -335,6 +335,29 @@ fn rendered_files_use_braces_for_placeholders_only() {
     }
 }
 
+/// This repository under another name beside it, until dropped (also when a test fails); nothing
+/// when that name is taken already.
+struct Named(Option<std::path::PathBuf>);
+
+impl Named {
+    fn beside_the_repository(name: &str) -> Self {
+        let link = repo_root().parent().unwrap().join(name);
+        if link.exists() {
+            return Self(None);
+        }
+        std::os::unix::fs::symlink(repo_root(), &link).unwrap();
+        Self(Some(link))
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        if let Some(link) = &self.0 {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+}
+
 /// The `sh` blocks of a page, in order.
 fn sh_blocks(page: &str) -> Vec<String> {
     page.split("```sh\n")
@@ -409,16 +432,10 @@ fn a_project_upgrades_between_two_versions_as_the_page_says() {
         );
         assert!(out.status.success(), "{script}\n{printed}");
     };
-    // The clone is named as the page names it.
-    let clone = repo_root().parent().unwrap().join("actix-api-auth");
-    let linked = !clone.exists();
-    if linked {
-        std::os::unix::fs::symlink(repo_root(), &clone).unwrap();
-    }
+    // The clone is named as the page names it, for as long as the page's commands need it.
+    let clone = Named::beside_the_repository("actix-api-auth");
     run(generate_both, "-ec");
-    if linked {
-        std::fs::remove_file(&clone).unwrap();
-    }
+    drop(clone);
 
     // The owner's project: the old version, with a route of their own.
     let project = work.join("project");
