@@ -144,6 +144,44 @@ struct Block {
     answer: Option<Result<LimitState, (LimitState, Duration)>>,
 }
 
+#[cfg(feature = "redis")]
+impl Block {
+    /// One request against the answer in hand while it stands: requests are left and the block is
+    /// younger than [`HOLD`], or the wait of a refusal is not over. `None` when the next block
+    /// must be taken.
+    fn admit(&mut self, limit: RateLimit) -> Option<Result<LimitState, Refusal>> {
+        let age = self.pace.age().unwrap_or(Duration::MAX);
+        let answer = self.answer.filter(|answer| match answer {
+            Ok(_) => self.left > 0 && age < HOLD,
+            Err((_, wait)) => age < *wait,
+        })?;
+        Some(self.apply(answer, limit))
+    }
+
+    /// One request admitted from the block, or refused as Redis did.
+    fn apply(
+        &mut self,
+        answer: Result<LimitState, (LimitState, Duration)>,
+        limit: RateLimit,
+    ) -> Result<LimitState, Refusal> {
+        let since = self.pace.age().unwrap_or_default();
+        match answer {
+            Ok(state) => {
+                self.left = self.left.saturating_sub(1);
+                Ok(LimitState {
+                    limit,
+                    remaining: state.remaining + self.left,
+                    reset: state.reset.saturating_sub(since),
+                })
+            }
+            Err((state, retry_after)) => Err(Refusal::RateLimited {
+                state: LimitState { reset: state.reset.saturating_sub(since), ..state },
+                retry_after: retry_after.saturating_sub(since),
+            }),
+        }
+    }
+}
+
 impl Allowance {
     /// Limits counted in this process, quotas taken from `store`.
     pub fn new(store: Arc<dyn Backend>) -> Self {
@@ -168,13 +206,38 @@ impl Allowance {
 
     /// Admits one request of `key`, or says why not.
     pub async fn admit(&self, key: &ApiKey) -> Result<Admitted, Refusal> {
-        let verdict = self.verdict(key).await;
-        if let Err(refusal @ (Refusal::RateLimited { .. } | Refusal::UsageExceeded { .. })) =
-            verdict
-        {
-            metrics().limit_refusal(refusal.code());
+        counted(self.verdict(key).await)
+    }
+
+    /// [`Allowance::admit`] without waiting, for a key with one limit whose count is at hand: a
+    /// rate limit kept in this process or taken from the shared count in a block still held, or
+    /// a quota with uses held. `None` when the store or Redis must be asked; nothing is charged
+    /// then.
+    pub fn admit_at_once(&self, key: &ApiKey) -> Option<Result<Admitted, Refusal>> {
+        let record = key.record();
+        if record.replaced_by.is_some() {
+            return None;
         }
-        verdict
+        let verdict = match (record.rate_limit, record.remaining) {
+            (Some(limit), None) => self
+                .rate_at_once(&record.id, limit)?
+                .map(|rate| Admitted { rate: Some(rate), remaining: None }),
+            (None, Some(_)) => {
+                let refill_before = record.refill.map(|refill| refill.interval.period_start(now()));
+                let remaining = self.store.use_held_quota(&record.id, refill_before)?;
+                Ok(Admitted { rate: None, remaining: Some(remaining) })
+            }
+            _ => return None,
+        };
+        Some(counted(verdict))
+    }
+
+    fn rate_at_once(&self, account: &str, limit: RateLimit) -> Option<Result<LimitState, Refusal>> {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            return shared.admit_from_block(account, limit);
+        }
+        Some(self.local_rate(account, limit))
     }
 
     async fn verdict(&self, key: &ApiKey) -> Result<Admitted, Refusal> {
@@ -284,6 +347,14 @@ impl Allowance {
     }
 }
 
+/// `verdict`, with a refusal counted in the metrics.
+fn counted(verdict: Result<Admitted, Refusal>) -> Result<Admitted, Refusal> {
+    if let Err(refusal @ (Refusal::RateLimited { .. } | Refusal::UsageExceeded { .. })) = verdict {
+        metrics().limit_refusal(refusal.code());
+    }
+    verdict
+}
+
 /// Whole seconds, rounded up, and at least one (RFC 9110 §10.2.3): what `Retry-After` says.
 pub fn whole_seconds(duration: Duration) -> u64 {
     (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
@@ -350,36 +421,26 @@ impl Shared {
     ) -> Result<Result<LimitState, Refusal>, CacheError> {
         let block = held(&self.blocks, account, limit, Mutex::default);
         let mut block = block.lock().await;
-        let age = block.pace.age().unwrap_or(Duration::MAX);
-        let standing = |answer: &Result<LimitState, (LimitState, Duration)>| match answer {
-            Ok(_) => block.left > 0 && age < HOLD,
-            Err((_, wait)) => age < *wait,
-        };
-        let answer = match block.answer.filter(standing) {
-            Some(answer) => answer,
-            None => {
-                let want = block.pace.next(u64::from(limit.requests / 16));
-                let (taken, answer) = self.breaker.call(self.take(account, limit, want)).await?;
-                block.left = taken;
-                block.pace.took(u64::from(taken));
-                *block.answer.insert(answer)
-            }
-        };
-        let since = block.pace.age().unwrap_or_default();
-        Ok(match answer {
-            Ok(state) => {
-                block.left -= 1;
-                Ok(LimitState {
-                    limit,
-                    remaining: state.remaining + block.left,
-                    reset: state.reset.saturating_sub(since),
-                })
-            }
-            Err((state, retry_after)) => Err(Refusal::RateLimited {
-                state: LimitState { reset: state.reset.saturating_sub(since), ..state },
-                retry_after: retry_after.saturating_sub(since),
-            }),
-        })
+        if let Some(verdict) = block.admit(limit) {
+            return Ok(verdict);
+        }
+        let want = block.pace.next(u64::from(limit.requests / 16));
+        let (taken, answer) = self.breaker.call(self.take(account, limit, want)).await?;
+        block.left = taken;
+        block.pace.took(u64::from(taken));
+        block.answer = Some(answer);
+        Ok(block.apply(answer, limit))
+    }
+
+    /// [`Shared::admit`] from the block in hand, when it stands and no request is taking the next.
+    fn admit_from_block(
+        &self,
+        account: &str,
+        limit: RateLimit,
+    ) -> Option<Result<LimitState, Refusal>> {
+        let block = held(&self.blocks, account, limit, Mutex::default);
+        let mut block = block.try_lock().ok()?;
+        block.admit(limit)
     }
 
     /// Takes up to `want` requests of `account` from the shared count: how many it got, and the
@@ -437,6 +498,21 @@ mod tests {
         assert_eq!(state.remaining, 0);
     }
 
+    #[tokio::test]
+    async fn a_rate_limit_counted_here_is_decided_at_once() {
+        let allowance = Allowance::new(Arc::new(MemoryBackend::default()));
+        let mut record = sample("owner", Utc::now());
+        record.rate_limit = Some(RateLimit { requests: 2, window: 60 });
+        let key = ApiKey::new(Arc::new(record.clone()), None);
+        assert!(matches!(allowance.admit_at_once(&key), Some(Ok(_))));
+        assert!(matches!(allowance.admit_at_once(&key), Some(Ok(_))));
+        let refused = allowance.admit_at_once(&key);
+        assert!(matches!(refused, Some(Err(Refusal::RateLimited { .. }))));
+        record.remaining = Some(10);
+        let metered = ApiKey::new(Arc::new(record), None);
+        assert!(allowance.admit_at_once(&metered).is_none(), "a quota too: the store decides");
+    }
+
     #[cfg(feature = "redis")]
     #[tokio::test]
     async fn without_redis_each_instance_counts_on_its_own() {
@@ -446,6 +522,7 @@ mod tests {
         let mut record = sample("owner", Utc::now());
         record.rate_limit = Some(RateLimit { requests: 2, window: 60 });
         let key = ApiKey::new(Arc::new(record), None);
+        assert!(allowance.admit_at_once(&key).is_none(), "no block of the shared count is held");
         assert!(allowance.admit(&key).await.is_ok());
         assert!(allowance.admit(&key).await.is_ok());
         assert!(matches!(allowance.admit(&key).await, Err(Refusal::RateLimited { .. })));

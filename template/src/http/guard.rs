@@ -66,13 +66,22 @@ fn admit<T: 'static>(req: &HttpRequest, key: &ApiKey, admitted: T) -> Guarded<T>
             }
         }
     };
+    let answer = |verdict: &Result<Admitted, Refusal>| match verdict {
+        Ok(_) => Ok(admitted),
+        Err(refusal) => Err((*refusal).into()),
+    };
+    if admission.0.get().is_none()
+        && let Some(verdict) = allowance.admit_at_once(key)
+    {
+        // Another guard of the same request may have been first; its verdict stands.
+        let _ = admission.0.set(verdict);
+    }
+    if let Some(verdict) = admission.0.get() {
+        return Either::Left(ready(answer(verdict)));
+    }
     let key = key.clone();
     Either::Right(Box::pin(async move {
-        let verdict = admission.0.get_or_init(|| allowance.admit(&key)).await;
-        match verdict {
-            Ok(_) => Ok(admitted),
-            Err(refusal) => Err((*refusal).into()),
-        }
+        answer(admission.0.get_or_init(|| allowance.admit(&key)).await)
     }))
 }
 

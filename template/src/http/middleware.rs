@@ -5,7 +5,7 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, InvalidHeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
@@ -44,11 +44,26 @@ fn report(headers: &mut HeaderMap, state: LimitState) {
     const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
     const STANDING: HeaderName = HeaderName::from_static("ratelimit");
     let limit = state.limit;
-    let policy = format!("\"key\";q={};w={}", limit.requests, limit.window);
-    let standing = format!("\"key\";r={};t={}", state.remaining, state.reset_seconds());
+    let policy = field([("q", limit.requests.into()), ("w", limit.window.into())]);
+    let standing = field([("r", state.remaining.into()), ("t", state.reset_seconds())]);
     for (name, value) in [(POLICY, policy), (STANDING, standing)] {
-        if let Ok(value) = HeaderValue::try_from(value) {
+        if let Ok(value) = value {
             headers.insert(name, value);
         }
     }
+}
+
+/// `"key";a=1;b=2`, put together without `format!`: this runs on every request of a rate-limited
+/// key, and the formatting machinery was a tenth of what such a request cost.
+fn field(parameters: [(&str, u64); 2]) -> Result<HeaderValue, InvalidHeaderValue> {
+    let mut value = Vec::with_capacity(48);
+    value.extend_from_slice(b"\"key\"");
+    let mut digits = itoa::Buffer::new();
+    for (name, number) in parameters {
+        value.push(b';');
+        value.extend_from_slice(name.as_bytes());
+        value.push(b'=');
+        value.extend_from_slice(digits.format(number).as_bytes());
+    }
+    HeaderValue::from_maybe_shared(web::Bytes::from(value))
 }

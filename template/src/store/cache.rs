@@ -473,6 +473,10 @@ impl Backend for CachedBackend {
         self.caches.leases.take(self.primary.as_ref(), id, refill_before, now, following).await
     }
 
+    fn use_held_quota(&self, id: &str, refill_before: Option<DateTime<Utc>>) -> Option<u64> {
+        self.following().then(|| self.caches.leases.take_held(id, refill_before))?
+    }
+
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
         metrics().storage_operation("events");
         self.primary.events(query).await

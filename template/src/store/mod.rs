@@ -154,6 +154,13 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Takes one use of a key's quota from the uses held in memory, as [`Backend::use_quota`] would
+    /// for a request but without any I/O, and answers how many are left; `None` when no use is at
+    /// hand. Only caches answer.
+    fn use_held_quota(&self, _id: &str, _refill_before: Option<DateTime<Utc>>) -> Option<u64> {
+        None
+    }
+
     /// Uses of the key's quota this instance holds in hand, taken from the store but not used yet
     /// (see [`quota`]); what the store's `remaining` leaves out for this instance.
     fn quota_in_hand(&self, _id: &str) -> u64 {

@@ -101,6 +101,15 @@ struct Lease {
     paused: Option<(Instant, bool)>,
 }
 
+impl Lease {
+    /// Uses one of the uses held (there is one), and answers how many are left.
+    fn use_one(&mut self, slot: &Slot) -> u64 {
+        self.left -= 1;
+        slot.in_hand.store(self.left, Ordering::Relaxed);
+        self.left + self.store_left.unwrap_or(0)
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Leases {
     slots: quick_cache::sync::Cache<String, Arc<Slot>>,
@@ -184,9 +193,17 @@ impl Leases {
                 }
             }
         }
-        lease.left -= 1;
-        slot.in_hand.store(lease.left, Ordering::Relaxed);
-        Ok(QuotaUse::Taken { taken: 1, remaining: lease.left + lease.store_left.unwrap_or(0) })
+        Ok(QuotaUse::Taken { taken: 1, remaining: lease.use_one(&slot) })
+    }
+
+    /// Takes one use of `id`'s quota from those held for the refill period `refill_before`, without
+    /// waiting, and answers how many are left: `None` when none are held, or a request is taking
+    /// the next block.
+    pub(super) fn take_held(&self, id: &str, refill_before: Option<DateTime<Utc>>) -> Option<u64> {
+        let slot = self.slots.get(id)?;
+        let mut lease = slot.lease.try_lock().ok()?;
+        let dropped = slot.dropped.load(Ordering::SeqCst) || slot.epoch != self.epoch();
+        (!dropped && lease.period == refill_before && lease.left > 0).then(|| lease.use_one(&slot))
     }
 
     fn epoch(&self) -> u64 {
@@ -249,5 +266,27 @@ mod tests {
         assert!(in_hand <= MAX_BLOCK && left < 900, "blocks grew: {left} left, {in_hand} in hand");
         leases.forget(&key.id);
         assert_eq!(leases.in_hand(&key.id), 0);
+    }
+
+    #[tokio::test]
+    async fn held_uses_are_taken_at_once_until_they_run_out() {
+        let store = MemoryBackend::default();
+        let mut key = sample("owner", Utc::now());
+        key.remaining = Some(1000);
+        store.insert(&key, &event(&key.id)).await.unwrap();
+        let leases = Leases::default();
+        assert_eq!(leases.take_held(&key.id, None), None, "nothing is held before a block");
+        // Blocks of 1, 2 and 4: three uses of the last are held, 993 are left in the store.
+        for _ in 0..4 {
+            leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap();
+        }
+        assert_eq!(leases.in_hand(&key.id), 3);
+        assert_eq!(leases.take_held(&key.id, Some(Utc::now())), None, "another refill period");
+        for left in [995, 994, 993] {
+            assert_eq!(leases.take_held(&key.id, None), Some(left));
+        }
+        assert_eq!(leases.take_held(&key.id, None), None, "the next block is the store's to give");
+        let stored = store.get(&key.id).await.unwrap().unwrap();
+        assert_eq!(stored.remaining, Some(993));
     }
 }
