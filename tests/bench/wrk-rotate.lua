@@ -1,5 +1,6 @@
 -- wrk script of the benchmark: GET <path>, with the X-API-Key header taken in turn from the lines of
--- a file ("-" sends no key), and one machine-readable summary line at the end.
+-- a file ("-" sends no key, "Name: value" sends that header instead), and one machine-readable
+-- summary line at the end.
 --
 --   wrk -t2 -c32 -d5s -s wrk-rotate.lua http://127.0.0.1:8080 -- /protected keys.txt
 --
@@ -14,7 +15,10 @@ function init(args)
   local path, file = args[1], args[2]
   for line in io.lines(file) do
     local headers = {}
-    if line ~= "-" then
+    local name, value = line:match("^([%w-]+): (.*)$")
+    if name then
+      headers[name] = value
+    elseif line ~= "-" then
       headers["X-API-Key"] = line
     end
     count = count + 1
