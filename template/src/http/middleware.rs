@@ -44,8 +44,8 @@ fn report(headers: &mut HeaderMap, state: LimitState) {
     const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
     const STANDING: HeaderName = HeaderName::from_static("ratelimit");
     let limit = state.limit;
-    let policy = field([("q", limit.requests.into()), ("w", limit.window.into())]);
-    let standing = field([("r", state.remaining.into()), ("t", state.reset_seconds())]);
+    let policy = field([(b'q', limit.requests.into()), (b'w', limit.window.into())]);
+    let standing = field([(b'r', state.remaining.into()), (b't', state.reset_seconds())]);
     for (name, value) in [(POLICY, policy), (STANDING, standing)] {
         if let Ok(value) = value {
             headers.insert(name, value);
@@ -53,17 +53,14 @@ fn report(headers: &mut HeaderMap, state: LimitState) {
     }
 }
 
-/// `"key";a=1;b=2`, put together without `format!`: this runs on every request of a rate-limited
-/// key, and the formatting machinery was a tenth of what such a request cost.
-fn field(parameters: [(&str, u64); 2]) -> Result<HeaderValue, InvalidHeaderValue> {
+/// `"key";a=1;b=2`, put together byte by byte rather than by `format!`: this runs on every request
+/// of a rate-limited key, where formatting was a tenth of the request's cost.
+fn field(parameters: [(u8, u64); 2]) -> Result<HeaderValue, InvalidHeaderValue> {
     let mut value = Vec::with_capacity(48);
     value.extend_from_slice(b"\"key\"");
-    let mut digits = itoa::Buffer::new();
     for (name, number) in parameters {
-        value.push(b';');
-        value.extend_from_slice(name.as_bytes());
-        value.push(b'=');
-        value.extend_from_slice(digits.format(number).as_bytes());
+        value.extend_from_slice(&[b';', name, b'=']);
+        value.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
     }
     HeaderValue::from_maybe_shared(web::Bytes::from(value))
 }

@@ -234,15 +234,22 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ApiKeyRecord;
     use crate::store::MemoryBackend;
     use crate::store::conformance::{event, sample};
+
+    /// A new key in `store` with a quota of 1,000 uses.
+    async fn metered(store: &MemoryBackend) -> ApiKeyRecord {
+        let mut key = sample("owner", Utc::now());
+        key.remaining = Some(1000);
+        store.insert(&key, &event(&key.id)).await.unwrap();
+        key
+    }
 
     #[tokio::test]
     async fn busy_keys_take_growing_blocks_and_never_more_than_there_is() {
         let store = MemoryBackend::default();
-        let mut key = sample("owner", Utc::now());
-        key.remaining = Some(1000);
-        store.insert(&key, &event(&key.id)).await.unwrap();
+        let key = metered(&store).await;
         let leases = Leases::default();
         let mut admitted = 0;
         while let QuotaUse::Taken { .. } =
@@ -254,9 +261,7 @@ mod tests {
         let stored = store.get(&key.id).await.unwrap().unwrap();
         assert_eq!(stored.remaining, Some(0));
 
-        key = sample("owner", Utc::now());
-        key.remaining = Some(1000);
-        store.insert(&key, &event(&key.id)).await.unwrap();
+        let key = metered(&store).await;
         for _ in 0..100 {
             leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap();
         }
@@ -271,9 +276,7 @@ mod tests {
     #[tokio::test]
     async fn held_uses_are_taken_at_once_until_they_run_out() {
         let store = MemoryBackend::default();
-        let mut key = sample("owner", Utc::now());
-        key.remaining = Some(1000);
-        store.insert(&key, &event(&key.id)).await.unwrap();
+        let key = metered(&store).await;
         let leases = Leases::default();
         assert_eq!(leases.take_held(&key.id, None), None, "nothing is held before a block");
         // Blocks of 1, 2 and 4: three uses of the last are held, 993 are left in the store.
