@@ -217,7 +217,7 @@ impl Scenario {
     fn goal(self) -> Option<f64> {
         match self {
             Self::Warm => Some(0.95),
-            Self::Zipf | Self::Check => Some(0.90),
+            Self::Zipf | Self::Check | Self::Garbage => Some(0.90),
             Self::Metered | Self::RateLimited => Some(0.80),
             _ => None,
         }
@@ -1493,7 +1493,7 @@ fn render(
         out,
         "Throughput × open on every backend: warm key ≥ 0.95, the forward-auth check with a warm key \
          ≥ 0.90, Zipf ≥ 0.90 with ≤ {ZIPF_STORE_GOAL} store round trips per request, keys with a \
-         quota or a rate limit ≥ 0.80. Printed, never asserted.\n"
+         quota or a rate limit ≥ 0.80, garbage keys ≥ 0.90. Printed, never asserted.\n"
     );
     for report in reports {
         let _ = writeln!(out, "{}", goals(args, report));
