@@ -191,12 +191,23 @@ pub async fn adds_usage_and_moves_last_use_forward(backend: &dyn Backend) {
     let usage = |requests, last_used_at| vec![Usage { id: key.id.clone(), requests, last_used_at }];
     backend.record_usage(&usage(3, later)).await.expect("record");
     backend.record_usage(&usage(4, earlier)).await.expect("record");
-    let stored = backend.get(&key.id).await.expect("get").expect("stored");
-    assert_eq!(stored.request_count, 7, "counts add up");
-    assert_eq!(stored.last_used_at, Some(later), "last use never moves back");
+    let after = backend.get(&key.id).await.expect("get").expect("stored");
+    assert_eq!(after.request_count, 7, "counts add up");
+    assert_eq!(after.last_used_at, Some(later), "last use never moves back");
 
     let unknown = vec![Usage { id: "no-such-id".into(), requests: 1, last_used_at: later }];
     backend.record_usage(&unknown).await.expect("usage of a deleted key is ignored");
+
+    // A busy interval's flush, larger than a statement's worth of keys: two known keys at its ends.
+    let other = sample(&fresh_owner(), Utc::now());
+    stored(backend, &other).await;
+    let used = |id: &str, requests| Usage { id: id.to_owned(), requests, last_used_at: later };
+    let mut busy: Vec<Usage> = (0..1200).map(|i| used(&format!("deleted{i}"), 1)).collect();
+    busy.insert(0, used(&other.id, 2));
+    busy.push(used(&key.id, 5));
+    backend.record_usage(&busy).await.expect("record a large batch");
+    let count = async |id| backend.get(id).await.expect("get").expect("stored").request_count;
+    assert_eq!((count(&other.id).await, count(&key.id).await), (2, 12), "every key of the batch");
 }
 
 pub async fn lists_keys_about_to_expire(backend: &dyn Backend) {

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{BigInt, Nullable, Timestamp};
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -177,6 +177,24 @@ where
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(unavailable)
+}
+
+/// Keys per usage statement: three parameters each, far below SQLite's and PostgreSQL's limits.
+const USAGE_CHUNK: usize = 500;
+
+/// The statement adding the uses of `keys` keys, bound as (id, requests, last use) each, in order.
+/// Both databases bind `$n` by position and name the columns of `VALUES` `column1`, `column2`…;
+/// a key deleted meanwhile matches no row.
+fn add_usage(keys: usize) -> String {
+    let rows: Vec<String> =
+        (1..=keys).map(|k| format!("(${}, ${}, ${})", 3 * k - 2, 3 * k - 1, 3 * k)).collect();
+    format!(
+        "UPDATE api_keys SET request_count = api_keys.request_count + used.column2, \
+         last_used_at = CASE WHEN api_keys.last_used_at IS NULL \
+         OR api_keys.last_used_at < used.column3 THEN used.column3 ELSE api_keys.last_used_at END \
+         FROM (VALUES {}) AS used WHERE api_keys.id = used.column1",
+        rows.join(", ")
+    )
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -515,24 +533,20 @@ impl Backend for SqlBackend {
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
-        // One transaction for the batch: a failed flush applies nothing, so re-queueing it counts nothing twice.
+        // One transaction for the batch: a failed flush applies nothing, so re-queueing it counts
+        // nothing twice. One statement per chunk of keys rather than per key: a busy interval
+        // touches thousands, and on SQLite each statement is a hop to a blocking thread.
         with_conn!(self, |conn| {
             conn.transaction(async |conn| {
-                for usage in batch {
-                    let at = usage.last_used_at.naive_utc();
-                    let requests = i64::try_from(usage.requests).unwrap_or(i64::MAX);
-                    let newer = api_keys::last_used_at.is_null().or(api_keys::last_used_at.lt(at));
-                    diesel::update(api_keys::table.find(&usage.id))
-                        .set((
-                            api_keys::request_count.eq(api_keys::request_count + requests),
-                            api_keys::last_used_at.eq(case_when::<_, _, Nullable<Timestamp>>(
-                                newer,
-                                Some(at),
-                            )
-                            .otherwise(api_keys::last_used_at)),
-                        ))
-                        .execute(conn)
-                        .await?;
+                for chunk in batch.chunks(USAGE_CHUNK) {
+                    let mut query = diesel::sql_query(add_usage(chunk.len())).into_boxed();
+                    for usage in chunk {
+                        query = query
+                            .bind::<Text, _>(usage.id.as_str())
+                            .bind::<BigInt, _>(i64::try_from(usage.requests).unwrap_or(i64::MAX))
+                            .bind::<Timestamp, _>(usage.last_used_at.naive_utc());
+                    }
+                    query.execute(conn).await?;
                 }
                 Ok::<_, DieselError>(())
             })
