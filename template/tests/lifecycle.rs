@@ -12,12 +12,15 @@ use std::time::Duration as StdDuration;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::test::TestRequest;
+use actix_web::test::{self, TestRequest};
+use actix_web::web;
 use chrono::{Duration, Utc};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use common::{KEYS, call, create, harness_with, memory_harness, with_key};
+use {{crate_name}}::app::app;
+use {{crate_name}}::auth::ApiKey;
 use {{crate_name}}::model::{NewKey, RateLimit};
 use {{crate_name}}::store::{Backend, MemoryBackend};
 
@@ -271,6 +274,34 @@ async fn a_used_up_quota_still_reports_the_rate_limit() {
         standing.is_some_and(|s| s.starts_with(r#""key";r=3;"#)),
         "the refused request was counted too: {standing:?}"
     );
+}
+
+/// A handler whose guard comes after an argument that can refuse the request.
+async fn numbered(_: web::Path<u32>, key: ApiKey) -> String {
+    key.id().to_owned()
+}
+
+#[actix_web::test]
+async fn a_request_refused_before_its_guard_costs_the_key_nothing() {
+    let h = memory_harness().await;
+    // actix makes every argument's extractor before running the first: the guard's must not charge.
+    let numbered = app(h.state.clone()).route("/numbered/{n}", web::get().to(numbered));
+    let numbered = test::init_service(numbered).await;
+    let key = h
+        .mint(NewKey {
+            name: "limited".into(),
+            rate_limit: Some(RateLimit { requests: 2, window: 60 }),
+            ..NewKey::default()
+        })
+        .await
+        .key
+        .to_string();
+    let mut statuses = Vec::new();
+    for n in ["x", "y", "z", "1", "2", "3"] {
+        let request = TestRequest::get().uri(&format!("/numbered/{n}"));
+        statuses.push(call(&numbered, with_key(request, &key)).await.0.as_u16());
+    }
+    assert_eq!(statuses, [400, 400, 400, 200, 200, 429], "only the admitted requests count");
 }
 
 /// `requests` parallel calls of `uri` with `key`; how many got each status.

@@ -167,7 +167,7 @@ impl Block {
         let since = self.pace.age().unwrap_or_default();
         match answer {
             Ok(state) => {
-                self.left = self.left.saturating_sub(1);
+                self.left -= 1;
                 Ok(LimitState {
                     limit,
                     remaining: state.remaining + self.left,
@@ -212,7 +212,8 @@ impl Allowance {
     /// [`Allowance::admit`] without waiting, for a key with one limit whose count is at hand: a
     /// rate limit kept in this process or taken from the shared count in a block still held, or
     /// a quota with uses held. `None` when the store or Redis must be asked; nothing is charged
-    /// then.
+    /// then. A key with both limits takes the long way, which charges the rate limit first and
+    /// may then find the quota spent; so does a rotated key, whose limits are its successor's.
     pub fn admit_at_once(&self, key: &ApiKey) -> Option<Result<Admitted, Refusal>> {
         let record = key.record();
         if record.replaced_by.is_some() {

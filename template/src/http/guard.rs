@@ -8,6 +8,7 @@
 //! A key with a rate limit or a quota is also charged here, once per request however many guards a
 //! handler has ([`crate::auth::limits`]); a refused request gets 429.
 
+use std::cell::Cell;
 use std::future::{Ready, ready};
 use std::marker::PhantomData;
 use std::rc::Rc;
@@ -30,19 +31,41 @@ pub(crate) struct Authentication(pub(crate) Result<ApiKey, AuthError>);
 /// The per-key limits' verdict on a request, kept in its extensions: reached once, however many
 /// guards ask, and read again by the middleware for the `RateLimit` fields.
 #[derive(Clone, Default)]
-pub(crate) struct Admission(Rc<OnceCell<Result<Admitted, Refusal>>>);
+pub(crate) struct Admission(Rc<Verdict>);
+
+#[derive(Default)]
+struct Verdict {
+    reached: OnceCell<Result<Admitted, Refusal>>,
+    /// Set by the first guard to ask: the others wait for its verdict rather than charge the key
+    /// again.
+    asked: Cell<bool>,
+}
 
 impl Admission {
     /// The rate-limit state to report, once the verdict is in.
     pub(crate) fn limit_state(&self) -> Option<LimitState> {
-        match self.0.get()? {
+        match self.0.reached.get()? {
             Ok(admitted) => admitted.rate,
             Err(refusal) => refusal.limit_state(),
         }
     }
+
+    /// The verdict, charged to `key` by the first guard to ask: at once when the key's counts are
+    /// at hand ([`Allowance::admit_at_once`]), else once the store or Redis has answered.
+    async fn reach(&self, allowance: &Allowance, key: &ApiKey) -> &Result<Admitted, Refusal> {
+        let verdict = &self.0;
+        if !verdict.asked.replace(true)
+            && let Some(at_once) = allowance.admit_at_once(key)
+        {
+            // Cannot fail: nobody asked before, so nobody is filling the cell.
+            let _ = verdict.reached.set(at_once);
+        }
+        verdict.reached.get_or_init(|| allowance.admit(key)).await
+    }
 }
 
-/// A guard's answer: at once for keys without limits, after charging them otherwise.
+/// A guard's answer: at once for keys without limits and for refusals, after charging the key
+/// otherwise.
 pub type Guarded<T> =
     Either<Ready<Result<T, ApiError>>, LocalBoxFuture<'static, Result<T, ApiError>>>;
 
@@ -66,22 +89,14 @@ fn admit<T: 'static>(req: &HttpRequest, key: &ApiKey, admitted: T) -> Guarded<T>
             }
         }
     };
-    let answer = |verdict: &Result<Admitted, Refusal>| match verdict {
-        Ok(_) => Ok(admitted),
-        Err(refusal) => Err((*refusal).into()),
-    };
-    if admission.0.get().is_none()
-        && let Some(verdict) = allowance.admit_at_once(key)
-    {
-        // Another guard of the same request may have been first; its verdict stands.
-        let _ = admission.0.set(verdict);
-    }
-    if let Some(verdict) = admission.0.get() {
-        return Either::Left(ready(answer(verdict)));
-    }
     let key = key.clone();
+    // Charged when polled, not now: actix makes every argument's future before polling the first,
+    // and a request that an earlier argument refuses must cost the key nothing.
     Either::Right(Box::pin(async move {
-        answer(admission.0.get_or_init(|| allowance.admit(&key)).await)
+        match admission.reach(&allowance, &key).await {
+            Ok(_) => Ok(admitted),
+            Err(refusal) => Err((*refusal).into()),
+        }
     }))
 }
 

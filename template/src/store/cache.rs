@@ -474,7 +474,10 @@ impl Backend for CachedBackend {
     }
 
     fn use_held_quota(&self, id: &str, refill_before: Option<DateTime<Utc>>) -> Option<u64> {
-        self.following().then(|| self.caches.leases.take_held(id, refill_before))?
+        if !self.following() {
+            return None;
+        }
+        self.caches.leases.take_held(id, refill_before)
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {

@@ -1619,7 +1619,7 @@ fn chart(args: &Args, reports: &[BackendReport]) -> String {
     const WIDTH: f64 = 780.0;
     const HEIGHT: f64 = 400.0;
     const LEFT: f64 = 50.0;
-    const RIGHT: f64 = 690.0;
+    const RIGHT: f64 = WIDTH - 10.0;
     const TOP: f64 = 64.0;
     const BOTTOM: f64 = 322.0;
     const MAX: f64 = 1.1;
