@@ -39,12 +39,13 @@ fn create(client: &Client, admin: &str, body: serde_json::Value) -> (String, Str
     )
 }
 
-/// The same key with one character of its secret changed: a valid shape, a wrong secret.
+/// The same key with one character of its secret changed and a checksum that fits: a wrong secret
+/// that reaches the digest comparison, as a forger who knows the format would send it.
 fn wrong_secret(key: &str) -> String {
-    let at = key.len() - 20;
-    let mut wrong = key.to_owned();
-    wrong.replace_range(at..=at, if &key[at..=at] == "a" { "b" } else { "a" });
-    wrong
+    let mut body = key[..key.len() - 6].to_owned().into_bytes();
+    let at = body.len() - 14;
+    body[at] = if body[at] == b'a' { b'b' } else { b'a' };
+    with_checksum(&body)
 }
 
 /// Every key this test issued, and every key-shaped string, must be absent from `haystack`.

@@ -1,8 +1,8 @@
 //! Turns the key a request presents into an [`ApiKey`], or says why it cannot.
 //!
-//! Order of work, cheapest first: read the header and check the key's shape; take the key from the
-//! in-process cache, or else check the checksum (no I/O) and look the key up by its public id; then
-//! compare digests in constant time.
+//! Order of work, cheapest first: read the header and check the key's shape and checksum (no I/O);
+//! take the key from the in-process cache, or else look it up by its public id; then compare digests
+//! in constant time.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -228,14 +228,12 @@ impl Authenticator {
         parsed: ParsedKey<'_>,
         client: Option<IpAddr>,
     ) -> Result<ApiKey, AuthError> {
-        // A key held in memory skips the checksum: the digest comparison below is the stronger check,
-        // and the checksum is there to keep made-up keys away from the store and Redis.
+        // The checksum first, cached key or not: a made-up key then costs neither the store nor a
+        // digest, for a few nanoseconds on every good one.
+        parsed.check_checksum().map_err(|_| AuthError::Invalid)?;
         let record = match self.store.cached(parsed.id()) {
             Some(record) => record,
-            None => {
-                parsed.check_checksum().map_err(|_| AuthError::Invalid)?;
-                self.stored(parsed.id()).await?
-            }
+            None => self.stored(parsed.id()).await?,
         };
         if !self.format.verify(parsed, &record.key_hash) {
             return Err(if self.limits.key_failed(&record.id) {

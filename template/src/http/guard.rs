@@ -9,9 +9,11 @@
 //! handler has ([`crate::auth::limits`]); a refused request gets 429.
 
 use std::cell::Cell;
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
@@ -50,24 +52,70 @@ impl Admission {
         }
     }
 
-    /// The verdict, charged to `key` by the first guard to ask: at once when the key's counts are
-    /// at hand ([`Allowance::admit_at_once`]), else once the store or Redis has answered.
-    async fn reach(&self, allowance: &Allowance, key: &ApiKey) -> &Result<Admitted, Refusal> {
+    /// Charges `key` unless another guard of the request did: at once when the key's counts are
+    /// at hand ([`Allowance::admit_at_once`]), else by the returned future, which settles once the
+    /// store or Redis has answered (or once the guard that asked first has its verdict).
+    fn charge(
+        &self,
+        allowance: web::Data<Allowance>,
+        key: ApiKey,
+    ) -> Option<LocalBoxFuture<'static, ()>> {
         let verdict = &self.0;
         if !verdict.asked.replace(true)
-            && let Some(at_once) = allowance.admit_at_once(key)
+            && let Some(at_once) = allowance.admit_at_once(&key)
         {
             // Cannot fail: nobody asked before, so nobody is filling the cell.
             let _ = verdict.reached.set(at_once);
         }
-        verdict.reached.get_or_init(|| allowance.admit(key)).await
+        if verdict.reached.initialized() {
+            return None;
+        }
+        let admission = self.clone();
+        Some(Box::pin(async move {
+            admission.0.reached.get_or_init(|| allowance.admit(&key)).await;
+        }))
     }
 }
 
 /// A guard's answer: at once for keys without limits and for refusals, after charging the key
 /// otherwise.
-pub type Guarded<T> =
-    Either<Ready<Result<T, ApiError>>, LocalBoxFuture<'static, Result<T, ApiError>>>;
+pub type Guarded<T> = Either<Ready<Result<T, ApiError>>, Admit<T>>;
+
+/// A limited key's admission, charged when first polled rather than when the guard is made: actix
+/// makes every argument's future before polling the first, and a request that an earlier argument
+/// refuses must cost the key nothing. Written by hand rather than as an `async` block so that a key
+/// whose counts are at hand is admitted without a boxed future.
+pub struct Admit<T> {
+    admitted: Option<T>,
+    admission: Admission,
+    /// What to charge, until the first poll.
+    charge: Option<(web::Data<Allowance>, ApiKey)>,
+    waiting: Option<LocalBoxFuture<'static, ()>>,
+}
+
+// `admitted` is moved out, never pinned in place; the one future held is boxed.
+impl<T> Unpin for Admit<T> {}
+
+impl<T> Future for Admit<T> {
+    type Output = Result<T, ApiError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some((allowance, key)) = this.charge.take() {
+            this.waiting = this.admission.charge(allowance, key);
+        }
+        if let Some(waiting) = &mut this.waiting {
+            std::task::ready!(waiting.as_mut().poll(cx));
+            this.waiting = None;
+        }
+        Poll::Ready(match (this.admission.0.reached.get(), this.admitted.take()) {
+            (Some(Ok(_)), Some(admitted)) => Ok(admitted),
+            (Some(Err(refusal)), _) => Err((*refusal).into()),
+            // Polled again after it answered: a bug in the caller, not worth a panic.
+            _ => Err(AuthError::NotInstalled.into()),
+        })
+    }
+}
 
 /// Admits `key`'s request against its rate limit and quota, then answers `admitted`.
 fn admit<T: 'static>(req: &HttpRequest, key: &ApiKey, admitted: T) -> Guarded<T> {
@@ -89,15 +137,12 @@ fn admit<T: 'static>(req: &HttpRequest, key: &ApiKey, admitted: T) -> Guarded<T>
             }
         }
     };
-    let key = key.clone();
-    // Charged when polled, not now: actix makes every argument's future before polling the first,
-    // and a request that an earlier argument refuses must cost the key nothing.
-    Either::Right(Box::pin(async move {
-        match admission.reach(&allowance, &key).await {
-            Ok(_) => Ok(admitted),
-            Err(refusal) => Err((*refusal).into()),
-        }
-    }))
+    Either::Right(Admit {
+        admitted: Some(admitted),
+        admission,
+        charge: Some((allowance, key.clone())),
+        waiting: None,
+    })
 }
 
 /// Answers at once with `outcome` when it is an error, else admits the key as [`admit`] does.

@@ -110,6 +110,22 @@ pub fn with_key(req: TestRequest, key: &str) -> TestRequest {
     req.insert_header(("X-API-Key", key))
 }
 
+/// `key` with one character of its secret changed and a checksum that fits: right id, wrong
+/// secret, as a forger who knows the key format would send it.
+pub fn wrong_secret(key: &str) -> String {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut body = key[..key.len() - 6].to_owned();
+    let at = body.len() - 4;
+    body.replace_range(at..=at, if &body[at..=at] == "a" { "b" } else { "a" });
+    let mut n = crc32fast::hash(body.as_bytes());
+    let mut sum = [b'0'; 6];
+    for slot in sum.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    body + std::str::from_utf8(&sum).unwrap()
+}
+
 pub async fn create<S, B>(app: &S, admin: &str, body: Value) -> (StatusCode, Value)
 where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
