@@ -9,8 +9,9 @@
 //! handler has ([`crate::auth::limits`]); a refused request gets 429.
 
 use std::cell::Cell;
-use std::future::{Future, Ready, ready};
+use std::future::{Ready, ready};
 use std::marker::PhantomData;
+use std::mem;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -54,7 +55,8 @@ impl Admission {
 
     /// Charges `key` unless another guard of the request did: at once when the key's counts are
     /// at hand ([`Allowance::admit_at_once`]), else by the returned future, which settles once the
-    /// store or Redis has answered (or once the guard that asked first has its verdict).
+    /// store or Redis has answered (or once the guard that asked first has its verdict). `None`:
+    /// the verdict is already in.
     fn charge(
         &self,
         allowance: web::Data<Allowance>,
@@ -82,43 +84,59 @@ impl Admission {
 pub type Guarded<T> = Either<Ready<Result<T, ApiError>>, Admit<T>>;
 
 /// A limited key's admission, charged when first polled rather than when the guard is made: actix
-/// makes every argument's future before polling the first, and a request that an earlier argument
-/// refuses must cost the key nothing. Written by hand rather than as an `async` block so that a key
-/// whose counts are at hand is admitted without a boxed future.
+/// makes every argument's future before polling the first, and stops at the first that fails, so a
+/// request that an earlier argument refuses at once (a path, a query, another guard) costs the key
+/// nothing. An earlier argument still waiting (a JSON body) does not stop a later guard being
+/// polled: the attributes put their guards first for that reason. Written by hand rather than as an
+/// `async` block so that a key whose counts are at hand is admitted without a boxed future.
 pub struct Admit<T> {
     admitted: Option<T>,
     admission: Admission,
-    /// What to charge, until the first poll.
-    charge: Option<(web::Data<Allowance>, ApiKey)>,
-    waiting: Option<LocalBoxFuture<'static, ()>>,
+    step: Step,
 }
 
-// `admitted` is moved out, never pinned in place; the one future held is boxed.
+enum Step {
+    /// Nothing charged yet.
+    Unpolled(web::Data<Allowance>, ApiKey),
+    /// Waiting for the store or Redis, or for the guard of the request that asked first.
+    Waiting(LocalBoxFuture<'static, ()>),
+    /// The verdict is in.
+    Settled,
+}
+
+// As for std's `Ready<T>`: `admitted` is moved out, never pinned in place, and the one future held
+// is boxed.
 impl<T> Unpin for Admit<T> {}
 
 impl<T> Future for Admit<T> {
     type Output = Result<T, ApiError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if let Some((allowance, key)) = this.charge.take() {
-            this.waiting = this.admission.charge(allowance, key);
-        }
-        if let Some(waiting) = &mut this.waiting {
-            std::task::ready!(waiting.as_mut().poll(cx));
-            this.waiting = None;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let waiting = match mem::replace(&mut this.step, Step::Settled) {
+            Step::Unpolled(allowance, key) => this.admission.charge(allowance, key),
+            Step::Waiting(waiting) => Some(waiting),
+            Step::Settled => None,
+        };
+        if let Some(mut waiting) = waiting
+            && waiting.as_mut().poll(cx).is_pending()
+        {
+            this.step = Step::Waiting(waiting);
+            return Poll::Pending;
         }
         Poll::Ready(match (this.admission.0.reached.get(), this.admitted.take()) {
             (Some(Ok(_)), Some(admitted)) => Ok(admitted),
             (Some(Err(refusal)), _) => Err((*refusal).into()),
-            // Polled again after it answered: a bug in the caller, not worth a panic.
-            _ => Err(AuthError::NotInstalled.into()),
+            _ => {
+                tracing::error!("a guard was polled again after it answered");
+                Err(AuthError::NotInstalled.into())
+            }
         })
     }
 }
 
 /// Admits `key`'s request against its rate limit and quota, then answers `admitted`.
-fn admit<T: 'static>(req: &HttpRequest, key: &ApiKey, admitted: T) -> Guarded<T> {
+fn admit<T: 'static>(req: &HttpRequest, key: ApiKey, admitted: T) -> Guarded<T> {
     if !key.is_limited() {
         return Either::Left(ready(Ok(admitted)));
     }
@@ -140,15 +158,14 @@ fn admit<T: 'static>(req: &HttpRequest, key: &ApiKey, admitted: T) -> Guarded<T>
     Either::Right(Admit {
         admitted: Some(admitted),
         admission,
-        charge: Some((allowance, key.clone())),
-        waiting: None,
+        step: Step::Unpolled(allowance, key),
     })
 }
 
 /// Answers at once with `outcome` when it is an error, else admits the key as [`admit`] does.
 fn guard<T: 'static>(req: &HttpRequest, outcome: Result<(ApiKey, T), ApiError>) -> Guarded<T> {
     match outcome {
-        Ok((key, admitted)) => admit(req, &key, admitted),
+        Ok((key, admitted)) => admit(req, key, admitted),
         Err(err) => Either::Left(ready(Err(err))),
     }
 }
