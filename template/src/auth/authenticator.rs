@@ -255,7 +255,9 @@ impl Authenticator {
         if !record.enabled {
             return Err(AuthError::Disabled);
         }
-        self.usage.record(&record.id, now);
+        // The id as presented, which the lookup matched: the record's own copy may be out of the
+        // CPU's caches.
+        self.usage.record(parsed.id(), now);
         Ok(ApiKey::new(record, client))
     }
 
