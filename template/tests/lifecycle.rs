@@ -18,7 +18,7 @@ use chrono::{Duration, Utc};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use common::{KEYS, call, create, harness_with, memory_harness, with_key};
+use common::{Harness, KEYS, call, create, harness_with, memory_harness, with_key};
 use {{crate_name}}::app::app;
 use {{crate_name}}::auth::ApiKey;
 use {{crate_name}}::model::{NewKey, RateLimit};
@@ -202,18 +202,17 @@ async fn lifecycle_on_redis() {
     lifecycle_flow(Arc::new(store)).await;
 }
 
+/// A key allowed `requests` per `window` seconds, minted as the operator.
+async fn rate_limited<S>(h: &Harness<S>, requests: u32, window: u32) -> String {
+    let limit = Some(RateLimit { requests, window });
+    let new = NewKey { name: "limited".into(), rate_limit: limit, ..NewKey::default() };
+    h.mint(new).await.key.to_string()
+}
+
 #[actix_web::test]
 async fn a_rate_limit_answers_429_with_its_headers() {
     let h = memory_harness().await;
-    let key = h
-        .mint(NewKey {
-            name: "limited".into(),
-            rate_limit: Some(RateLimit { requests: 5, window: 60 }),
-            ..NewKey::default()
-        })
-        .await
-        .key
-        .to_string();
+    let key = rate_limited(&h, 5, 60).await;
     let header = |headers: &actix_web::http::header::HeaderMap, name: &str| {
         headers.get(name).map(|value| value.to_str().unwrap().to_owned())
     };
@@ -287,15 +286,7 @@ async fn a_request_refused_before_its_guard_costs_the_key_nothing() {
     // actix makes every argument's extractor before running the first: the guard's must not charge.
     let numbered = app(h.state.clone()).route("/numbered/{n}", web::get().to(numbered));
     let numbered = test::init_service(numbered).await;
-    let key = h
-        .mint(NewKey {
-            name: "limited".into(),
-            rate_limit: Some(RateLimit { requests: 2, window: 60 }),
-            ..NewKey::default()
-        })
-        .await
-        .key
-        .to_string();
+    let key = rate_limited(&h, 2, 60).await;
     let mut statuses = Vec::new();
     for n in ["x", "y", "z", "1", "2", "3"] {
         let request = TestRequest::get().uri(&format!("/numbered/{n}"));
@@ -321,15 +312,7 @@ fn count(statuses: &[StatusCode], status: StatusCode) -> usize {
 #[actix_web::test]
 async fn a_rate_limit_holds_under_parallel_requests() {
     let h = memory_harness().await;
-    let key = h
-        .mint(NewKey {
-            name: "limited".into(),
-            rate_limit: Some(RateLimit { requests: 10, window: 3600 }),
-            ..NewKey::default()
-        })
-        .await
-        .key
-        .to_string();
+    let key = rate_limited(&h, 10, 3600).await;
     let statuses = in_parallel(&h.app, &key, "/protected", 40).await;
     assert_eq!(count(&statuses, StatusCode::OK), 10, "{statuses:?}");
     assert_eq!(count(&statuses, StatusCode::TOO_MANY_REQUESTS), 30);
