@@ -257,7 +257,7 @@ impl Authenticator {
         }
         // The id as presented, which the lookup matched: the record's own copy may be out of the
         // CPU's caches.
-        self.usage.record(parsed.id(), now);
+        self.usage.record(parsed.key_id(), now);
         Ok(ApiKey::new(record, client))
     }
 

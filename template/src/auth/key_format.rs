@@ -51,10 +51,34 @@ impl std::fmt::Debug for MintedKey {
     }
 }
 
+/// A key's public id, held inline rather than as a pointer to a string elsewhere: maps keyed by it
+/// find an entry without a second memory access, which with many keys in use is a cache miss per
+/// lookup (see the hot path in docs/src/performance.md).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; ID_LEN]);
+
+impl KeyId {
+    /// The id `id`; `None` if it has not an id's length, so no key can present it.
+    pub fn new(id: &str) -> Option<Self> {
+        id.as_bytes().try_into().ok().map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever made from a whole `str` or from base62, which is ASCII: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A key that passed the format and checksum checks. It borrows the request header.
 #[derive(Clone, Copy)]
 pub struct ParsedKey<'a> {
-    id: &'a str,
+    id: KeyId,
     whole: &'a [u8],
 }
 
@@ -64,8 +88,12 @@ impl std::fmt::Debug for ParsedKey<'_> {
     }
 }
 
-impl<'a> ParsedKey<'a> {
-    pub fn id(&self) -> &'a str {
+impl ParsedKey<'_> {
+    pub fn id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    pub fn key_id(&self) -> KeyId {
         self.id
     }
 
@@ -134,7 +162,7 @@ impl KeyFormat {
         let checksum = checksum(key.as_bytes());
         key.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
         let parsed = self.parse(&key).expect("a generated key parses");
-        MintedKey { id: parsed.id.to_owned(), hash: self.hash(parsed), key }
+        MintedKey { id: parsed.id().to_owned(), hash: self.hash(parsed), key }
     }
 
     /// Checks prefix, shape and checksum without touching storage. Takes bytes as well as text, so a
@@ -155,21 +183,19 @@ impl KeyFormat {
     ) -> Result<ParsedKey<'a>, FormatError> {
         let whole = raw.as_ref();
         let rest = whole.strip_prefix(self.prefix.as_bytes()).ok_or(FormatError::WrongPrefix)?;
-        if rest.len() != ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN || rest[ID_LEN] != b'_' {
+        let Some((id, [b'_', secret @ ..])) = rest.split_first_chunk::<ID_LEN>() else {
+            return Err(FormatError::WrongShape);
+        };
+        if secret.len() != SECRET_LEN + CHECKSUM_LEN {
             return Err(FormatError::WrongShape);
         }
-        let (id, secret) = (&rest[..ID_LEN], &rest[ID_LEN + 1..]);
         // Every byte is looked at (no early exit), which lets the compiler check many at once.
         let is_base62 =
             |part: &[u8]| part.iter().fold(true, |ok, b| ok & b.is_ascii_alphanumeric());
         if !is_base62(id) || !is_base62(secret) {
             return Err(FormatError::WrongShape);
         }
-        Ok(ParsedKey {
-            // Base62 is ASCII, so this cannot fail.
-            id: std::str::from_utf8(id).map_err(|_| FormatError::WrongShape)?,
-            whole,
-        })
+        Ok(ParsedKey { id: KeyId(*id), whole })
     }
 
     /// Whether `text` holds a whole key of this format (checksum included) anywhere in it.

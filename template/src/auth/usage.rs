@@ -10,13 +10,14 @@ use foldhash::HashMap;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::key_format::KeyId;
 use crate::metrics::metrics;
 use crate::store::{Backend, StoreError, Usage};
 
 #[derive(Debug, Default)]
 pub struct UsageTracker {
     /// By key id. Only authenticated keys get here, so a fast hash is safe from crafted ids.
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<HashMap<KeyId, Pending>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -26,28 +27,23 @@ struct Pending {
 }
 
 impl UsageTracker {
-    fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
+    fn pending(&self) -> MutexGuard<'_, HashMap<KeyId, Pending>> {
         // Counters stay consistent even if a holder panicked, so a poisoned lock is still usable.
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts one use of a key at `now`.
-    pub fn record(&self, id: &str, now: DateTime<Utc>) {
+    pub fn record(&self, id: KeyId, now: DateTime<Utc>) {
         let mut pending = self.pending();
-        match pending.get_mut(id) {
-            Some(entry) => {
-                entry.requests += 1;
-                entry.last_used_at = entry.last_used_at.max(now);
-            }
-            None => {
-                pending.insert(id.to_owned(), Pending { requests: 1, last_used_at: now });
-            }
-        }
+        let entry = pending.entry(id).or_insert(Pending { requests: 0, last_used_at: now });
+        entry.requests += 1;
+        entry.last_used_at = entry.last_used_at.max(now);
     }
 
     /// Uses of `id` counted but not yet flushed.
     pub fn unflushed(&self, id: &str) -> Option<(u64, DateTime<Utc>)> {
-        self.pending().get(id).map(|p| (p.requests, p.last_used_at))
+        let id = KeyId::new(id)?;
+        self.pending().get(&id).map(|p| (p.requests, p.last_used_at))
     }
 
     /// Writes everything counted so far. On failure the counts are kept for the next flush.
@@ -59,7 +55,7 @@ impl UsageTracker {
         let batch: Vec<Usage> = taken
             .iter()
             .map(|(id, p)| Usage {
-                id: id.clone(),
+                id: id.as_str().to_owned(),
                 requests: p.requests,
                 last_used_at: p.last_used_at,
             })
@@ -151,28 +147,35 @@ mod tests {
         let key = conformance::sample("owner", Utc::now());
         store.insert(&key, &conformance::event(&key.id)).await.unwrap();
         let tracker = Arc::new(UsageTracker::default());
+        let id = KeyId::new(&key.id).unwrap();
         for _ in 0..3 {
-            tracker.record(&key.id, Utc::now());
+            tracker.record(id, Utc::now());
         }
         // The first tick is immediate: that flush is still writing when we finish.
         let flusher = tracker.clone().spawn_flusher(store.clone(), Duration::from_secs(3600));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        tracker.record(&key.id, Utc::now());
+        tracker.record(id, Utc::now());
         flusher.finish().await;
         let stored = store.get(&key.id).await.unwrap().unwrap();
         assert_eq!(stored.request_count, 4);
+    }
+
+    const A: &str = "aaaaaaaaaaaa";
+
+    fn id(id: &str) -> KeyId {
+        KeyId::new(id).unwrap()
     }
 
     #[tokio::test]
     async fn a_flush_clears_what_it_wrote() {
         let tracker = UsageTracker::default();
         for _ in 0..5 {
-            tracker.record("a", Utc::now());
+            tracker.record(id(A), Utc::now());
         }
-        tracker.record("b", Utc::now());
-        assert_eq!(tracker.unflushed("a").map(|(n, _)| n), Some(5));
+        tracker.record(id("bbbbbbbbbbbb"), Utc::now());
+        assert_eq!(tracker.unflushed(A).map(|(n, _)| n), Some(5));
         assert_eq!(tracker.flush(&MemoryBackend::default()).await.unwrap(), 2);
-        assert_eq!(tracker.unflushed("a"), None);
+        assert_eq!(tracker.unflushed(A), None);
         assert_eq!(tracker.flush(&MemoryBackend::default()).await.unwrap(), 0);
     }
 
@@ -180,11 +183,11 @@ mod tests {
     async fn a_failed_flush_keeps_every_count() {
         let tracker = UsageTracker::default();
         for _ in 0..3 {
-            tracker.record("a", Utc::now());
+            tracker.record(id(A), Utc::now());
         }
         let down = FlakyStore { usage_fails: true, ..FlakyStore::default() };
         assert!(tracker.flush(&down).await.is_err());
-        tracker.record("a", Utc::now());
-        assert_eq!(tracker.unflushed("a").map(|(n, _)| n), Some(4));
+        tracker.record(id(A), Utc::now());
+        assert_eq!(tracker.unflushed(A).map(|(n, _)| n), Some(4));
     }
 }

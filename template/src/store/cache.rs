@@ -37,6 +37,7 @@ use tokio::task::AbortHandle;
 use super::feed::{ChangeFeed, Heard, SILENCE, plausible_id};
 use super::quota::Leases;
 use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
+use crate::auth::key_format::KeyId;
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
@@ -49,9 +50,10 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 const LOCAL_CAPACITY: usize = 1_000_000;
 
 /// The in-process cache: each record with when it was read. quick_cache evicts by capacity; how long
-/// an entry is trusted depends on the feed, and is checked here, on read.
+/// an entry is trusted depends on the feed, and is checked here, on read. A record whose id no key
+/// can present (see [`KeyId::new`]) is not kept.
 struct LocalCache {
-    entries: quick_cache::sync::Cache<String, (Instant, Arc<ApiKeyRecord>)>,
+    entries: quick_cache::sync::Cache<KeyId, (Instant, Arc<ApiKeyRecord>)>,
     /// How long an entry is trusted while the feed is followed.
     lifetime: Duration,
     /// How long an entry is trusted while the feed is not followed.
@@ -77,7 +79,7 @@ impl LocalCache {
     }
 
     fn get(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
-        let (read_at, record) = self.entries.get(id)?;
+        let (read_at, record) = self.entries.get(&KeyId::new(id)?)?;
         let now = Instant::now();
         let trusted = if self.following(now) { self.lifetime } else { self.ttl };
         (now.duration_since(read_at) < trusted).then_some(record)
@@ -116,15 +118,18 @@ impl LocalCache {
     /// dropped it, so if any invalidation happened since, the entry is dropped again: either that
     /// invalidation's removal comes after this insert, or this check sees its bump.
     fn insert(&self, record: &Arc<ApiKeyRecord>, generation: u64) {
-        self.entries.insert(record.id.clone(), (Instant::now(), record.clone()));
+        let Some(id) = KeyId::new(&record.id) else { return };
+        self.entries.insert(id, (Instant::now(), record.clone()));
         if self.generation() != generation {
-            self.entries.remove(&record.id);
+            self.entries.remove(&id);
         }
     }
 
     fn invalidate(&self, id: &str) {
         self.invalidations.fetch_add(1, Ordering::SeqCst);
-        self.entries.remove(id);
+        if let Some(id) = KeyId::new(id) {
+            self.entries.remove(&id);
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::json;
 
 use super::{Backend, EventQuery, ListQuery, Purged, QuotaUse, Retention, StoreError, Usage};
+use crate::auth::key_format::ID_LEN;
 use crate::model::{
     ApiKeyRecord, EventAction, KeyChanges, KeyEvent, KeyHash, NewKey, RateLimit, Refill,
     RefillInterval, random_id, to_object,
@@ -40,7 +41,8 @@ pub async fn run(backend: &dyn Backend) {
     purges_only_what_ended_before_the_cut_off(backend).await;
 }
 
-/// A record with a fresh random id, owned by `owner`, created at `created_at`.
+/// A record with a fresh random id of a key's length (so that caches keep it), owned by `owner`,
+/// created at `created_at`.
 pub fn sample(owner: &str, created_at: DateTime<Utc>) -> ApiKeyRecord {
     let new = NewKey {
         name: "conformance".into(),
@@ -52,7 +54,7 @@ pub fn sample(owner: &str, created_at: DateTime<Utc>) -> ApiKeyRecord {
         ..NewKey::default()
     };
     let created_at = created_at.trunc_subsecs(6);
-    new.into_record(random_id(), KeyHash::from([7; 32]), created_at, None)
+    new.into_record(random_id()[..ID_LEN].to_owned(), KeyHash::from([7; 32]), created_at, None)
 }
 
 /// An event about `key_id`, as the service records one.
