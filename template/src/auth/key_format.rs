@@ -53,25 +53,24 @@ impl std::fmt::Debug for MintedKey {
 
 /// A key's public id, held inline rather than as a pointer to a string elsewhere: maps keyed by it
 /// find an entry without a second memory access, which with many keys in use is a cache miss per
-/// lookup (see the hot path in docs/src/performance.md).
+/// lookup (steps 4 and 7 of the hot path in docs/src/performance.md).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyId([u8; ID_LEN]);
 
 impl KeyId {
-    /// The id `id`; `None` if it has not an id's length, so no key can present it.
+    /// `None` unless `id` is [`ID_LEN`] bytes long, the only length a presented key's id can have.
     pub fn new(id: &str) -> Option<Self> {
         id.as_bytes().try_into().ok().map(Self)
     }
 
     pub fn as_str(&self) -> &str {
-        // Only ever made from a whole `str` or from base62, which is ASCII: always UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.0).expect("a KeyId is made from a whole str or from base62")
     }
 }
 
 impl std::fmt::Debug for KeyId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -89,11 +88,7 @@ impl std::fmt::Debug for ParsedKey<'_> {
 }
 
 impl ParsedKey<'_> {
-    pub fn id(&self) -> &str {
-        self.id.as_str()
-    }
-
-    pub fn key_id(&self) -> KeyId {
+    pub fn id(&self) -> KeyId {
         self.id
     }
 
@@ -162,7 +157,7 @@ impl KeyFormat {
         let checksum = checksum(key.as_bytes());
         key.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
         let parsed = self.parse(&key).expect("a generated key parses");
-        MintedKey { id: parsed.id().to_owned(), hash: self.hash(parsed), key }
+        MintedKey { id: parsed.id().as_str().to_owned(), hash: self.hash(parsed), key }
     }
 
     /// Checks prefix, shape and checksum without touching storage. Takes bytes as well as text, so a
@@ -270,7 +265,7 @@ mod tests {
         let new = f.generate();
         assert_eq!(new.key.len(), f.key_len());
         let parsed = f.parse(&new.key).unwrap();
-        assert_eq!(parsed.id(), new.id);
+        assert_eq!(parsed.id().as_str(), new.id);
         assert!(f.verify(parsed, &new.hash));
     }
 
@@ -316,6 +311,14 @@ mod tests {
         assert_eq!(f.parse(&typo).unwrap_err(), FormatError::BadChecksum);
         let non_ascii = format!("{}é{}", &key[..10], &key[12..]);
         assert!(f.parse(&non_ascii).is_err());
+        let id_at = f.prefix().len();
+        for shape in [
+            format!("{}-{}", &key[..id_at + ID_LEN], &key[id_at + ID_LEN + 1..]),
+            format!("{}0", key.as_str()),
+            format!("{}-{}", &key[..id_at + 3], &key[id_at + 4..]),
+        ] {
+            assert_eq!(f.parse(&shape).unwrap_err(), FormatError::WrongShape, "{shape}");
+        }
     }
 
     #[test]

@@ -118,7 +118,10 @@ impl LocalCache {
     /// dropped it, so if any invalidation happened since, the entry is dropped again: either that
     /// invalidation's removal comes after this insert, or this check sees its bump.
     fn insert(&self, record: &Arc<ApiKeyRecord>, generation: u64) {
-        let Some(id) = KeyId::new(&record.id) else { return };
+        let Some(id) = KeyId::new(&record.id) else {
+            tracing::debug!(key_id = ?record.id, "not cached: no presented key can have this id");
+            return;
+        };
         self.entries.insert(id, (Instant::now(), record.clone()));
         if self.generation() != generation {
             self.entries.remove(&id);
@@ -609,5 +612,6 @@ mod tests {
         slow.held_lookups.as_ref().unwrap().notify_one();
         let now = cache.lookup(&key.id).await.unwrap().unwrap();
         assert!(now.revoked_at.is_some());
+        assert!(cache.cached(&key.id).is_some(), "a lookup after the revocation caches the key");
     }
 }
