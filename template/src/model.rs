@@ -408,6 +408,33 @@ pub fn random_id() -> String {
     hex::encode(random)
 }
 
+/// A key's public id, held inline rather than as a pointer to a string elsewhere: maps keyed by it
+/// find an entry without a second memory access, which with many keys in use is a cache miss per
+/// lookup (steps 4 and 7 of the hot path in docs/src/performance.md).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; KeyId::LEN]);
+
+impl KeyId {
+    /// The length of every id this service mints.
+    pub const LEN: usize = 12;
+
+    /// `None` unless `id` is [`KeyId::LEN`] bytes long, the only length a presented key's id can
+    /// have.
+    pub fn new(id: &str) -> Option<Self> {
+        id.as_bytes().try_into().ok().map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("a KeyId is made from a whole str")
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// The stored digest of a key (SHA-256, or HMAC-SHA256 under the pepper), written as 64 hex digits.
 /// Only [`StoredRecord`] writes one out, so nothing else can serialise a digest by accident.
 #[derive(Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -14,11 +14,11 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::ApiKey;
 use super::audit::FailureAudit;
-use super::key_format::{KeyFormat, KeyId, ParsedKey};
+use super::key_format::{KeyFormat, ParsedKey};
 use super::throttle::FailureLimits;
 use super::usage::UsageTracker;
 use crate::metrics::metrics;
-use crate::model::ApiKeyRecord;
+use crate::model::{ApiKeyRecord, KeyId};
 use crate::store::{Backend, StoreError};
 
 /// Why a request is not authenticated. Clients see only [`AuthError::code`] and the status.

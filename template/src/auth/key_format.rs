@@ -18,9 +18,9 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
-use crate::model::KeyHash;
+use crate::model::{KeyHash, KeyId};
 
-pub const ID_LEN: usize = 12;
+pub const ID_LEN: usize = KeyId::LEN;
 pub const SECRET_LEN: usize = 43;
 pub const CHECKSUM_LEN: usize = 6;
 
@@ -48,29 +48,6 @@ impl std::fmt::Debug for MintedKey {
             .field("id", &self.id)
             .field("key", &"<redacted>")
             .finish_non_exhaustive()
-    }
-}
-
-/// A key's public id, held inline rather than as a pointer to a string elsewhere: maps keyed by it
-/// find an entry without a second memory access, which with many keys in use is a cache miss per
-/// lookup (steps 4 and 7 of the hot path in docs/src/performance.md).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyId([u8; ID_LEN]);
-
-impl KeyId {
-    /// `None` unless `id` is [`ID_LEN`] bytes long, the only length a presented key's id can have.
-    pub fn new(id: &str) -> Option<Self> {
-        id.as_bytes().try_into().ok().map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("a KeyId is made from a whole str or from base62")
-    }
-}
-
-impl std::fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -190,7 +167,10 @@ impl KeyFormat {
         if !is_base62(id) || !is_base62(secret) {
             return Err(FormatError::WrongShape);
         }
-        Ok(ParsedKey { id: KeyId(*id), whole })
+        // Base62 is ASCII and the id has its length, so this cannot fail.
+        let id =
+            std::str::from_utf8(id).ok().and_then(KeyId::new).ok_or(FormatError::WrongShape)?;
+        Ok(ParsedKey { id, whole })
     }
 
     /// Whether `text` holds a whole key of this format (checksum included) anywhere in it.

@@ -10,8 +10,8 @@ use foldhash::HashMap;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::key_format::KeyId;
 use crate::metrics::metrics;
+use crate::model::KeyId;
 use crate::store::{Backend, StoreError, Usage};
 
 #[derive(Debug, Default)]

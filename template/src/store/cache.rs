@@ -37,9 +37,8 @@ use tokio::task::AbortHandle;
 use super::feed::{ChangeFeed, Heard, SILENCE, plausible_id};
 use super::quota::Leases;
 use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
-use crate::auth::key_format::KeyId;
 use crate::metrics::metrics;
-use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
+use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent, KeyId};
 
 /// How long an instance trusts its in-process copy of a key while it cannot follow the change feed,
 /// unless configured otherwise.

@@ -17,9 +17,8 @@ use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde_json::json;
 
 use super::{Backend, EventQuery, ListQuery, Purged, QuotaUse, Retention, StoreError, Usage};
-use crate::auth::key_format::ID_LEN;
 use crate::model::{
-    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, KeyHash, NewKey, RateLimit, Refill,
+    ApiKeyRecord, EventAction, KeyChanges, KeyEvent, KeyHash, KeyId, NewKey, RateLimit, Refill,
     RefillInterval, random_id, to_object,
 };
 
@@ -54,7 +53,7 @@ pub fn sample(owner: &str, created_at: DateTime<Utc>) -> ApiKeyRecord {
         ..NewKey::default()
     };
     let created_at = created_at.trunc_subsecs(6);
-    new.into_record(random_id()[..ID_LEN].to_owned(), KeyHash::from([7; 32]), created_at, None)
+    new.into_record(random_id()[..KeyId::LEN].to_owned(), KeyHash::from([7; 32]), created_at, None)
 }
 
 /// An event about `key_id`, as the service records one.
