@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use {{crate_name}}::model::KeyId;
 use {{crate_name}}::store::{Backend, CachedBackend, MemoryBackend, conformance};
 
 #[tokio::test]
@@ -99,7 +100,7 @@ async fn revocation_reaches_other_instances(
     // Following the feed dropped what was cached before it: cache the key again. A copy read while
     // any other key changes is not kept (other tests change keys in the same store), so read again.
     let start = Instant::now();
-    while second.cached(&key.id).is_none() {
+    while second.cached(KeyId::new(&key.id).unwrap()).is_none() {
         assert!(start.elapsed() < Duration::from_secs(5), "the second instance never kept a copy");
         assert!(!is_revoked(&second, &key.id).await);
     }

@@ -232,7 +232,7 @@ impl Authenticator {
         // digest, for a few nanoseconds on every good one.
         parsed.check_checksum().map_err(|_| AuthError::Invalid)?;
         let id = parsed.id();
-        let record = match self.store.cached(id.as_str()) {
+        let record = match self.store.cached(id) {
             Some(record) => record,
             None => self.stored(id.as_str()).await?,
         };

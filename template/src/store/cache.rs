@@ -77,8 +77,8 @@ impl LocalCache {
         }
     }
 
-    fn get(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
-        let (read_at, record) = self.entries.get(&KeyId::new(id)?)?;
+    fn get(&self, id: KeyId) -> Option<Arc<ApiKeyRecord>> {
+        let (read_at, record) = self.entries.get(&id)?;
         let now = Instant::now();
         let trusted = if self.following(now) { self.lifetime } else { self.ttl };
         (now.duration_since(read_at) < trusted).then_some(record)
@@ -363,7 +363,7 @@ impl Backend for CachedBackend {
         self.caches.leases.in_hand(id)
     }
 
-    fn cached(&self, id: &str) -> Option<Arc<ApiKeyRecord>> {
+    fn cached(&self, id: KeyId) -> Option<Arc<ApiKeyRecord>> {
         // Only hits are counted here: a miss is counted by the `lookup` that follows it.
         let cached = self.caches.local.as_ref()?.get(id)?;
         metrics().key_cache("local", true);
@@ -373,7 +373,7 @@ impl Backend for CachedBackend {
     async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, StoreError> {
         self.follow_changes();
         let generation = self.caches.local.as_ref().map(LocalCache::generation);
-        if let Some(cached) = self.cached(id) {
+        if let Some(cached) = KeyId::new(id).and_then(|id| self.cached(id)) {
             return Ok(Some(cached));
         }
         if self.caches.local.is_some() {
@@ -560,18 +560,19 @@ mod tests {
         let record = Arc::new(sample("owner", Utc::now()));
         let cache = |record: &Arc<ApiKeyRecord>| local.insert(record, local.generation());
         let id = record.id.clone();
+        let key_id = KeyId::new(&id).unwrap();
 
         caches.hear(Heard::Listening);
         assert!(!local.following(Instant::now()), "not before a heartbeat came back");
         caches.hear(Heard::Alive(Instant::now()));
         cache(&record);
         tokio::time::sleep(Duration::from_millis(80)).await;
-        assert!(local.get(&id).is_some(), "kept past the short TTL while the feed is heard");
+        assert!(local.get(key_id).is_some(), "kept past the short TTL while the feed is heard");
         caches.hear(Heard::Changed(id.clone()));
-        assert!(local.get(&id).is_none(), "dropped when the feed says it changed");
+        assert!(local.get(key_id).is_none(), "dropped when the feed says it changed");
         cache(&record);
         caches.hear(Heard::Changed("~not an id\n".into()));
-        assert!(local.get(&id).is_some(), "payloads that are no key id are ignored");
+        assert!(local.get(key_id).is_some(), "payloads that are no key id are ignored");
         let long_ago = Instant::now() - 2 * SILENCE;
         caches.hear(Heard::Alive(long_ago));
         assert!(local.following(Instant::now()), "a late heartbeat never moves the stamp back");
@@ -579,11 +580,11 @@ mod tests {
         cache(&record);
         tokio::time::sleep(Duration::from_millis(80)).await;
         local.lost();
-        assert!(local.get(&id).is_none(), "without the feed, trusted only for the short TTL");
+        assert!(local.get(key_id).is_none(), "without the feed, trusted only for the short TTL");
         cache(&record);
-        assert!(local.get(&id).is_some(), "fresh copies are still served without the feed");
+        assert!(local.get(key_id).is_some(), "fresh copies are still served without the feed");
         caches.hear(Heard::Listening);
-        assert!(local.get(&id).is_none(), "following again drops what was cached meanwhile");
+        assert!(local.get(key_id).is_none(), "following again drops what was cached meanwhile");
     }
 
     #[tokio::test]
@@ -607,10 +608,16 @@ mod tests {
         let answered = lookup.await.unwrap().unwrap().unwrap();
         assert!(answered.revoked_at.is_none(), "the slow lookup read before the revocation");
 
-        assert!(cache.cached(&key.id).is_none(), "but did not cache what it read");
+        assert!(
+            cache.cached(KeyId::new(&key.id).unwrap()).is_none(),
+            "but did not cache what it read"
+        );
         slow.held_lookups.as_ref().unwrap().notify_one();
         let now = cache.lookup(&key.id).await.unwrap().unwrap();
         assert!(now.revoked_at.is_some());
-        assert!(cache.cached(&key.id).is_some(), "a lookup after the revocation caches the key");
+        assert!(
+            cache.cached(KeyId::new(&key.id).unwrap()).is_some(),
+            "a lookup after the revocation caches the key"
+        );
     }
 }

@@ -18,7 +18,7 @@ pub(crate) mod testing;
 use std::sync::Arc;
 
 use crate::config::{Config, DATABASE_URL_FORMS, store_kind};
-use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
+use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent, KeyId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -150,7 +150,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The key with this id if a copy is held in memory, fresh within the staleness bound, without
     /// any I/O. Only caches answer; the authenticator asks here first and skips work for a hit.
-    fn cached(&self, _id: &str) -> Option<Arc<ApiKeyRecord>> {
+    fn cached(&self, _id: KeyId) -> Option<Arc<ApiKeyRecord>> {
         None
     }
 
