@@ -6,8 +6,8 @@
 //! instance shares one count per key, kept by a Lua script on Redis's clock; otherwise, or while
 //! Redis cannot be reached, each instance counts on its own (`governor`), asking Redis again after a
 //! second. A busy key takes its requests from the shared count in blocks, sized as quota blocks are
-//! ([`Pace`](crate::store::quota::Pace)) but at most a sixteenth of the burst, and held for a
-//! second at most; a refusal is believed until the wait it names is over.
+//! ([`Pace`](crate::store::quota::Pace)) but at most 1,000 and a sixteenth of the burst, and held
+//! for a second at most; a refusal is believed until the wait it names is over.
 //!
 //! Quotas are taken from the store, one use per admitted request ([`Backend::use_quota`]); the
 //! store's cache takes them from the database in blocks and hands them out ([`crate::store::quota`]),
@@ -40,6 +40,10 @@ use tokio::sync::Mutex;
 
 /// How many keys' rate-limit states an instance keeps.
 const CAPACITY: usize = 65_536;
+
+/// The most requests an instance takes from a key's shared rate limit at once.
+#[cfg(feature = "redis")]
+const MAX_BLOCK: u64 = 1000;
 
 /// The longest an instance holds requests taken from a shared rate limit before using them.
 #[cfg(feature = "redis")]
@@ -425,7 +429,7 @@ impl Shared {
         if let Some(verdict) = block.admit(limit) {
             return Ok(verdict);
         }
-        let want = block.pace.next(u64::from(limit.requests / 16));
+        let want = block.pace.next(u64::from(limit.requests / 16).min(MAX_BLOCK));
         let (taken, answer) = self.breaker.call(self.take(account, limit, want)).await?;
         block.left = taken;
         block.pace.took(u64::from(taken));

@@ -2,7 +2,8 @@
 //! block, not one per request.
 //!
 //! An instance admits requests from the uses it holds, and takes the next block (atomically, like a
-//! single use) only when they run out, so instances together never admit more than the quota. It
+//! single use) when half of the last one is gone, so instances together never admit more than the
+//! quota and a busy key's requests do not wait for the store. It
 //! holds uses only while it follows the change feed, which tells it of every change to the key: a
 //! change, a lost feed or a new refill period drops them, so a cut quota binds every instance as a
 //! revocation does. The price, uses lost when dropped or held by an instance that stops, is set out
@@ -21,8 +22,9 @@ use tokio::sync::Mutex;
 use super::{Backend, QuotaUse, StoreError};
 use crate::metrics::metrics;
 
-/// The largest block: the most uses of one key an instance holds.
-pub const MAX_BLOCK: u64 = 1000;
+/// The largest block of a key's quota: about a tenth of a second of a very busy key's requests. An
+/// instance holds at most two (the one in use and the next).
+pub const MAX_BLOCK: u64 = 10_000;
 /// A block used up within this makes the next one twice as large.
 pub const BRISK: Duration = Duration::from_millis(100);
 /// How many keys' blocks an instance keeps.
@@ -39,7 +41,7 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
-    /// The next block's size, at most `fits` (and [`MAX_BLOCK`]).
+    /// The next block's size, at most `fits`.
     pub(crate) fn next(&self, fits: u64) -> u64 {
         let size = match self.age() {
             None => 1,
@@ -47,7 +49,7 @@ impl Pace {
             Some(lasted) if lasted > BRISK * 10 => self.size / 2,
             Some(_) => self.size,
         };
-        size.clamp(1, fits.clamp(1, MAX_BLOCK))
+        size.clamp(1, fits.max(1))
     }
 
     /// A block of `size` was taken just now.
@@ -85,6 +87,8 @@ struct Slot {
     epoch: u64,
     /// `lease.left`, readable without waiting for a block being taken.
     in_hand: AtomicU64,
+    /// Set while a request takes the next block ahead, without the lease's lock.
+    fetching: AtomicBool,
     lease: Mutex<Lease>,
 }
 
@@ -108,6 +112,45 @@ impl Lease {
         slot.in_hand.store(self.left, Ordering::Relaxed);
         self.left + self.store_left.unwrap_or(0)
     }
+
+    /// The size of the next block to ask the store for.
+    fn next_block(&self) -> u64 {
+        self.pace.next(self.store_left.map_or(MAX_BLOCK, |left| (left / 16).min(MAX_BLOCK)))
+    }
+
+    /// Whether the next block should be taken now, ahead: less than half of the last is left, the
+    /// store may have more, and no request is taking it already.
+    fn running_low(&self, slot: &Slot) -> bool {
+        self.left < self.pace.size / 2
+            && self.store_left != Some(0)
+            && self.paused.is_none_or(|(at, _)| at.elapsed() >= PAUSE)
+            && !slot.fetching.load(Ordering::SeqCst)
+    }
+
+    /// Keeps what the store answered to a request for a block: the uses taken, unless the key
+    /// changed meanwhile (`stale`), or a pause after a refusal or a failure.
+    fn receive(&mut self, slot: &Slot, answer: &Result<QuotaUse, StoreError>, stale: bool) {
+        match *answer {
+            Ok(QuotaUse::Taken { taken, remaining }) if !stale => {
+                (self.left, self.store_left, self.paused) =
+                    (self.left + taken, Some(remaining), None);
+                self.pace.took(taken);
+                slot.in_hand.store(self.left, Ordering::Relaxed);
+            }
+            Ok(QuotaUse::Exhausted) => self.paused = Some((Instant::now(), true)),
+            Err(_) => self.paused = Some((Instant::now(), false)),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Clears [`Slot::fetching`] however the request taking the next block ends.
+struct Fetching<'a>(&'a AtomicBool);
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug)]
@@ -125,8 +168,8 @@ impl Default for Leases {
 
 impl Leases {
     /// Takes one use of `id`'s quota from those held, first taking a block from `primary` when none
-    /// are left. Without the change feed (`following` false) nothing is held: the use comes from
-    /// the store.
+    /// are left, and the next block after it when those held run low. Without the change feed
+    /// (`following` false) nothing is held: the use comes from the store.
     pub(super) async fn take(
         &self,
         primary: &dyn Backend,
@@ -148,6 +191,7 @@ impl Leases {
                 dropped: AtomicBool::new(false),
                 epoch,
                 in_hand: AtomicU64::new(0),
+                fetching: AtomicBool::new(false),
                 lease: Mutex::default(),
             })
         });
@@ -171,39 +215,44 @@ impl Leases {
                     Err(StoreError::Unavailable("the quota store failed a moment ago".into()))
                 };
             }
-            let want = lease.pace.next(lease.store_left.map_or(MAX_BLOCK, |left| left / 16));
-            match store(want).await {
+            let answer = store(lease.next_block()).await;
+            let stale = dropped();
+            lease.receive(&slot, &answer, stale);
+            match answer {
                 // The key changed while the block was taken: this request is as one in flight
                 // during the change, but the rest of the block is not kept.
-                Ok(QuotaUse::Taken { remaining, .. }) if dropped() => {
+                Ok(QuotaUse::Taken { remaining, .. }) if stale => {
                     return Ok(QuotaUse::Taken { taken: 1, remaining });
                 }
-                Ok(QuotaUse::Taken { taken, remaining }) => {
-                    (lease.left, lease.store_left, lease.paused) = (taken, Some(remaining), None);
-                    lease.pace.took(taken);
-                }
-                Ok(QuotaUse::Exhausted) => {
-                    lease.paused = Some((Instant::now(), true));
-                    return Ok(QuotaUse::Exhausted);
-                }
-                Ok(QuotaUse::Unlimited) => return Ok(QuotaUse::Unlimited),
-                Err(err) => {
-                    lease.paused = Some((Instant::now(), false));
-                    return Err(err);
-                }
+                Ok(QuotaUse::Taken { .. }) => {}
+                other => return other,
             }
         }
-        Ok(QuotaUse::Taken { taken: 1, remaining: lease.use_one(&slot) })
+        let remaining = lease.use_one(&slot);
+        if !lease.running_low(&slot) || slot.fetching.swap(true, Ordering::SeqCst) {
+            return Ok(QuotaUse::Taken { taken: 1, remaining });
+        }
+        // This request takes the next block while the key's others go on with the uses still held:
+        // holding the lock across the store's round trip would make them all wait for it.
+        let _fetching = Fetching(&slot.fetching);
+        let want = lease.next_block();
+        drop(lease);
+        let answer = store(want).await;
+        let mut lease = slot.lease.lock().await;
+        let stale = dropped() || lease.period != refill_before;
+        lease.receive(&slot, &answer, stale);
+        Ok(QuotaUse::Taken { taken: 1, remaining })
     }
 
     /// Takes one use of `id`'s quota from those held for the refill period `refill_before`, without
-    /// waiting, and answers how many are left: `None` when none are held, or a request is taking
-    /// the next block.
+    /// waiting, and answers how many are left: `None` when none are held, a request is taking the
+    /// first block, or the next block is due (for [`Leases::take`] to take).
     pub(super) fn take_held(&self, id: &str, refill_before: Option<DateTime<Utc>>) -> Option<u64> {
         let slot = self.slots.get(id)?;
         let mut lease = slot.lease.try_lock().ok()?;
         let dropped = slot.dropped.load(Ordering::SeqCst) || slot.epoch != self.epoch();
-        (!dropped && lease.period == refill_before && lease.left > 0).then(|| lease.use_one(&slot))
+        let ready = !dropped && lease.period == refill_before && lease.left > 0;
+        (ready && !lease.running_low(&slot)).then(|| lease.use_one(&slot))
     }
 
     fn epoch(&self) -> u64 {
@@ -237,6 +286,8 @@ mod tests {
     use crate::model::ApiKeyRecord;
     use crate::store::MemoryBackend;
     use crate::store::conformance::{event, sample};
+    use crate::store::testing::FlakyStore;
+    use tokio::sync::Notify;
 
     /// A new key in `store` with a quota of 1,000 uses.
     async fn metered(store: &MemoryBackend) -> ApiKeyRecord {
@@ -285,11 +336,46 @@ mod tests {
         }
         assert_eq!(leases.in_hand(&key.id), 3);
         assert_eq!(leases.take_held(&key.id, Some(Utc::now())), None, "another refill period");
-        for left in [995, 994, 993] {
+        for left in [995, 994] {
             assert_eq!(leases.take_held(&key.id, None), Some(left));
         }
-        assert_eq!(leases.take_held(&key.id, None), None, "the next block is the store's to give");
+        assert_eq!(leases.take_held(&key.id, None), None, "one of four is left: the next is due");
+        let taken = leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap();
+        assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 993 });
         let stored = store.get(&key.id).await.unwrap().unwrap();
-        assert_eq!(stored.remaining, Some(993));
+        assert_eq!(stored.remaining, Some(985), "a block of eight was taken ahead");
+        assert_eq!(leases.in_hand(&key.id), 8);
+        assert_eq!(leases.take_held(&key.id, None), Some(992));
+    }
+
+    #[tokio::test]
+    async fn the_next_block_is_taken_while_the_key_goes_on_with_the_last() {
+        let store = Arc::new(FlakyStore { held_quotas: Some(Notify::new()), ..Default::default() });
+        let key = metered(&store.inner).await;
+        let leases = Arc::new(Leases::default());
+        // Blocks of 1, 2, 4 and 8 from a store that answers at once: nine uses are held.
+        while leases.in_hand(&key.id) < 6 {
+            leases.take(&store.inner, &key.id, None, Utc::now(), true).await.unwrap();
+        }
+        assert_eq!(leases.in_hand(&key.id), 9);
+        while leases.take_held(&key.id, None).is_some() {}
+        assert_eq!(leases.in_hand(&key.id), 3, "less than half of eight: the next block is due");
+
+        let fetch = tokio::spawn({
+            let (store, leases, id) = (store.clone(), leases.clone(), key.id.clone());
+            async move { leases.take(store.as_ref(), &id, None, Utc::now(), true).await }
+        });
+        while leases.in_hand(&key.id) != 2 {
+            tokio::task::yield_now().await;
+        }
+        assert!(leases.take_held(&key.id, None).is_some(), "not kept waiting for the store");
+        assert!(leases.take_held(&key.id, None).is_some());
+        assert_eq!(leases.take_held(&key.id, None), None, "all held uses are gone");
+
+        store.held_quotas.as_ref().unwrap().notify_one();
+        assert!(matches!(fetch.await.unwrap(), Ok(QuotaUse::Taken { taken: 1, .. })));
+        assert_eq!(leases.in_hand(&key.id), 16, "the block taken ahead is held");
+        let stored = store.inner.get(&key.id).await.unwrap().unwrap();
+        assert_eq!(stored.remaining, Some(1000 - 1 - 2 - 4 - 8 - 16));
     }
 }

@@ -19,6 +19,8 @@ pub struct FlakyStore {
     pub inner: MemoryBackend,
     /// When set, a lookup reads at once but answers only once this is notified: a slow query.
     pub held_lookups: Option<Notify>,
+    /// As `held_lookups`, for quota uses.
+    pub held_quotas: Option<Notify>,
     /// How long each usage write takes, as over a network.
     pub usage_delay: Duration,
     /// Whether usage writes fail, as when the database is down.
@@ -82,7 +84,11 @@ impl Backend for FlakyStore {
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
-        self.inner.use_quota(id, want, refill_before, now).await
+        let taken = self.inner.use_quota(id, want, refill_before, now).await;
+        if let Some(held) = &self.held_quotas {
+            held.notified().await;
+        }
+        taken
     }
 
     async fn events(&self, query: &EventQuery) -> Result<Page<KeyEvent>, StoreError> {
