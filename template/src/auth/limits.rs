@@ -41,9 +41,11 @@ use tokio::sync::Mutex;
 /// How many keys' rate-limit states an instance keeps.
 const CAPACITY: usize = 65_536;
 
-/// The most requests an instance takes from a key's shared rate limit at once.
+/// The most requests an instance takes from a key's shared rate limit at once. Smaller than a quota's
+/// largest block: a block held may be used in the window after the one it was counted in, letting
+/// a key past its limit by that much per instance.
 #[cfg(feature = "redis")]
-const MAX_BLOCK: u64 = 1000;
+const MAX_RATE_BLOCK: u64 = 1000;
 
 /// The longest an instance holds requests taken from a shared rate limit before using them.
 #[cfg(feature = "redis")]
@@ -429,7 +431,7 @@ impl Shared {
         if let Some(verdict) = block.admit(limit) {
             return Ok(verdict);
         }
-        let want = block.pace.next(u64::from(limit.requests / 16).min(MAX_BLOCK));
+        let want = block.pace.next(u64::from(limit.requests / 16).min(MAX_RATE_BLOCK));
         let (taken, answer) = self.breaker.call(self.take(account, limit, want)).await?;
         block.left = taken;
         block.pace.took(u64::from(taken));

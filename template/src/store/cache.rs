@@ -477,7 +477,7 @@ impl Backend for CachedBackend {
             return self.primary.use_quota(id, want, refill_before, now).await;
         }
         let following = self.following();
-        self.caches.leases.take(self.primary.as_ref(), id, refill_before, now, following).await
+        self.caches.leases.take(&self.primary, id, refill_before, now, following).await
     }
 
     fn use_held_quota(&self, id: &str, refill_before: Option<DateTime<Utc>>) -> Option<u64> {

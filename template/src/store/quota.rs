@@ -1,15 +1,16 @@
 //! Quota uses taken from the store in blocks, so that a busy metered key costs one store write per
 //! block, not one per request.
 //!
-//! An instance admits requests from the uses it holds, and takes the next block (atomically, like a
-//! single use) when half of the last one is gone, so instances together never admit more than the
-//! quota and a busy key's requests do not wait for the store. It
-//! holds uses only while it follows the change feed, which tells it of every change to the key: a
-//! change, a lost feed or a new refill period drops them, so a cut quota binds every instance as a
-//! revocation does. The price, uses lost when dropped or held by an instance that stops, is set out
+//! An instance admits requests from the uses it holds. Each block leaves the store atomically, like
+//! a single use, so instances together never admit more than the quota. A task takes the next
+//! block once less than half of the last is left, so a busy key's requests never wait for the store.
+//! An instance holds uses only while it follows the change feed, which tells it of every change to
+//! the key: a change, a lost feed or a new refill period drops them, so a cut quota binds every
+//! instance as a revocation does. The price, uses lost when dropped or held by an instance that stops, is set out
 //! in the Quotas section of docs/src/lifecycle.md.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,10 +24,12 @@ use super::{Backend, QuotaUse, StoreError};
 use crate::metrics::metrics;
 
 /// The largest block of a key's quota: about a tenth of a second of a very busy key's requests. An
-/// instance holds at most two (the one in use and the next).
-pub const MAX_BLOCK: u64 = 10_000;
-/// A block used up within this makes the next one twice as large.
-pub const BRISK: Duration = Duration::from_millis(100);
+/// instance holds at most two (the one in use and the next). Smaller blocks cost more than their
+/// store writes suggest: on PostgreSQL, blocks of 1,000 ran a busy key 8 points slower than blocks
+/// of 10,000 (docs/src/performance.md).
+const MAX_BLOCK: u64 = 10_000;
+/// A block's worth of uses taken within this makes the next block twice as large.
+const BRISK: Duration = Duration::from_millis(100);
 /// How many keys' blocks an instance keeps.
 const CAPACITY: usize = 65_536;
 /// How long an exhausted quota or a failing store is taken at its word.
@@ -41,7 +44,7 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
-    /// The next block's size, at most `fits`.
+    /// The next block's size: at least one, at most `fits`.
     pub(crate) fn next(&self, fits: u64) -> u64 {
         let size = match self.age() {
             None => 1,
@@ -87,9 +90,17 @@ struct Slot {
     epoch: u64,
     /// `lease.left`, readable without waiting for a block being taken.
     in_hand: AtomicU64,
-    /// Set while a request takes the next block ahead, without the lease's lock.
+    /// Set while a task takes the next block ahead.
     fetching: AtomicBool,
     lease: Mutex<Lease>,
+}
+
+impl Slot {
+    /// Whether the uses of this slot may belong to a quota that no longer stands: the key changed,
+    /// or the feed was lost since the slot was made (`epoch` is [`Leases::epoch`] now).
+    fn dropped(&self, epoch: u64) -> bool {
+        self.dropped.load(Ordering::SeqCst) || self.epoch != epoch
+    }
 }
 
 #[derive(Debug, Default)]
@@ -118,33 +129,38 @@ impl Lease {
         self.pace.next(self.store_left.map_or(MAX_BLOCK, |left| (left / 16).min(MAX_BLOCK)))
     }
 
-    /// Whether the next block should be taken now, ahead: less than half of the last is left, the
-    /// store may have more, and no request is taking it already.
-    fn running_low(&self, slot: &Slot) -> bool {
+    /// Whether to take the next block now: less than half of the last is left, the store may have
+    /// more and did not just refuse or fail, and no task is taking one already.
+    fn next_block_due(&self, slot: &Slot) -> bool {
         self.left < self.pace.size / 2
             && self.store_left != Some(0)
             && self.paused.is_none_or(|(at, _)| at.elapsed() >= PAUSE)
             && !slot.fetching.load(Ordering::SeqCst)
     }
 
-    /// Keeps what the store answered to a request for a block: the uses taken, unless the key
-    /// changed meanwhile (`stale`), or a pause after a refusal or a failure.
-    fn receive(&mut self, slot: &Slot, answer: &Result<QuotaUse, StoreError>, stale: bool) {
+    /// Keeps what the store answered when asked for a block: the uses taken, or a pause after a
+    /// refusal or a failure. The caller drops an answer given for a key or period that has changed
+    /// since: it says nothing of the quota that stands now.
+    fn keep(&mut self, slot: &Slot, answer: &Result<QuotaUse, StoreError>) {
         match *answer {
-            Ok(QuotaUse::Taken { taken, remaining }) if !stale => {
-                (self.left, self.store_left, self.paused) =
-                    (self.left + taken, Some(remaining), None);
+            Ok(QuotaUse::Taken { taken, remaining }) => {
+                self.left += taken;
+                // A block taken ahead may answer after a later one: the smaller count is newer.
+                self.store_left =
+                    Some(self.store_left.map_or(remaining, |left| left.min(remaining)));
+                self.paused = None;
                 self.pace.took(taken);
                 slot.in_hand.store(self.left, Ordering::Relaxed);
             }
             Ok(QuotaUse::Exhausted) => self.paused = Some((Instant::now(), true)),
             Err(_) => self.paused = Some((Instant::now(), false)),
-            Ok(_) => {}
+            // The quota was lifted: use up what is held, then the store says so.
+            Ok(QuotaUse::Unlimited) => self.store_left = Some(0),
         }
     }
 }
 
-/// Clears [`Slot::fetching`] however the request taking the next block ends.
+/// Clears [`Slot::fetching`] however the task taking the next block ends.
 struct Fetching<'a>(&'a AtomicBool);
 
 impl Drop for Fetching<'_> {
@@ -156,13 +172,14 @@ impl Drop for Fetching<'_> {
 #[derive(Debug)]
 pub(super) struct Leases {
     slots: quick_cache::sync::Cache<String, Arc<Slot>>,
-    /// Bumped by [`Leases::clear`]: slots made before it hold nothing.
-    epoch: AtomicU64,
+    /// Bumped by [`Leases::clear`]: slots made before it hold nothing. Shared with the tasks taking
+    /// blocks ahead.
+    epoch: Arc<AtomicU64>,
 }
 
 impl Default for Leases {
     fn default() -> Self {
-        Self { slots: quick_cache::sync::Cache::new(CAPACITY), epoch: AtomicU64::new(0) }
+        Self { slots: quick_cache::sync::Cache::new(CAPACITY), epoch: Arc::default() }
     }
 }
 
@@ -172,7 +189,7 @@ impl Leases {
     /// (`following` false) nothing is held: the use comes from the store.
     pub(super) async fn take(
         &self,
-        primary: &dyn Backend,
+        primary: &Arc<dyn Backend>,
         id: &str,
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
@@ -195,7 +212,7 @@ impl Leases {
                 lease: Mutex::default(),
             })
         });
-        let dropped = || slot.dropped.load(Ordering::SeqCst) || slot.epoch != self.epoch();
+        let dropped = || slot.dropped(self.epoch());
         let mut lease = slot.lease.lock().await;
         // Around midnight, requests on either side may arrive in any order: a block belongs to the
         // newest period seen, and a request dated before it goes to the store alone.
@@ -216,32 +233,57 @@ impl Leases {
                 };
             }
             let answer = store(lease.next_block()).await;
-            let stale = dropped();
-            lease.receive(&slot, &answer, stale);
             match answer {
                 // The key changed while the block was taken: this request is as one in flight
                 // during the change, but the rest of the block is not kept.
-                Ok(QuotaUse::Taken { remaining, .. }) if stale => {
+                Ok(QuotaUse::Taken { remaining, .. }) if dropped() => {
                     return Ok(QuotaUse::Taken { taken: 1, remaining });
                 }
-                Ok(QuotaUse::Taken { .. }) => {}
-                other => return other,
+                Ok(QuotaUse::Taken { .. }) => lease.keep(&slot, &answer),
+                other => {
+                    lease.keep(&slot, &other);
+                    return other;
+                }
             }
         }
         let remaining = lease.use_one(&slot);
-        if !lease.running_low(&slot) || slot.fetching.swap(true, Ordering::SeqCst) {
-            return Ok(QuotaUse::Taken { taken: 1, remaining });
+        if lease.next_block_due(&slot) {
+            slot.fetching.store(true, Ordering::SeqCst);
+            let want = lease.next_block();
+            tokio::spawn(self.take_ahead(
+                primary.clone(),
+                slot.clone(),
+                id,
+                want,
+                refill_before,
+                now,
+            ));
         }
-        // This request takes the next block while the key's others go on with the uses still held:
-        // holding the lock across the store's round trip would make them all wait for it.
-        let _fetching = Fetching(&slot.fetching);
-        let want = lease.next_block();
-        drop(lease);
-        let answer = store(want).await;
-        let mut lease = slot.lease.lock().await;
-        let stale = dropped() || lease.period != refill_before;
-        lease.receive(&slot, &answer, stale);
         Ok(QuotaUse::Taken { taken: 1, remaining })
+    }
+
+    /// Takes the next block of `slot`'s key while its requests go on with the uses still held: a
+    /// task of its own, so that no request waits for the store's answer, and a client that goes
+    /// away cannot drop a block the store has handed out.
+    fn take_ahead(
+        &self,
+        primary: Arc<dyn Backend>,
+        slot: Arc<Slot>,
+        id: &str,
+        want: u64,
+        refill_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (epoch, id) = (self.epoch.clone(), id.to_owned());
+        async move {
+            let _fetching = Fetching(&slot.fetching);
+            metrics().storage_operation("use_quota");
+            let answer = primary.use_quota(&id, want, refill_before, now).await;
+            let mut lease = slot.lease.lock().await;
+            if !slot.dropped(epoch.load(Ordering::SeqCst)) && lease.period == refill_before {
+                lease.keep(&slot, &answer);
+            }
+        }
     }
 
     /// Takes one use of `id`'s quota from those held for the refill period `refill_before`, without
@@ -250,9 +292,8 @@ impl Leases {
     pub(super) fn take_held(&self, id: &str, refill_before: Option<DateTime<Utc>>) -> Option<u64> {
         let slot = self.slots.get(id)?;
         let mut lease = slot.lease.try_lock().ok()?;
-        let dropped = slot.dropped.load(Ordering::SeqCst) || slot.epoch != self.epoch();
-        let ready = !dropped && lease.period == refill_before && lease.left > 0;
-        (ready && !lease.running_low(&slot)).then(|| lease.use_one(&slot))
+        let ready = !slot.dropped(self.epoch()) && lease.period == refill_before && lease.left > 0;
+        (ready && !lease.next_block_due(&slot)).then(|| lease.use_one(&slot))
     }
 
     fn epoch(&self) -> u64 {
@@ -283,57 +324,70 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ApiKeyRecord;
+    use crate::model::{ApiKeyRecord, Refill, RefillInterval};
     use crate::store::MemoryBackend;
     use crate::store::conformance::{event, sample};
     use crate::store::testing::FlakyStore;
-    use tokio::sync::Notify;
 
-    /// A new key in `store` with a quota of 1,000 uses.
-    async fn metered(store: &MemoryBackend) -> ApiKeyRecord {
+    /// A new key in `store` with a quota of 1,000 uses, refilled daily, last an hour ago.
+    async fn metered(store: &dyn Backend) -> ApiKeyRecord {
         let mut key = sample("owner", Utc::now());
         key.remaining = Some(1000);
+        key.refill = Some(Refill { interval: RefillInterval::Daily, amount: 1000 });
+        key.refilled_at = Some(Utc::now() - chrono::Duration::hours(1));
         store.insert(&key, &event(&key.id)).await.unwrap();
         key
     }
 
+    /// Lets the tasks taking blocks ahead finish, where the store answers at once.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Takes `n` uses of `id`, letting blocks taken ahead arrive after each.
+    async fn take(leases: &Leases, store: &Arc<dyn Backend>, id: &str, n: usize) {
+        for _ in 0..n {
+            leases.take(store, id, None, Utc::now(), true).await.unwrap();
+            settle().await;
+        }
+    }
+
     #[tokio::test]
     async fn busy_keys_take_growing_blocks_and_never_more_than_there_is() {
-        let store = MemoryBackend::default();
-        let key = metered(&store).await;
+        let store: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let key = metered(store.as_ref()).await;
         let leases = Leases::default();
         let mut admitted = 0;
         while let QuotaUse::Taken { .. } =
             leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap()
         {
             admitted += 1;
+            settle().await;
         }
         assert_eq!(admitted, 1000, "every use, and not one more");
         let stored = store.get(&key.id).await.unwrap().unwrap();
         assert_eq!(stored.remaining, Some(0));
 
-        let key = metered(&store).await;
-        for _ in 0..100 {
-            leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap();
-        }
+        let key = metered(store.as_ref()).await;
+        take(&leases, &store, &key.id, 100).await;
         let left = store.get(&key.id).await.unwrap().unwrap().remaining.unwrap();
         let in_hand = leases.in_hand(&key.id);
         assert_eq!(left + in_hand, 900, "what the store has and what is in hand");
-        assert!(in_hand <= MAX_BLOCK && left < 900, "blocks grew: {left} left, {in_hand} in hand");
+        assert!(in_hand <= 2 * MAX_BLOCK && left < 900, "blocks grew: {left} left, {in_hand} held");
         leases.forget(&key.id);
         assert_eq!(leases.in_hand(&key.id), 0);
     }
 
     #[tokio::test]
-    async fn held_uses_are_taken_at_once_until_they_run_out() {
-        let store = MemoryBackend::default();
-        let key = metered(&store).await;
+    async fn held_uses_are_taken_at_once_until_they_run_low() {
+        let store: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        let key = metered(store.as_ref()).await;
         let leases = Leases::default();
         assert_eq!(leases.take_held(&key.id, None), None, "nothing is held before a block");
         // Blocks of 1, 2 and 4: three uses of the last are held, 993 are left in the store.
-        for _ in 0..4 {
-            leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap();
-        }
+        take(&leases, &store, &key.id, 4).await;
         assert_eq!(leases.in_hand(&key.id), 3);
         assert_eq!(leases.take_held(&key.id, Some(Utc::now())), None, "another refill period");
         for left in [995, 994] {
@@ -342,40 +396,70 @@ mod tests {
         assert_eq!(leases.take_held(&key.id, None), None, "one of four is left: the next is due");
         let taken = leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap();
         assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 993 });
+        settle().await;
         let stored = store.get(&key.id).await.unwrap().unwrap();
         assert_eq!(stored.remaining, Some(985), "a block of eight was taken ahead");
         assert_eq!(leases.in_hand(&key.id), 8);
         assert_eq!(leases.take_held(&key.id, None), Some(992));
     }
 
+    /// Blocks of 1, 2, 4 and 8 from `store`, the last taken ahead, used down to the three left
+    /// when the next is due.
+    async fn due(leases: &Leases, store: &Arc<FlakyStore>, id: &str) {
+        let primary: Arc<dyn Backend> = store.clone();
+        take(leases, &primary, id, 6).await;
+        assert_eq!(leases.in_hand(id), 9);
+        while leases.take_held(id, None).is_some() {}
+        assert_eq!(leases.in_hand(id), 3, "less than half of eight: the next block is due");
+    }
+
     #[tokio::test]
     async fn the_next_block_is_taken_while_the_key_goes_on_with_the_last() {
-        let store = Arc::new(FlakyStore { held_quotas: Some(Notify::new()), ..Default::default() });
+        let store = Arc::new(FlakyStore::default());
         let key = metered(&store.inner).await;
-        let leases = Arc::new(Leases::default());
-        // Blocks of 1, 2, 4 and 8 from a store that answers at once: nine uses are held.
-        while leases.in_hand(&key.id) < 6 {
-            leases.take(&store.inner, &key.id, None, Utc::now(), true).await.unwrap();
-        }
-        assert_eq!(leases.in_hand(&key.id), 9);
-        while leases.take_held(&key.id, None).is_some() {}
-        assert_eq!(leases.in_hand(&key.id), 3, "less than half of eight: the next block is due");
+        let leases = Leases::default();
+        due(&leases, &store, &key.id).await;
 
-        let fetch = tokio::spawn({
-            let (store, leases, id) = (store.clone(), leases.clone(), key.id.clone());
-            async move { leases.take(store.as_ref(), &id, None, Utc::now(), true).await }
-        });
-        while leases.in_hand(&key.id) != 2 {
-            tokio::task::yield_now().await;
-        }
-        assert!(leases.take_held(&key.id, None).is_some(), "not kept waiting for the store");
+        store.hold_quotas.store(true, Ordering::SeqCst);
+        let primary: Arc<dyn Backend> = store.clone();
+        let taken = leases.take(&primary, &key.id, None, Utc::now(), true).await.unwrap();
+        assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 2 + 985 }, "not kept waiting");
+        settle().await;
+        assert!(leases.take_held(&key.id, None).is_some(), "the lock is free meanwhile");
         assert!(leases.take_held(&key.id, None).is_some());
         assert_eq!(leases.take_held(&key.id, None), None, "all held uses are gone");
 
-        store.held_quotas.as_ref().unwrap().notify_one();
-        assert!(matches!(fetch.await.unwrap(), Ok(QuotaUse::Taken { taken: 1, .. })));
+        store.quotas_released.notify_one();
+        settle().await;
         assert_eq!(leases.in_hand(&key.id), 16, "the block taken ahead is held");
         let stored = store.inner.get(&key.id).await.unwrap().unwrap();
         assert_eq!(stored.remaining, Some(1000 - 1 - 2 - 4 - 8 - 16));
+    }
+
+    #[tokio::test]
+    async fn a_block_taken_ahead_is_not_kept_for_a_later_period() {
+        let store = Arc::new(FlakyStore::default());
+        let key = metered(&store.inner).await;
+        let leases = Leases::default();
+        due(&leases, &store, &key.id).await;
+        // Another instance takes what is left: the block taken ahead will be refused.
+        while let Ok(QuotaUse::Taken { .. }) =
+            store.inner.use_quota(&key.id, 1, None, Utc::now()).await
+        {}
+
+        store.hold_quotas.store(true, Ordering::SeqCst);
+        let primary: Arc<dyn Backend> = store.clone();
+        leases.take(&primary, &key.id, None, Utc::now(), true).await.unwrap();
+        settle().await;
+        // Midnight passes while the store's refusal is on its way: the next period is refilled.
+        store.hold_quotas.store(false, Ordering::SeqCst);
+        let midnight = Some(Utc::now());
+        let taken = leases.take(&primary, &key.id, midnight, Utc::now(), true).await.unwrap();
+        assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 999 });
+        store.quotas_released.notify_one();
+        settle().await;
+
+        let taken = leases.take(&primary, &key.id, midnight, Utc::now(), true).await.unwrap();
+        assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 998 }, "the refusal was stale");
     }
 }

@@ -2,6 +2,7 @@
 //! real database where a test needs them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,8 +20,10 @@ pub struct FlakyStore {
     pub inner: MemoryBackend,
     /// When set, a lookup reads at once but answers only once this is notified: a slow query.
     pub held_lookups: Option<Notify>,
-    /// As `held_lookups`, for quota uses.
-    pub held_quotas: Option<Notify>,
+    /// While set, a quota use is taken at once but answered only once `quotas_released` is
+    /// notified.
+    pub hold_quotas: AtomicBool,
+    pub quotas_released: Notify,
     /// How long each usage write takes, as over a network.
     pub usage_delay: Duration,
     /// Whether usage writes fail, as when the database is down.
@@ -85,8 +88,8 @@ impl Backend for FlakyStore {
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
         let taken = self.inner.use_quota(id, want, refill_before, now).await;
-        if let Some(held) = &self.held_quotas {
-            held.notified().await;
+        if self.hold_quotas.load(Ordering::SeqCst) {
+            self.quotas_released.notified().await;
         }
         taken
     }
