@@ -161,8 +161,9 @@ impl CachedBackend {
     /// An in-process cache in front of `primary`, with entries trusted as [`DEFAULT_LIFETIME`] and
     /// [`DEFAULT_LOCAL_TTL`] say.
     pub fn new(primary: Arc<dyn Backend>) -> Self {
-        let caches = Caches::new(Some(LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL)));
+        let mut caches = Caches::new(Some(LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL)));
         let runtime = tokio::runtime::Handle::try_current().ok();
+        caches.leases = Leases::on(runtime.clone());
         Self { primary, caches: Arc::new(caches), follower: OnceLock::new(), runtime }
     }
 

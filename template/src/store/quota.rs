@@ -3,14 +3,14 @@
 //!
 //! An instance admits requests from the uses it holds. Each block leaves the store atomically, like
 //! a single use, so instances together never admit more than the quota. A task takes the next
-//! block once less than half of the last is left, so a busy key's requests never wait for the store.
+//! block once less than half of the last is left, so a busy key's requests rarely wait for the
+//! store.
 //! An instance holds uses only while it follows the change feed, which tells it of every change to
 //! the key: a change, a lost feed or a new refill period drops them, so a cut quota binds every
 //! instance as a revocation does. The price, uses lost when dropped or held by an instance that stops, is set out
 //! in the Quotas section of docs/src/lifecycle.md.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use super::{Backend, QuotaUse, StoreError};
 use crate::metrics::metrics;
 
 /// The largest block of a key's quota: about a tenth of a second of a very busy key's requests. An
-/// instance holds at most two (the one in use and the next). Smaller blocks cost more than their
+/// instance holds at most two: one taken ahead, and one taken when the uses ran out before it came. Smaller blocks cost more than their
 /// store writes suggest: on PostgreSQL, blocks of 1,000 ran a busy key 8 points slower than blocks
 /// of 10,000 (docs/src/performance.md).
 const MAX_BLOCK: u64 = 10_000;
@@ -160,12 +160,13 @@ impl Lease {
     }
 }
 
-/// Clears [`Slot::fetching`] however the task taking the next block ends.
-struct Fetching<'a>(&'a AtomicBool);
+/// The slot whose next block a task takes: clears [`Slot::fetching`] however the task ends, even
+/// dropped before it ran.
+struct Fetching(Arc<Slot>);
 
-impl Drop for Fetching<'_> {
+impl Drop for Fetching {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.0.fetching.store(false, Ordering::SeqCst);
     }
 }
 
@@ -175,17 +176,26 @@ pub(super) struct Leases {
     /// Bumped by [`Leases::clear`]: slots made before it hold nothing. Shared with the tasks taking
     /// blocks ahead.
     epoch: Arc<AtomicU64>,
+    /// Where blocks are taken ahead: not a server worker's runtime, which ends when the worker
+    /// does. The caller's when `None`.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for Leases {
     fn default() -> Self {
-        Self { slots: quick_cache::sync::Cache::new(CAPACITY), epoch: Arc::default() }
+        Self::on(None)
     }
 }
 
 impl Leases {
+    /// Leases whose blocks are taken ahead on `runtime`.
+    pub(super) fn on(runtime: Option<tokio::runtime::Handle>) -> Self {
+        let slots = quick_cache::sync::Cache::new(CAPACITY);
+        Self { slots, epoch: Arc::default(), runtime }
+    }
+
     /// Takes one use of `id`'s quota from those held, first taking a block from `primary` when none
-    /// are left, and the next block after it when those held run low. Without the change feed
+    /// are left, and starting a task to take the next when those held run low. Without the change feed
     /// (`following` false) nothing is held: the use comes from the store.
     pub(super) async fn take(
         &self,
@@ -214,9 +224,14 @@ impl Leases {
         });
         let dropped = || slot.dropped(self.epoch());
         let mut lease = slot.lease.lock().await;
+        if dropped() {
+            // Made just as the feed was lost, or the key changed: the next request makes a new one.
+            self.slots.remove_if(id, |cached| Arc::ptr_eq(cached, &slot));
+            return store(1).await;
+        }
         // Around midnight, requests on either side may arrive in any order: a block belongs to the
         // newest period seen, and a request dated before it goes to the store alone.
-        if dropped() || refill_before < lease.period {
+        if refill_before < lease.period {
             return store(1).await;
         }
         if refill_before != lease.period {
@@ -250,14 +265,11 @@ impl Leases {
         if lease.next_block_due(&slot) {
             slot.fetching.store(true, Ordering::SeqCst);
             let want = lease.next_block();
-            tokio::spawn(self.take_ahead(
-                primary.clone(),
-                slot.clone(),
-                id,
-                want,
-                refill_before,
-                now,
-            ));
+            let task = self.take_ahead(primary.clone(), slot.clone(), id, want, refill_before, now);
+            drop(match &self.runtime {
+                Some(runtime) => runtime.spawn(task),
+                None => tokio::spawn(task),
+            });
         }
         Ok(QuotaUse::Taken { taken: 1, remaining })
     }
@@ -274,21 +286,21 @@ impl Leases {
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let (epoch, id) = (self.epoch.clone(), id.to_owned());
+        let (epoch, id, fetching) = (self.epoch.clone(), id.to_owned(), Fetching(slot));
         async move {
-            let _fetching = Fetching(&slot.fetching);
+            let slot = &fetching.0;
             metrics().storage_operation("use_quota");
             let answer = primary.use_quota(&id, want, refill_before, now).await;
             let mut lease = slot.lease.lock().await;
             if !slot.dropped(epoch.load(Ordering::SeqCst)) && lease.period == refill_before {
-                lease.keep(&slot, &answer);
+                lease.keep(slot, &answer);
             }
         }
     }
 
     /// Takes one use of `id`'s quota from those held for the refill period `refill_before`, without
-    /// waiting, and answers how many are left: `None` when none are held, a request is taking the
-    /// first block, or the next block is due (for [`Leases::take`] to take).
+    /// waiting, and answers how many are left: `None` when none are held, the lease is busy (a
+    /// request is taking a block under its lock), or the next block is due (for [`Leases::take`]).
     pub(super) fn take_held(&self, id: &str, refill_before: Option<DateTime<Utc>>) -> Option<u64> {
         let slot = self.slots.get(id)?;
         let mut lease = slot.lease.try_lock().ok()?;
@@ -324,7 +336,7 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ApiKeyRecord, Refill, RefillInterval};
+    use crate::model::{ApiKeyRecord, KeyChanges, Refill, RefillInterval};
     use crate::store::MemoryBackend;
     use crate::store::conformance::{event, sample};
     use crate::store::testing::FlakyStore;
@@ -403,7 +415,7 @@ mod tests {
         assert_eq!(leases.take_held(&key.id, None), Some(992));
     }
 
-    /// Blocks of 1, 2, 4 and 8 from `store`, the last taken ahead, used down to the three left
+    /// Blocks of 1, 2, 4 and 8 from `store` (the last two taken ahead), used down to the three left
     /// when the next is due.
     async fn due(leases: &Leases, store: &Arc<FlakyStore>, id: &str) {
         let primary: Arc<dyn Backend> = store.clone();
@@ -422,8 +434,10 @@ mod tests {
 
         store.hold_quotas.store(true, Ordering::SeqCst);
         let primary: Arc<dyn Backend> = store.clone();
-        let taken = leases.take(&primary, &key.id, None, Utc::now(), true).await.unwrap();
-        assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 2 + 985 }, "not kept waiting");
+        let taken = leases.take(&primary, &key.id, None, Utc::now(), true);
+        let taken =
+            tokio::time::timeout(Duration::from_secs(5), taken).await.expect("not kept waiting");
+        assert_eq!(taken.unwrap(), QuotaUse::Taken { taken: 1, remaining: 2 + 985 });
         settle().await;
         assert!(leases.take_held(&key.id, None).is_some(), "the lock is free meanwhile");
         assert!(leases.take_held(&key.id, None).is_some());
@@ -449,7 +463,11 @@ mod tests {
 
         store.hold_quotas.store(true, Ordering::SeqCst);
         let primary: Arc<dyn Backend> = store.clone();
-        leases.take(&primary, &key.id, None, Utc::now(), true).await.unwrap();
+        let taken = leases.take(&primary, &key.id, None, Utc::now(), true);
+        tokio::time::timeout(Duration::from_secs(5), taken)
+            .await
+            .expect("not kept waiting")
+            .unwrap();
         settle().await;
         // Midnight passes while the store's refusal is on its way: the next period is refilled.
         store.hold_quotas.store(false, Ordering::SeqCst);
@@ -461,5 +479,24 @@ mod tests {
 
         let taken = leases.take(&primary, &key.id, midnight, Utc::now(), true).await.unwrap();
         assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 998 }, "the refusal was stale");
+    }
+
+    #[tokio::test]
+    async fn a_lifted_quota_stops_taking_ahead() {
+        let store = Arc::new(FlakyStore::default());
+        let key = metered(&store.inner).await;
+        let leases = Leases::default();
+        due(&leases, &store, &key.id).await;
+        // The quota is lifted; the change has not reached this instance yet.
+        let lifted = KeyChanges { remaining: Some(None), refill: Some(None), ..Default::default() };
+        store.inner.update(&key.id, &lifted, &event(&key.id)).await.unwrap();
+
+        let primary: Arc<dyn Backend> = store.clone();
+        leases.take(&primary, &key.id, None, Utc::now(), true).await.unwrap();
+        settle().await;
+        assert_eq!(leases.take_held(&key.id, None), Some(1), "the held uses go on, none ahead");
+        assert_eq!(leases.take_held(&key.id, None), Some(0));
+        let taken = leases.take(&primary, &key.id, None, Utc::now(), true).await.unwrap();
+        assert_eq!(taken, QuotaUse::Unlimited, "then the store says so");
     }
 }
