@@ -5,10 +5,11 @@
 //! a single use, so instances together never admit more than the quota. A task takes the next
 //! block once less than half of the last is left, so a busy key's requests rarely wait for the
 //! store.
+//!
 //! An instance holds uses only while it follows the change feed, which tells it of every change to
 //! the key: a change, a lost feed or a new refill period drops them, so a cut quota binds every
-//! instance as a revocation does. The price, uses lost when dropped or held by an instance that stops, is set out
-//! in the Quotas section of docs/src/lifecycle.md.
+//! instance as a revocation does. The price, uses lost when dropped or held by an instance that
+//! stops, is set out in the Quotas section of docs/src/lifecycle.md.
 
 use std::convert::Infallible;
 use std::hash::Hash;
@@ -24,9 +25,9 @@ use super::{Backend, QuotaUse, StoreError};
 use crate::metrics::metrics;
 
 /// The largest block of a key's quota: about a tenth of a second of a very busy key's requests. An
-/// instance holds at most two: one taken ahead, and one taken when the uses ran out before it came. Smaller blocks cost more than their
-/// store writes suggest: on PostgreSQL, blocks of 1,000 ran a busy key 8 points slower than blocks
-/// of 10,000 (docs/src/performance.md).
+/// instance holds at most two: one taken ahead, and one taken when the uses ran out before it came.
+/// Smaller blocks cost more than their store writes suggest: on PostgreSQL, blocks of 1,000 ran a
+/// busy key 8 points slower than blocks of 10,000 (docs/src/performance.md).
 const MAX_BLOCK: u64 = 10_000;
 /// A block's worth of uses taken within this makes the next block twice as large.
 const BRISK: Duration = Duration::from_millis(100);
@@ -195,8 +196,8 @@ impl Leases {
     }
 
     /// Takes one use of `id`'s quota from those held, first taking a block from `primary` when none
-    /// are left, and starting a task to take the next when those held run low. Without the change feed
-    /// (`following` false) nothing is held: the use comes from the store.
+    /// are left, and starting a task to take the next when those held run low. Without the change
+    /// feed (`following` false) nothing is held: the use comes from the store.
     pub(super) async fn take(
         &self,
         primary: &Arc<dyn Backend>,
@@ -227,11 +228,13 @@ impl Leases {
         if dropped() {
             // Made just as the feed was lost, or the key changed: the next request makes a new one.
             self.slots.remove_if(id, |cached| Arc::ptr_eq(cached, &slot));
+            drop(lease);
             return store(1).await;
         }
         // Around midnight, requests on either side may arrive in any order: a block belongs to the
         // newest period seen, and a request dated before it goes to the store alone.
         if refill_before < lease.period {
+            drop(lease);
             return store(1).await;
         }
         if refill_before != lease.period {
@@ -299,8 +302,9 @@ impl Leases {
     }
 
     /// Takes one use of `id`'s quota from those held for the refill period `refill_before`, without
-    /// waiting, and answers how many are left: `None` when none are held, the lease is busy (a
-    /// request is taking a block under its lock), or the next block is due (for [`Leases::take`]).
+    /// waiting, and answers how many are left: `None` when none are held for this key and period,
+    /// the lease is busy (a block is being taken or kept), or the next block is due (for
+    /// [`Leases::take`]).
     pub(super) fn take_held(&self, id: &str, refill_before: Option<DateTime<Utc>>) -> Option<u64> {
         let slot = self.slots.get(id)?;
         let mut lease = slot.lease.try_lock().ok()?;
@@ -322,8 +326,9 @@ impl Leases {
     pub(super) fn forget(&self, id: &str) {
         if let Some(slot) = self.slots.get(id) {
             slot.dropped.store(true, Ordering::SeqCst);
+            // Only this slot: one made since then holds uses taken after the change.
+            self.slots.remove_if(id, |cached| Arc::ptr_eq(cached, &slot));
         }
-        self.slots.remove(id);
     }
 
     /// Drops every use held: the change feed was lost, or followed again after a loss.
@@ -415,55 +420,50 @@ mod tests {
         assert_eq!(leases.take_held(&key.id, None), Some(992));
     }
 
-    /// Blocks of 1, 2, 4 and 8 from `store` (the last two taken ahead), used down to the three left
-    /// when the next is due.
-    async fn due(leases: &Leases, store: &Arc<FlakyStore>, id: &str) {
-        let primary: Arc<dyn Backend> = store.clone();
-        take(leases, &primary, id, 6).await;
-        assert_eq!(leases.in_hand(id), 9);
-        while leases.take_held(id, None).is_some() {}
-        assert_eq!(leases.in_hand(id), 3, "less than half of eight: the next block is due");
+    /// A metered key in a [`FlakyStore`] (also given as the primary), taken in blocks of 1, 2, 4
+    /// and 8 (the last two taken ahead) and used down to the three left when the next is due.
+    async fn due() -> (Leases, Arc<FlakyStore>, Arc<dyn Backend>, String) {
+        let store = Arc::new(FlakyStore::default());
+        let id = metered(&store.inner).await.id;
+        let (leases, primary): (_, Arc<dyn Backend>) = (Leases::default(), store.clone());
+        take(&leases, &primary, &id, 6).await;
+        assert_eq!(leases.in_hand(&id), 9);
+        while leases.take_held(&id, None).is_some() {}
+        assert_eq!(leases.in_hand(&id), 3, "less than half of eight: the next block is due");
+        (leases, store, primary, id)
     }
 
     #[tokio::test]
     async fn the_next_block_is_taken_while_the_key_goes_on_with_the_last() {
-        let store = Arc::new(FlakyStore::default());
-        let key = metered(&store.inner).await;
-        let leases = Leases::default();
-        due(&leases, &store, &key.id).await;
+        let (leases, store, primary, id) = due().await;
 
         store.hold_quotas.store(true, Ordering::SeqCst);
-        let primary: Arc<dyn Backend> = store.clone();
-        let taken = leases.take(&primary, &key.id, None, Utc::now(), true);
+        let taken = leases.take(&primary, &id, None, Utc::now(), true);
         let taken =
             tokio::time::timeout(Duration::from_secs(5), taken).await.expect("not kept waiting");
         assert_eq!(taken.unwrap(), QuotaUse::Taken { taken: 1, remaining: 2 + 985 });
         settle().await;
-        assert!(leases.take_held(&key.id, None).is_some(), "the lock is free meanwhile");
-        assert!(leases.take_held(&key.id, None).is_some());
-        assert_eq!(leases.take_held(&key.id, None), None, "all held uses are gone");
+        assert!(leases.take_held(&id, None).is_some(), "the lock is free meanwhile");
+        assert!(leases.take_held(&id, None).is_some());
+        assert_eq!(leases.take_held(&id, None), None, "all held uses are gone");
 
         store.quotas_released.notify_one();
         settle().await;
-        assert_eq!(leases.in_hand(&key.id), 16, "the block taken ahead is held");
-        let stored = store.inner.get(&key.id).await.unwrap().unwrap();
+        assert_eq!(leases.in_hand(&id), 16, "the block taken ahead is held");
+        let stored = store.inner.get(&id).await.unwrap().unwrap();
         assert_eq!(stored.remaining, Some(1000 - 1 - 2 - 4 - 8 - 16));
     }
 
     #[tokio::test]
     async fn a_block_taken_ahead_is_not_kept_for_a_later_period() {
-        let store = Arc::new(FlakyStore::default());
-        let key = metered(&store.inner).await;
-        let leases = Leases::default();
-        due(&leases, &store, &key.id).await;
+        let (leases, store, primary, id) = due().await;
         // Another instance takes what is left: the block taken ahead will be refused.
-        while let Ok(QuotaUse::Taken { .. }) =
-            store.inner.use_quota(&key.id, 1, None, Utc::now()).await
-        {}
+        while let Ok(QuotaUse::Taken { .. }) = store.inner.use_quota(&id, 1, None, Utc::now()).await
+        {
+        }
 
         store.hold_quotas.store(true, Ordering::SeqCst);
-        let primary: Arc<dyn Backend> = store.clone();
-        let taken = leases.take(&primary, &key.id, None, Utc::now(), true);
+        let taken = leases.take(&primary, &id, None, Utc::now(), true);
         tokio::time::timeout(Duration::from_secs(5), taken)
             .await
             .expect("not kept waiting")
@@ -472,31 +472,27 @@ mod tests {
         // Midnight passes while the store's refusal is on its way: the next period is refilled.
         store.hold_quotas.store(false, Ordering::SeqCst);
         let midnight = Some(Utc::now());
-        let taken = leases.take(&primary, &key.id, midnight, Utc::now(), true).await.unwrap();
+        let taken = leases.take(&primary, &id, midnight, Utc::now(), true).await.unwrap();
         assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 999 });
         store.quotas_released.notify_one();
         settle().await;
 
-        let taken = leases.take(&primary, &key.id, midnight, Utc::now(), true).await.unwrap();
+        let taken = leases.take(&primary, &id, midnight, Utc::now(), true).await.unwrap();
         assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 998 }, "the refusal was stale");
     }
 
     #[tokio::test]
     async fn a_lifted_quota_stops_taking_ahead() {
-        let store = Arc::new(FlakyStore::default());
-        let key = metered(&store.inner).await;
-        let leases = Leases::default();
-        due(&leases, &store, &key.id).await;
+        let (leases, store, primary, id) = due().await;
         // The quota is lifted; the change has not reached this instance yet.
         let lifted = KeyChanges { remaining: Some(None), refill: Some(None), ..Default::default() };
-        store.inner.update(&key.id, &lifted, &event(&key.id)).await.unwrap();
+        store.inner.update(&id, &lifted, &event(&id)).await.unwrap();
 
-        let primary: Arc<dyn Backend> = store.clone();
-        leases.take(&primary, &key.id, None, Utc::now(), true).await.unwrap();
+        leases.take(&primary, &id, None, Utc::now(), true).await.unwrap();
         settle().await;
-        assert_eq!(leases.take_held(&key.id, None), Some(1), "the held uses go on, none ahead");
-        assert_eq!(leases.take_held(&key.id, None), Some(0));
-        let taken = leases.take(&primary, &key.id, None, Utc::now(), true).await.unwrap();
+        assert_eq!(leases.take_held(&id, None), Some(1), "the held uses go on, none ahead");
+        assert_eq!(leases.take_held(&id, None), Some(0));
+        let taken = leases.take(&primary, &id, None, Utc::now(), true).await.unwrap();
         assert_eq!(taken, QuotaUse::Unlimited, "then the store says so");
     }
 }

@@ -23,7 +23,7 @@ pub struct FlakyStore {
     /// While set, a quota use is taken at once but answered only once `quotas_released` is
     /// notified.
     pub hold_quotas: AtomicBool,
-    /// Each `notify_one` answers one held quota use.
+    /// Each `notify_one` answers one held quota use that is waiting.
     pub quotas_released: Notify,
     /// How long each usage write takes, as over a network.
     pub usage_delay: Duration,
