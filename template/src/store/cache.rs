@@ -161,9 +161,9 @@ impl CachedBackend {
     /// An in-process cache in front of `primary`, with entries trusted as [`DEFAULT_LIFETIME`] and
     /// [`DEFAULT_LOCAL_TTL`] say.
     pub fn new(primary: Arc<dyn Backend>) -> Self {
-        let mut caches = Caches::new(Some(LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL)));
         let runtime = tokio::runtime::Handle::try_current().ok();
-        caches.leases = Leases::on(runtime.clone());
+        let local = LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL);
+        let caches = Caches::new(Some(local), Leases::on(runtime.clone()));
         Self { primary, caches: Arc::new(caches), follower: OnceLock::new(), runtime }
     }
 
@@ -204,10 +204,10 @@ impl CachedBackend {
 }
 
 impl Caches {
-    fn new(local: Option<LocalCache>) -> Self {
+    fn new(local: Option<LocalCache>, leases: Leases) -> Self {
         Self {
             local,
-            leases: Leases::default(),
+            leases,
             #[cfg(feature = "redis")]
             shared: None,
             #[cfg(feature = "redis")]
@@ -556,7 +556,7 @@ mod tests {
     #[tokio::test]
     async fn copies_live_until_they_change_while_the_feed_is_heard_and_briefly_without_it() {
         let local = LocalCache::new(Duration::from_secs(60), Duration::from_millis(40));
-        let caches = Arc::new(Caches::new(Some(local)));
+        let caches = Arc::new(Caches::new(Some(local), Leases::default()));
         let local = caches.local.as_ref().unwrap();
         let record = Arc::new(sample("owner", Utc::now()));
         let cache = |record: &Arc<ApiKeyRecord>| local.insert(record, local.generation());
