@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -140,13 +141,13 @@ pub struct CachedBackend {
     caches: Arc<Caches>,
     /// The task following the primary's change feed, started by the first lookup.
     follower: OnceLock<Option<AbortHandle>>,
-    /// The runtime the backend was made on, where the follower runs: not a server worker's, which
-    /// ends when the worker does.
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The caches, shared with the task that follows the change feed.
 struct Caches {
+    /// The runtime the backend was made on, where its own tasks run: not a server worker's, which
+    /// ends when the worker does.
+    runtime: Option<Handle>,
     local: Option<LocalCache>,
     /// Quota uses taken from the primary ahead of requests.
     leases: Leases,
@@ -161,10 +162,9 @@ impl CachedBackend {
     /// An in-process cache in front of `primary`, with entries trusted as [`DEFAULT_LIFETIME`] and
     /// [`DEFAULT_LOCAL_TTL`] say.
     pub fn new(primary: Arc<dyn Backend>) -> Self {
-        let runtime = tokio::runtime::Handle::try_current().ok();
         let local = LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL);
-        let caches = Caches::new(Some(local), Leases::on(runtime.clone()));
-        Self { primary, caches: Arc::new(caches), follower: OnceLock::new(), runtime }
+        let caches = Caches::new(Handle::try_current().ok(), Some(local));
+        Self { primary, caches: Arc::new(caches), follower: OnceLock::new() }
     }
 
     /// Sets how long in-process entries are trusted: for `lifetime` at most, and for `ttl` only while
@@ -196,18 +196,18 @@ impl CachedBackend {
         self.follower.get_or_init(|| {
             let feed = self.primary.feed()?;
             self.caches.local.as_ref()?;
-            let runtime =
-                self.runtime.clone().or_else(|| tokio::runtime::Handle::try_current().ok())?;
+            let runtime = self.caches.runtime.clone().or_else(|| Handle::try_current().ok())?;
             Some(runtime.spawn(follow(feed, self.caches.clone())).abort_handle())
         });
     }
 }
 
 impl Caches {
-    fn new(local: Option<LocalCache>, leases: Leases) -> Self {
+    fn new(runtime: Option<Handle>, local: Option<LocalCache>) -> Self {
         Self {
+            leases: Leases::on(runtime.clone()),
+            runtime,
             local,
-            leases,
             #[cfg(feature = "redis")]
             shared: None,
             #[cfg(feature = "redis")]
@@ -231,6 +231,15 @@ impl Caches {
             self.fence(shared, id).await;
             self.forget(id);
         }
+    }
+
+    /// Runs `task` on the backend's runtime, or the caller's if it was made outside one.
+    #[cfg(feature = "redis")]
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        drop(match &self.runtime {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        });
     }
 
     /// Drops the in-process copy of `id` and the quota uses held for it.
@@ -257,7 +266,7 @@ impl Caches {
             return; // a retry for this key is running already
         }
         let (shared, unfenced, id) = (shared.clone(), self.unfenced.clone(), id.to_owned());
-        tokio::spawn(async move {
+        self.spawn(async move {
             // Past the entry's own lifetime there is nothing left to fence.
             let give_up = Instant::now() + shared.ttl() + super::redis::FENCE;
             while Instant::now() < give_up {
@@ -297,7 +306,7 @@ impl Caches {
                 #[cfg(feature = "redis")]
                 if self.shared.is_some() {
                     let caches = self.clone();
-                    tokio::spawn(async move { caches.refresh(&id).await });
+                    self.spawn(async move { caches.refresh(&id).await });
                 }
             }
             Heard::Changed(_) => {}
@@ -556,7 +565,7 @@ mod tests {
     #[tokio::test]
     async fn copies_live_until_they_change_while_the_feed_is_heard_and_briefly_without_it() {
         let local = LocalCache::new(Duration::from_secs(60), Duration::from_millis(40));
-        let caches = Arc::new(Caches::new(Some(local), Leases::default()));
+        let caches = Arc::new(Caches::new(None, Some(local)));
         let local = caches.local.as_ref().unwrap();
         let record = Arc::new(sample("owner", Utc::now()));
         let cache = |record: &Arc<ApiKeyRecord>| local.insert(record, local.generation());

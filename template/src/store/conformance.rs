@@ -356,6 +356,22 @@ pub async fn takes_quota_in_blocks(backend: &dyn Backend) {
     let period = RefillInterval::Daily.period_start(now);
     let used = backend.use_quota(&key.id, 2, Some(period), now).await.expect("use");
     assert_eq!(used, QuotaUse::Taken { taken: 1, remaining: 2 }, "refilled to 3, then one taken");
+
+    // A caller still in the day before the refill gets one use, not a block.
+    let now = now.trunc_subsecs(6);
+    let mut key = sample(&fresh_owner(), now);
+    key.remaining = Some(0);
+    key.refill = Some(Refill { interval: RefillInterval::Daily, amount: 1000 });
+    key.refilled_at = Some(now - Duration::days(1));
+    stored(backend, &key).await;
+    let take = async |want, now| {
+        let period = RefillInterval::Daily.period_start(now);
+        backend.use_quota(&key.id, want, Some(period), now).await.expect("use")
+    };
+    assert_eq!(take(10, now).await, QuotaUse::Taken { taken: 10, remaining: 990 });
+    let before = now - Duration::milliseconds(1);
+    assert_eq!(take(10, before).await, QuotaUse::Taken { taken: 1, remaining: 989 });
+    assert_eq!(take(10, now).await, QuotaUse::Taken { taken: 10, remaining: 979 });
 }
 
 pub async fn refills_quota_once_per_period(backend: &dyn Backend) {

@@ -210,7 +210,10 @@ impl Backend for MemoryBackend {
             key.remaining = Some(0);
             return Ok(QuotaUse::Exhausted);
         }
-        let taken = if block_fits(want, remaining) { want.max(1) } else { 1 };
+        // A block goes only to a caller dated no earlier than the last refill: one dated before it
+        // belongs to a past period, and would be dropped unused.
+        let dated = refill_before.is_none() || key.refilled_at.is_none_or(|at| at <= now);
+        let taken = if dated && block_fits(want, remaining) { want.max(1) } else { 1 };
         key.remaining = Some(remaining - taken);
         Ok(QuotaUse::Taken { taken, remaining: remaining - taken })
     }

@@ -201,7 +201,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes uses from a key's quota, atomically: `want` of them when at least sixteen times as many
     /// are left, else one, so that concurrent callers never take more than there is and no caller
     /// holds more than a sixteenth of what was left. With `refill_before`, a quota last filled
-    /// before that time is filled to its refill amount first (at `now`).
+    /// before that time is filled to its refill amount first (at `now`), and a caller dated before
+    /// the last refill gets one use, not a block: it is still in the period before, whose block
+    /// would be dropped unused.
     async fn use_quota(
         &self,
         id: &str,

@@ -455,6 +455,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn uses_run_out_before_the_block_taken_ahead_comes() {
+        let (leases, store, primary, id) = due().await;
+        store.hold_quotas.store(true, Ordering::SeqCst);
+        leases.take(&primary, &id, None, Utc::now(), true).await.unwrap();
+        settle().await;
+        while leases.take_held(&id, None).is_some() {}
+
+        // The store answers the next request at once, and the block taken ahead later.
+        store.hold_quotas.store(false, Ordering::SeqCst);
+        let taken = leases.take(&primary, &id, None, Utc::now(), true);
+        let taken = tokio::time::timeout(Duration::from_secs(5), taken).await.expect("answered");
+        let left = 1000 - 1 - 2 - 4 - 8 - 16 - 16;
+        assert_eq!(taken.unwrap(), QuotaUse::Taken { taken: 1, remaining: 15 + left });
+        store.quotas_released.notify_one();
+        settle().await;
+        assert_eq!(leases.in_hand(&id), 15 + 16, "both blocks are kept");
+        assert_eq!(store.inner.get(&id).await.unwrap().unwrap().remaining, Some(left));
+    }
+
+    #[tokio::test]
+    async fn a_failed_block_is_asked_for_again_after_a_pause() {
+        let (leases, store, primary, id) = due().await;
+        store.quotas_fail.store(true, Ordering::SeqCst);
+        leases.take(&primary, &id, None, Utc::now(), true).await.unwrap();
+        settle().await;
+        assert!(leases.take_held(&id, None).is_some(), "the held uses go on");
+        assert!(leases.take_held(&id, None).is_some());
+        let failed = leases.take(&primary, &id, None, Utc::now(), true).await;
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+
+        store.quotas_fail.store(false, Ordering::SeqCst);
+        let failed = leases.take(&primary, &id, None, Utc::now(), true).await;
+        assert!(failed.is_err(), "the store is not asked again at once");
+        tokio::time::sleep(PAUSE).await;
+        let taken = leases.take(&primary, &id, None, Utc::now(), true).await.unwrap();
+        assert!(matches!(taken, QuotaUse::Taken { .. }), "{taken:?}");
+    }
+
+    #[tokio::test]
     async fn a_block_taken_ahead_is_not_kept_for_a_later_period() {
         let (leases, store, primary, id) = due().await;
         // Another instance takes what is left: the block taken ahead will be refused.

@@ -25,6 +25,8 @@ pub struct FlakyStore {
     pub hold_quotas: AtomicBool,
     /// Each `notify_one` answers one held quota use that is waiting.
     pub quotas_released: Notify,
+    /// While set, quota uses fail, as when the database is down.
+    pub quotas_fail: AtomicBool,
     /// How long each usage write takes, as over a network.
     pub usage_delay: Duration,
     /// Whether usage writes fail, as when the database is down.
@@ -88,6 +90,9 @@ impl Backend for FlakyStore {
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
+        if self.quotas_fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("down".into()));
+        }
         let taken = self.inner.use_quota(id, want, refill_before, now).await;
         if self.hold_quotas.load(Ordering::SeqCst) {
             self.quotas_released.notified().await;

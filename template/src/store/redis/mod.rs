@@ -196,14 +196,16 @@ return 1
 /// serving requests in between.
 const PURGE_BATCH: usize = 1000;
 
-/// Takes `ARGV[3]` uses if sixteen times as many are left, else one (as `block_fits`): the uses
-/// taken and those left; `-1` taken for no quota, `0` for none left.
+/// Takes `ARGV[3]` uses if sixteen times as many are left and the caller is dated no earlier than
+/// the last refill, else one (as [`Backend::use_quota`]): the uses taken and those left; `-1` taken
+/// for no quota, `0` for none left.
 static USE_QUOTA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local left = redis.call('HGET', KEYS[1], 'remaining')
 if not left then return {-1, 0} end
 left = tonumber(left)
+local dated = true
 if ARGV[1] ~= '' then
   local at = redis.call('HGET', KEYS[1], 'refilled_at')
   if not at or tonumber(at) < tonumber(ARGV[1]) then
@@ -212,6 +214,8 @@ if ARGV[1] ~= '' then
       left = tonumber(refill.amount)
       redis.call('HSET', KEYS[1], 'refilled_at', ARGV[2])
     end
+  else
+    dated = tonumber(at) <= tonumber(ARGV[2])
   end
 end
 if left <= 0 then
@@ -220,7 +224,7 @@ if left <= 0 then
 end
 local want = tonumber(ARGV[3])
 local taken = 1
-if want > 1 and left >= 16 * want then taken = want end
+if want > 1 and dated and left >= 16 * want then taken = want end
 redis.call('HSET', KEYS[1], 'remaining', left - taken)
 return {taken, left - taken}
 ",

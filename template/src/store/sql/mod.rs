@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -415,9 +415,12 @@ impl Backend for SqlBackend {
                             .and(refilled_at.is_null().or(refilled_at.lt(before.naive_utc())))
                     };
                     // A due refill decides alone: the old period's uses are never taken from.
+                    // A block goes only to a caller dated no earlier than the last refill: one
+                    // dated before it belongs to a past period, and would be dropped unused.
+                    let dated = (n == 1).into_sql::<Bool>().or(refilled_at.le(now));
                     let takes = due()
                         .and(refill_amount.ge(enough))
-                        .or(diesel::dsl::not(due()).and(remaining.ge(enough)));
+                        .or(diesel::dsl::not(due()).and(remaining.ge(enough)).and(dated));
                     diesel::update(quota.filter(takes))
                         .set((
                             remaining.eq(case_when::<_, _, Nullable<BigInt>>(
