@@ -15,11 +15,12 @@ use std::convert::Infallible;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use quick_cache::Equivalent;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::{Backend, QuotaUse, StoreError};
 use crate::metrics::metrics;
@@ -37,7 +38,8 @@ const CAPACITY: usize = 65_536;
 const PAUSE: Duration = Duration::from_millis(250);
 
 /// How large a key's next block is: one use at first, twice the last while blocks last less than
-/// [`BRISK`], half when one lasts ten times that.
+/// [`BRISK`], half when one lasts ten times that. Timed on tokio's clock, which tests pause, so that
+/// the sizes they expect do not depend on how fast the machine runs them.
 #[derive(Debug, Default)]
 pub(crate) struct Pace {
     size: u64,
@@ -371,7 +373,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn busy_keys_take_growing_blocks_and_never_more_than_there_is() {
         let store: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
         let key = metered(store.as_ref()).await;
@@ -397,7 +399,7 @@ mod tests {
         assert_eq!(leases.in_hand(&key.id), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn held_uses_are_taken_at_once_until_they_run_low() {
         let store: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
         let key = metered(store.as_ref()).await;
@@ -433,7 +435,7 @@ mod tests {
         (leases, store, primary, id)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_next_block_is_taken_while_the_key_goes_on_with_the_last() {
         let (leases, store, primary, id) = due().await;
 
@@ -454,7 +456,7 @@ mod tests {
         assert_eq!(stored.remaining, Some(1000 - 1 - 2 - 4 - 8 - 16));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn uses_run_out_before_the_block_taken_ahead_comes() {
         let (leases, store, primary, id) = due().await;
         store.hold_quotas.store(true, Ordering::SeqCst);
@@ -474,7 +476,7 @@ mod tests {
         assert_eq!(store.inner.get(&id).await.unwrap().unwrap().remaining, Some(left));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_failed_block_is_asked_for_again_after_a_pause() {
         let (leases, store, primary, id) = due().await;
         store.quotas_fail.store(true, Ordering::SeqCst);
@@ -493,7 +495,7 @@ mod tests {
         assert!(matches!(taken, QuotaUse::Taken { .. }), "{taken:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_block_taken_ahead_is_not_kept_for_a_later_period() {
         let (leases, store, primary, id) = due().await;
         // Another instance takes what is left: the block taken ahead will be refused.
@@ -520,7 +522,7 @@ mod tests {
         assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 998 }, "the refusal was stale");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_lifted_quota_stops_taking_ahead() {
         let (leases, store, primary, id) = due().await;
         // The quota is lifted; the change has not reached this instance yet.
