@@ -233,15 +233,6 @@ impl Caches {
         }
     }
 
-    /// Runs `task` on the backend's runtime, or the caller's if it was made outside one.
-    #[cfg(feature = "redis")]
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        drop(match &self.runtime {
-            Some(runtime) => runtime.spawn(task),
-            None => tokio::spawn(task),
-        });
-    }
-
     /// Drops the in-process copy of `id` and the quota uses held for it.
     fn forget(&self, id: &str) {
         if let Some(local) = &self.local {
@@ -266,7 +257,7 @@ impl Caches {
             return; // a retry for this key is running already
         }
         let (shared, unfenced, id) = (shared.clone(), self.unfenced.clone(), id.to_owned());
-        self.spawn(async move {
+        super::spawn_on(self.runtime.as_ref(), async move {
             // Past the entry's own lifetime there is nothing left to fence.
             let give_up = Instant::now() + shared.ttl() + super::redis::FENCE;
             while Instant::now() < give_up {
@@ -306,7 +297,8 @@ impl Caches {
                 #[cfg(feature = "redis")]
                 if self.shared.is_some() {
                     let caches = self.clone();
-                    self.spawn(async move { caches.refresh(&id).await });
+                    let refresh = async move { caches.refresh(&id).await };
+                    super::spawn_on(self.runtime.as_ref(), refresh);
                 }
             }
             Heard::Changed(_) => {}

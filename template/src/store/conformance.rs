@@ -357,7 +357,7 @@ pub async fn takes_quota_in_blocks(backend: &dyn Backend) {
     let used = backend.use_quota(&key.id, 2, Some(period), now).await.expect("use");
     assert_eq!(used, QuotaUse::Taken { taken: 1, remaining: 2 }, "refilled to 3, then one taken");
 
-    // A caller still in the day before the refill gets one use, not a block.
+    // A caller dated before the last refill gets one use, not a block.
     let now = now.trunc_subsecs(6);
     let mut key = sample(&fresh_owner(), now);
     key.remaining = Some(0);
@@ -372,6 +372,14 @@ pub async fn takes_quota_in_blocks(backend: &dyn Backend) {
     let before = now - Duration::milliseconds(1);
     assert_eq!(take(10, before).await, QuotaUse::Taken { taken: 1, remaining: 989 });
     assert_eq!(take(10, now).await, QuotaUse::Taken { taken: 10, remaining: 979 });
+
+    // A caller that still saw a refill the key no longer has: never refilled, so blocks as before.
+    let mut key = sample(&fresh_owner(), now);
+    key.remaining = Some(1000);
+    stored(backend, &key).await;
+    let period = Some(RefillInterval::Daily.period_start(now));
+    let used = backend.use_quota(&key.id, 10, period, now).await.expect("use");
+    assert_eq!(used, QuotaUse::Taken { taken: 10, remaining: 990 });
 }
 
 pub async fn refills_quota_once_per_period(backend: &dyn Backend) {

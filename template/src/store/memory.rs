@@ -211,9 +211,9 @@ impl Backend for MemoryBackend {
             return Ok(QuotaUse::Exhausted);
         }
         // A block goes only to a caller dated no earlier than the last refill: one dated before it
-        // belongs to a past period, and would be dropped unused.
-        let dated = refill_before.is_none() || key.refilled_at.is_none_or(|at| at <= now);
-        let taken = if dated && block_fits(want, remaining) { want.max(1) } else { 1 };
+        // may still be in the period before, whose block would be dropped unused.
+        let since_refill = refill_before.is_none() || key.refilled_at.is_none_or(|at| at <= now);
+        let taken = if since_refill && block_fits(want, remaining) { want.max(1) } else { 1 };
         key.remaining = Some(remaining - taken);
         Ok(QuotaUse::Taken { taken, remaining: remaining - taken })
     }

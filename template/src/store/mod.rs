@@ -21,6 +21,7 @@ use crate::config::{Config, DATABASE_URL_FORMS, store_kind};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent, KeyId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::runtime::Handle;
 
 pub use cache::CachedBackend;
 pub use memory::MemoryBackend;
@@ -34,6 +35,15 @@ compile_error!("enable at least one of the `sqlite`, `postgres` and `redis` feat
 /// [`Backend::use_quota`]).
 pub fn block_fits(want: u64, left: u64) -> bool {
     want == 1 || left >= want.saturating_mul(16)
+}
+
+/// Runs `task` on `runtime`, else on the caller's: the caches' own tasks run on the runtime they
+/// were made on, not on a server worker's, which ends first.
+fn spawn_on(runtime: Option<&Handle>, task: impl Future<Output = ()> + Send + 'static) {
+    drop(match runtime {
+        Some(runtime) => runtime.spawn(task),
+        None => tokio::spawn(task),
+    });
 }
 
 /// What [`Backend::use_quota`] did.
@@ -202,7 +212,7 @@ pub trait Backend: Send + Sync + 'static {
     /// are left, else one, so that concurrent callers never take more than there is and no caller
     /// holds more than a sixteenth of what was left. With `refill_before`, a quota last filled
     /// before that time is filled to its refill amount first (at `now`), and a caller dated before
-    /// the last refill gets one use, not a block: it is still in the period before, whose block
+    /// the last refill gets one use, not a block: it may still be in the period before, whose block
     /// would be dropped unused.
     async fn use_quota(
         &self,

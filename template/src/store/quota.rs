@@ -15,14 +15,13 @@ use std::convert::Infallible;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use quick_cache::Equivalent;
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 
-use super::{Backend, QuotaUse, StoreError};
+use super::{Backend, QuotaUse, StoreError, spawn_on};
 use crate::metrics::metrics;
 
 /// The largest block of a key's quota: about a tenth of a second of a very busy key's requests. An
@@ -38,8 +37,7 @@ const CAPACITY: usize = 65_536;
 const PAUSE: Duration = Duration::from_millis(250);
 
 /// How large a key's next block is: one use at first, twice the last while blocks last less than
-/// [`BRISK`], half when one lasts ten times that. Timed on tokio's clock, which tests pause, so that
-/// the sizes they expect do not depend on how fast the machine runs them.
+/// [`BRISK`], half when one lasts ten times that.
 #[derive(Debug, Default)]
 pub(crate) struct Pace {
     size: u64,
@@ -184,12 +182,6 @@ pub(super) struct Leases {
     runtime: Option<tokio::runtime::Handle>,
 }
 
-impl Default for Leases {
-    fn default() -> Self {
-        Self::on(None)
-    }
-}
-
 impl Leases {
     /// Leases whose blocks are taken ahead on `runtime`.
     pub(super) fn on(runtime: Option<tokio::runtime::Handle>) -> Self {
@@ -271,10 +263,7 @@ impl Leases {
             slot.fetching.store(true, Ordering::SeqCst);
             let want = lease.next_block();
             let task = self.take_ahead(primary.clone(), slot.clone(), id, want, refill_before, now);
-            drop(match &self.runtime {
-                Some(runtime) => runtime.spawn(task),
-                None => tokio::spawn(task),
-            });
+            spawn_on(self.runtime.as_ref(), task);
         }
         Ok(QuotaUse::Taken { taken: 1, remaining })
     }
@@ -373,11 +362,11 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn busy_keys_take_growing_blocks_and_never_more_than_there_is() {
         let store: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
         let key = metered(store.as_ref()).await;
-        let leases = Leases::default();
+        let leases = Leases::on(None);
         let mut admitted = 0;
         while let QuotaUse::Taken { .. } =
             leases.take(&store, &key.id, None, Utc::now(), true).await.unwrap()
@@ -399,11 +388,11 @@ mod tests {
         assert_eq!(leases.in_hand(&key.id), 0);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn held_uses_are_taken_at_once_until_they_run_low() {
         let store: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
         let key = metered(store.as_ref()).await;
-        let leases = Leases::default();
+        let leases = Leases::on(None);
         assert_eq!(leases.take_held(&key.id, None), None, "nothing is held before a block");
         // Blocks of 1, 2 and 4: three uses of the last are held, 993 are left in the store.
         take(&leases, &store, &key.id, 4).await;
@@ -427,7 +416,7 @@ mod tests {
     async fn due() -> (Leases, Arc<FlakyStore>, Arc<dyn Backend>, String) {
         let store = Arc::new(FlakyStore::default());
         let id = metered(&store.inner).await.id;
-        let (leases, primary): (_, Arc<dyn Backend>) = (Leases::default(), store.clone());
+        let (leases, primary): (_, Arc<dyn Backend>) = (Leases::on(None), store.clone());
         take(&leases, &primary, &id, 6).await;
         assert_eq!(leases.in_hand(&id), 9);
         while leases.take_held(&id, None).is_some() {}
@@ -435,7 +424,7 @@ mod tests {
         (leases, store, primary, id)
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn the_next_block_is_taken_while_the_key_goes_on_with_the_last() {
         let (leases, store, primary, id) = due().await;
 
@@ -456,7 +445,7 @@ mod tests {
         assert_eq!(stored.remaining, Some(1000 - 1 - 2 - 4 - 8 - 16));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn uses_run_out_before_the_block_taken_ahead_comes() {
         let (leases, store, primary, id) = due().await;
         store.hold_quotas.store(true, Ordering::SeqCst);
@@ -476,7 +465,7 @@ mod tests {
         assert_eq!(store.inner.get(&id).await.unwrap().unwrap().remaining, Some(left));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_failed_block_is_asked_for_again_after_a_pause() {
         let (leases, store, primary, id) = due().await;
         store.quotas_fail.store(true, Ordering::SeqCst);
@@ -495,7 +484,7 @@ mod tests {
         assert!(matches!(taken, QuotaUse::Taken { .. }), "{taken:?}");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_block_taken_ahead_is_not_kept_for_a_later_period() {
         let (leases, store, primary, id) = due().await;
         // Another instance takes what is left: the block taken ahead will be refused.
@@ -522,7 +511,35 @@ mod tests {
         assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 998 }, "the refusal was stale");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
+    async fn a_block_asked_for_before_midnight_takes_one_use_of_the_next_day() {
+        let store = Arc::new(FlakyStore::default());
+        let id = metered(&store.inner).await.id;
+        let (leases, primary): (_, Arc<dyn Backend>) = (Leases::on(None), store.clone());
+        let at = Utc::now();
+        let day = Some(RefillInterval::Daily.period_start(at));
+        for _ in 0..6 {
+            leases.take(&primary, &id, day, at, true).await.unwrap();
+            settle().await;
+        }
+        while leases.take_held(&id, day).is_some() {}
+
+        // The next block is asked for before midnight and reaches the store after the refill.
+        store.hold_quota_asks.store(true, Ordering::SeqCst);
+        leases.take(&primary, &id, day, at, true).await.unwrap();
+        settle().await;
+        let tomorrow = at + chrono::Duration::days(1);
+        let next_day = Some(RefillInterval::Daily.period_start(tomorrow));
+        let refilled = store.inner.use_quota(&id, 1, next_day, tomorrow).await.unwrap();
+        assert_eq!(refilled, QuotaUse::Taken { taken: 1, remaining: 999 });
+        store.hold_quota_asks.store(false, Ordering::SeqCst);
+        store.quotas_released.notify_one();
+        settle().await;
+        let stored = store.inner.get(&id).await.unwrap().unwrap();
+        assert_eq!(stored.remaining, Some(998), "one use of the next day, not a block");
+    }
+
+    #[tokio::test]
     async fn a_lifted_quota_stops_taking_ahead() {
         let (leases, store, primary, id) = due().await;
         // The quota is lifted; the change has not reached this instance yet.

@@ -25,6 +25,8 @@ pub struct FlakyStore {
     pub hold_quotas: AtomicBool,
     /// Each `notify_one` answers one held quota use that is waiting.
     pub quotas_released: Notify,
+    /// While set, a quota use waits for `quotas_released` before it reaches the store.
+    pub hold_quota_asks: AtomicBool,
     /// While set, quota uses fail, as when the database is down.
     pub quotas_fail: AtomicBool,
     /// How long each usage write takes, as over a network.
@@ -90,6 +92,9 @@ impl Backend for FlakyStore {
         refill_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<QuotaUse, StoreError> {
+        if self.hold_quota_asks.load(Ordering::SeqCst) {
+            self.quotas_released.notified().await;
+        }
         if self.quotas_fail.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("down".into()));
         }

@@ -205,7 +205,7 @@ static USE_QUOTA: LazyLock<Script> = LazyLock::new(|| {
 local left = redis.call('HGET', KEYS[1], 'remaining')
 if not left then return {-1, 0} end
 left = tonumber(left)
-local dated = true
+local since_refill = true
 if ARGV[1] ~= '' then
   local at = redis.call('HGET', KEYS[1], 'refilled_at')
   if not at or tonumber(at) < tonumber(ARGV[1]) then
@@ -215,7 +215,7 @@ if ARGV[1] ~= '' then
       redis.call('HSET', KEYS[1], 'refilled_at', ARGV[2])
     end
   else
-    dated = tonumber(at) <= tonumber(ARGV[2])
+    since_refill = tonumber(at) <= tonumber(ARGV[2])
   end
 end
 if left <= 0 then
@@ -224,7 +224,7 @@ if left <= 0 then
 end
 local want = tonumber(ARGV[3])
 local taken = 1
-if want > 1 and dated and left >= 16 * want then taken = want end
+if want > 1 and since_refill and left >= 16 * want then taken = want end
 redis.call('HSET', KEYS[1], 'remaining', left - taken)
 return {taken, left - taken}
 ",

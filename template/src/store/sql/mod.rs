@@ -416,11 +416,15 @@ impl Backend for SqlBackend {
                     };
                     // A due refill decides alone: the old period's uses are never taken from.
                     // A block goes only to a caller dated no earlier than the last refill: one
-                    // dated before it belongs to a past period, and would be dropped unused.
-                    let dated = (n == 1).into_sql::<Bool>().or(refilled_at.le(now));
+                    // dated before it may still be in the period before, whose block would be
+                    // dropped unused.
+                    let since_refill = (n == 1)
+                        .into_sql::<Bool>()
+                        .or(refilled_at.is_null())
+                        .or(refilled_at.le(now));
                     let takes = due()
                         .and(refill_amount.ge(enough))
-                        .or(diesel::dsl::not(due()).and(remaining.ge(enough)).and(dated));
+                        .or(diesel::dsl::not(due()).and(remaining.ge(enough)).and(since_refill));
                     diesel::update(quota.filter(takes))
                         .set((
                             remaining.eq(case_when::<_, _, Nullable<BigInt>>(
