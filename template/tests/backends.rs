@@ -59,6 +59,7 @@ async fn postgres_backend_conforms() {
     };
     migrate(&url).await.unwrap();
     assert_eq!(migrate(&url).await.unwrap(), 0, "migrating twice is a no-op");
+    assert_eq!(table_options(&url, "api_keys").await, "fillfactor=70", "room for HOT updates");
     let sql = Arc::new(SqlBackend::connect(&url).await.unwrap());
     conformance::run(sql.as_ref()).await;
     conformance::run(&CachedBackend::new(sql.clone())).await;
@@ -72,6 +73,25 @@ async fn postgres_backend_conforms() {
         )
         .await;
     }
+}
+
+/// A PostgreSQL table's storage parameters, as `name=value` separated by commas.
+#[cfg(feature = "postgres")]
+async fn table_options(url: &str, table: &str) -> String {
+    use diesel::sql_types::Text;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    #[derive(diesel::QueryableByName)]
+    struct Options {
+        #[diesel(sql_type = Text)]
+        options: String,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+    let query = "SELECT coalesce(array_to_string(reloptions, ','), '') AS options FROM pg_class \
+                 WHERE oid = $1::regclass";
+    let found: Options =
+        diesel::sql_query(query).bind::<Text, _>(table).get_result(&mut conn).await.unwrap();
+    found.options
 }
 
 /// An instance's cache as the tests run it: copies kept for five minutes, and trusted for a whole
