@@ -373,7 +373,8 @@ pub async fn takes_quota_in_blocks(backend: &dyn Backend) {
     assert_eq!(take(10, before).await, QuotaUse::Taken { taken: 1, remaining: 989 });
     assert_eq!(take(10, now).await, QuotaUse::Taken { taken: 10, remaining: 979 });
 
-    // A caller that still saw a refill the key no longer has: never refilled, so blocks as before.
+    // A key without a refill, never refilled (no date, NULL in SQL), asked by a caller that still
+    // saw one: a block as before.
     let mut key = sample(&fresh_owner(), now);
     key.remaining = Some(1000);
     stored(backend, &key).await;

@@ -23,7 +23,7 @@ pub struct FlakyStore {
     /// While set, a quota use is taken at once but answered only once `quotas_released` is
     /// notified.
     pub hold_quotas: AtomicBool,
-    /// Each `notify_one` answers one held quota use that is waiting.
+    /// Each `notify_one` lets one held quota use go on: to the store, or back with its answer.
     pub quotas_released: Notify,
     /// While set, a quota use waits for `quotas_released` before it reaches the store.
     pub hold_quota_asks: AtomicBool,

@@ -1,6 +1,3 @@
--- fillfactor leaves room on each page for new versions of its rows: usage flushes and quota blocks
--- update rows all the time, and an update that fits on its row's page (HOT) adds nothing to the
--- indexes.
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY NOT NULL,
     key_hash TEXT NOT NULL,
@@ -13,7 +10,7 @@ CREATE TABLE api_keys (
     revoked_at TIMESTAMP,
     last_used_at TIMESTAMP,
     request_count BIGINT NOT NULL DEFAULT 0
-) WITH (fillfactor = 70);
+);
 
 CREATE INDEX api_keys_owner_created ON api_keys (owner_id, created_at);
 CREATE INDEX api_keys_created ON api_keys (created_at);

@@ -1,0 +1,1 @@
+-- PostgreSQL only: SQLite updates a row where it is, and has no fillfactor.
