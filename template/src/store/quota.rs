@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use quick_cache::Equivalent;
+use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 
 use super::{Backend, QuotaUse, StoreError, spawn_on};
@@ -180,12 +181,12 @@ pub(super) struct Leases {
     epoch: Arc<AtomicU64>,
     /// Where blocks are taken ahead: not a server worker's runtime, which ends when the worker
     /// does. The caller's when `None`.
-    runtime: Option<tokio::runtime::Handle>,
+    runtime: Option<Handle>,
 }
 
 impl Leases {
     /// Leases whose blocks are taken ahead on `runtime`.
-    pub(super) fn on(runtime: Option<tokio::runtime::Handle>) -> Self {
+    pub(super) fn on(runtime: Option<Handle>) -> Self {
         let slots = quick_cache::sync::Cache::new(CAPACITY);
         Self { slots, epoch: Arc::default(), runtime }
     }
@@ -415,6 +416,12 @@ mod tests {
         assert_eq!(leases.take_held(&key.id, None), Some(992));
     }
 
+    /// What `taken` answers, which must come without waiting for the store.
+    async fn at_once(taken: impl Future<Output = Result<QuotaUse, StoreError>>) -> QuotaUse {
+        let answered = tokio::time::timeout(Duration::from_secs(5), taken).await;
+        answered.expect("not kept waiting").unwrap()
+    }
+
     /// A metered key in a [`FlakyStore`] (also given as the primary), taken in blocks of 1, 2, 4
     /// and 8 (the last two taken ahead) and used down to the three left when the next is due.
     async fn due(period: Period) -> (Leases, Arc<FlakyStore>, Arc<dyn Backend>, String) {
@@ -433,10 +440,8 @@ mod tests {
         let (leases, store, primary, id) = due(None).await;
 
         store.hold_quotas.store(true, Ordering::SeqCst);
-        let taken = leases.take(&primary, &id, None, Utc::now(), true);
-        let taken =
-            tokio::time::timeout(Duration::from_secs(5), taken).await.expect("not kept waiting");
-        assert_eq!(taken.unwrap(), QuotaUse::Taken { taken: 1, remaining: 2 + 985 });
+        let taken = at_once(leases.take(&primary, &id, None, Utc::now(), true)).await;
+        assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 2 + 985 });
         settle().await;
         assert!(leases.take_held(&id, None).is_some(), "the lock is free meanwhile");
         assert!(leases.take_held(&id, None).is_some());
@@ -459,10 +464,9 @@ mod tests {
 
         // The store answers the next request at once, and the block taken ahead later.
         store.hold_quotas.store(false, Ordering::SeqCst);
-        let taken = leases.take(&primary, &id, None, Utc::now(), true);
-        let taken = tokio::time::timeout(Duration::from_secs(5), taken).await.expect("answered");
+        let taken = at_once(leases.take(&primary, &id, None, Utc::now(), true)).await;
         let left = 1000 - 1 - 2 - 4 - 8 - 16 - 16;
-        assert_eq!(taken.unwrap(), QuotaUse::Taken { taken: 1, remaining: 15 + left });
+        assert_eq!(taken, QuotaUse::Taken { taken: 1, remaining: 15 + left });
         store.quotas_released.notify_one();
         settle().await;
         assert_eq!(leases.in_hand(&id), 15 + 16, "both blocks are kept");
@@ -497,11 +501,7 @@ mod tests {
         }
 
         store.hold_quotas.store(true, Ordering::SeqCst);
-        let taken = leases.take(&primary, &id, None, Utc::now(), true);
-        tokio::time::timeout(Duration::from_secs(5), taken)
-            .await
-            .expect("not kept waiting")
-            .unwrap();
+        at_once(leases.take(&primary, &id, None, Utc::now(), true)).await;
         settle().await;
         // Midnight passes while the store's refusal is on its way: the next period is refilled.
         store.hold_quotas.store(false, Ordering::SeqCst);
@@ -522,11 +522,7 @@ mod tests {
 
         // The next block is asked for before midnight and reaches the store after the refill.
         store.hold_quota_asks.store(true, Ordering::SeqCst);
-        let taken = leases.take(&primary, &id, day, Utc::now(), true);
-        tokio::time::timeout(Duration::from_secs(5), taken)
-            .await
-            .expect("not kept waiting")
-            .unwrap();
+        at_once(leases.take(&primary, &id, day, Utc::now(), true)).await;
         settle().await;
         let tomorrow = Utc::now() + chrono::Duration::days(1);
         let next_day = Some(RefillInterval::Daily.period_start(tomorrow));
