@@ -192,6 +192,34 @@ async fn a_cut_quota_binds_other_instances_through_the_change_feed() {
         .await;
 }
 
+/// Instances behind one load balancer see the same keys, and flush their uses at about the same
+/// time, each flush in one transaction: were they to take the rows in different orders, the
+/// database would stop one of them as a deadlock, and its uses would wait for the next flush.
+async fn instances_flush_the_same_keys_at_once(first: &dyn Backend, second: &dyn Backend) {
+    use {{crate_name}}::store::Usage;
+
+    const KEYS: usize = 600;
+    const FLUSHES: u64 = 4;
+    let mut ids = Vec::with_capacity(KEYS);
+    for _ in 0..KEYS {
+        let key = conformance::sample("flushed", Utc::now());
+        first.insert(&key, &conformance::event(&key.id)).await.unwrap();
+        ids.push(key.id);
+    }
+    let used = |id: &String| Usage { id: id.clone(), requests: 1, last_used_at: Utc::now() };
+    let forward: Vec<Usage> = ids.iter().map(used).collect();
+    let backward: Vec<Usage> = ids.iter().rev().map(used).collect();
+    for _ in 0..FLUSHES {
+        let (one, two) = tokio::join!(first.record_usage(&forward), second.record_usage(&backward));
+        one.expect("the first instance's flush");
+        two.expect("the second instance's flush");
+    }
+    for id in [&ids[0], &ids[KEYS - 1]] {
+        let key = first.get(id).await.unwrap().expect("the key exists");
+        assert_eq!(key.request_count, 2 * FLUSHES, "every flush counted");
+    }
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn instances_sharing_a_sqlite_file_hear_each_others_changes() {
@@ -203,6 +231,38 @@ async fn instances_sharing_a_sqlite_file_hear_each_others_changes() {
     let took =
         revocation_reaches_other_instances(instance(first), instance(second), async || {}).await;
     eprintln!("sqlite: the revocation reached the second instance in {took:?}");
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn instances_sharing_a_sqlite_file_flush_the_same_keys_at_once() {
+    use {{crate_name}}::store::SqlBackend;
+
+    let (dir, first) = sqlite().await;
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let second = SqlBackend::connect(&url).await.unwrap();
+    instances_flush_the_same_keys_at_once(first.as_ref(), &second).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn instances_sharing_postgres_flush_the_same_keys_at_once() {
+    use {{crate_name}}::store::{SqlBackend, migrate};
+
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED postgres usage flushes: set TEST_POSTGRES_URL=postgres://... to run it");
+        return;
+    };
+    migrate(&url).await.unwrap();
+    // Each batch joined to the table row by row, in the batch's order, as PostgreSQL joins it to
+    // a table of many keys (on a small one, it scans the table and locks rows in its order).
+    let row_by_row = format!(
+        "{url}{}options=-c%20enable_hashjoin%3Doff%20-c%20enable_mergejoin%3Doff",
+        if url.contains('?') { '&' } else { '?' }
+    );
+    let first = SqlBackend::connect(&row_by_row).await.unwrap();
+    let second = SqlBackend::connect(&row_by_row).await.unwrap();
+    instances_flush_the_same_keys_at_once(&first, &second).await;
 }
 
 #[cfg(feature = "postgres")]

@@ -197,6 +197,33 @@ fn add_usage(keys: usize) -> String {
     )
 }
 
+/// Usage flushes take many rows each, in one transaction, and instances behind one load balancer
+/// flush much the same keys: on PostgreSQL they take turns, or two flushes locking shared rows in
+/// different orders would deadlock, and PostgreSQL would abort one. (Sorting the batch would not
+/// do: the order a join visits rows in is the planner's choice.) SQLite lets one writer in at a
+/// time anyway.
+trait OneFlushAtATime {
+    fn wait_for_other_flushes(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
+}
+
+#[cfg(feature = "sqlite")]
+impl OneFlushAtATime for SqliteConnection {
+    async fn wait_for_other_flushes(&mut self) -> QueryResult<()> {
+        Ok(())
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl OneFlushAtATime for PgConnection {
+    /// Held until the flush's transaction ends.
+    async fn wait_for_other_flushes(&mut self) -> QueryResult<()> {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('api_keys usage flush'))")
+            .execute(self)
+            .await
+            .map(drop)
+    }
+}
+
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
@@ -545,6 +572,7 @@ impl Backend for SqlBackend {
         // touches thousands, and on SQLite each statement is a hop to a blocking thread.
         with_conn!(self, |conn| {
             conn.transaction(async |conn| {
+                conn.wait_for_other_flushes().await?;
                 for chunk in batch.chunks(USAGE_CHUNK) {
                     let mut query = diesel::sql_query(add_usage(chunk.len())).into_boxed();
                     for usage in chunk {
