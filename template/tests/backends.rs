@@ -195,6 +195,7 @@ async fn a_cut_quota_binds_other_instances_through_the_change_feed() {
 /// Instances behind one load balancer see the same keys, and flush their uses at about the same
 /// time, each flush in one transaction: were they to take the rows in different orders, the
 /// database would stop one of them as a deadlock, and its uses would wait for the next flush.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 async fn instances_flush_the_same_keys_at_once(first: &dyn Backend, second: &dyn Backend) {
     use {{crate_name}}::store::Usage;
 
@@ -263,6 +264,52 @@ async fn instances_sharing_postgres_flush_the_same_keys_at_once() {
     let first = SqlBackend::connect(&row_by_row).await.unwrap();
     let second = SqlBackend::connect(&row_by_row).await.unwrap();
     instances_flush_the_same_keys_at_once(&first, &second).await;
+}
+
+/// `DATABASE_POOL_SIZE` bounds the connections an instance opens to PostgreSQL, however many
+/// requests ask for one at once.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_pool_opens_no_more_connections_than_its_size() {
+    use {{crate_name}}::store::{SqlBackend, migrate};
+    use diesel::sql_types::{BigInt, Text};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    use futures_util::future::join_all;
+
+    #[derive(diesel::QueryableByName)]
+    struct Open {
+        #[diesel(sql_type = BigInt)]
+        connections: i64,
+    }
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED postgres pool size: set TEST_POSTGRES_URL=postgres://... to run it");
+        return;
+    };
+    migrate(&url).await.unwrap();
+    let mut admin = AsyncPgConnection::establish(&url).await.unwrap();
+    for (size, expected) in [(None, 6), (Some(2), 2)] {
+        let name = format!("pool-test-{}-{size:?}", std::process::id()).replace(['(', ')'], "");
+        let named =
+            format!("{url}{}application_name={name}", if url.contains('?') { '&' } else { '?' });
+        let backend = SqlBackend::connect(&named).await.unwrap();
+        let backend = match size {
+            Some(size) => backend.with_pool_size(size),
+            None => backend,
+        };
+        // Six lookups at once, each asking the pool for a connection before any has one; the pool
+        // keeps what it opened.
+        for found in join_all((0..6).map(|_| backend.get("no-such-key"))).await {
+            assert_eq!(found.unwrap(), None);
+        }
+        let open: Open = diesel::sql_query(
+            "SELECT count(*) AS connections FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind::<Text, _>(&name)
+        .get_result(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(open.connections, expected, "connections opened with a pool size of {size:?}");
+    }
 }
 
 #[cfg(feature = "postgres")]

@@ -20,6 +20,9 @@ use crate::scope;
 #[serde(default)]
 pub struct Config {
     pub database_url: String,
+    /// Connections each instance opens to an SQL database at most (PostgreSQL's change feed takes
+    /// one more).
+    pub database_pool_size: usize,
     /// Optional Redis, shared by every instance, caching keys in front of the database.
     pub redis_url: Option<String>,
     /// How long a key stays in the Redis cache, in seconds.
@@ -145,6 +148,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             database_url: defaults::DATABASE_URL.into(),
+            database_pool_size: 8,
             redis_url: None,
             redis_cache_ttl_seconds: 300,
             key_cache_lifetime_seconds: 300,
@@ -322,6 +326,11 @@ impl Config {
             "must differ from API_KEYS_ADMIN_SCOPE"
         );
         ensure!(
+            (1..=1000).contains(&self.database_pool_size),
+            "DATABASE_POOL_SIZE",
+            "must be between 1 and 1000"
+        );
+        ensure!(
             (1..=3600).contains(&self.usage_flush_seconds),
             "USAGE_FLUSH_SECONDS",
             "must be between 1 and 3600"
@@ -462,6 +471,7 @@ mod tests {
             ("API_KEYS_ADMIN_SCOPE", "Admin"),
             ("DOCS_PATH", "/docs?x"),
             ("DATABASE_URL", "mysql://db"),
+            ("DATABASE_POOL_SIZE", "0"),
             ("REDIS_URL", "http://cache"),
             ("REDIS_CACHE_TTL_SECONDS", "0"),
             ("KEY_CACHE_TTL_MS", "60001"),

@@ -269,7 +269,9 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
         #[cfg(feature = "redis")]
         Some("redis") => Arc::new(redis::RedisBackend::connect(url)?),
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        Some("sqlite" | "postgres") => Arc::new(SqlBackend::connect(url).await?),
+        Some("sqlite" | "postgres") => {
+            Arc::new(SqlBackend::connect(url).await?.with_pool_size(config.database_pool_size))
+        }
         _ => return Err(not_built(url)),
     };
     let cached = CachedBackend::new(primary)

@@ -45,6 +45,7 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
                               PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
+/// Connections per pool unless [`SqlBackend::with_pool_size`] says otherwise.
 const POOL_SIZE: usize = 8;
 
 /// A database named by a `DATABASE_URL`, among those compiled in.
@@ -131,6 +132,17 @@ impl SqlBackend {
                 feed: Arc::new(feed::PgFeed { url: url.to_owned() }),
             },
         })
+    }
+
+    /// Opens at most `size` connections at once (`DATABASE_POOL_SIZE`).
+    pub fn with_pool_size(self, size: usize) -> Self {
+        match &self.connections {
+            #[cfg(feature = "sqlite")]
+            Connections::Sqlite(pool) => pool.resize(size),
+            #[cfg(feature = "postgres")]
+            Connections::Postgres(pool) => pool.resize(size),
+        }
+        self
     }
 }
 
