@@ -38,6 +38,47 @@ async fn sqlite() -> (tempfile::TempDir, Arc<dyn Backend>) {
     (dir, Arc::new(SqlBackend::connect(&url).await.unwrap()))
 }
 
+/// Replicas started together all migrate the database as they start: each migration runs once, and
+/// no replica fails because another got there first.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn instances_migrate_at_once(url: &str, dialect: &str) {
+    use {{crate_name}}::store::migrate;
+    use futures_util::future::join_all;
+
+    let shipped = std::fs::read_dir(format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR")));
+    let runs = join_all((0..4).map(|_| migrate(url))).await;
+    let applied: usize = runs.into_iter().map(|run| run.expect("every replica starts")).sum();
+    assert_eq!(applied, shipped.unwrap().count(), "each migration ran once");
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn replicas_starting_together_migrate_a_sqlite_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    instances_migrate_at_once(&url, "sqlite").await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn replicas_starting_together_migrate_postgres_once() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED postgres migrations: set TEST_POSTGRES_URL=postgres://... to run it");
+        return;
+    };
+    // A database of its own, new: the shared one was migrated long ago.
+    let name = format!("migrated_at_once_{}", std::process::id());
+    let (server, _) = url.rsplit_once('/').expect("a database URL ends in its name");
+    let mut admin = AsyncPgConnection::establish(&url).await.unwrap();
+    let sql = |statement: String| diesel::sql_query(statement);
+    sql(format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await.unwrap();
+    sql(format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    instances_migrate_at_once(&format!("{server}/{name}"), "postgres").await;
+    sql(format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_backend_conforms() {

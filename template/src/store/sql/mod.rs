@@ -162,7 +162,17 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
                     })?;
                 }
                 let mut conn = diesel::SqliteConnection::establish(path).map_err(unavailable)?;
-                conn.run_pending_migrations(SQLITE_MIGRATIONS).map_err(unavailable)?.len()
+                diesel::connection::SimpleConnection::batch_execute(
+                    &mut conn,
+                    "PRAGMA busy_timeout = 5000",
+                )
+                .map_err(unavailable)?;
+                // Holding the write lock from the start: replicas started together wait for the
+                // first to migrate, then find nothing left to do.
+                conn.immediate_transaction(|conn| {
+                    conn.run_pending_migrations(SQLITE_MIGRATIONS).map(|applied| applied.len())
+                })
+                .map_err(unavailable)?
             }
             #[cfg(feature = "postgres")]
             Database::Postgres { url } => {
@@ -170,7 +180,14 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
                 let mut conn =
                     <AsyncConnectionWrapper<PgConnection> as diesel::Connection>::establish(url)
                         .map_err(unavailable)?;
-                conn.run_pending_migrations(POSTGRES_MIGRATIONS).map_err(unavailable)?.len()
+                // Replicas started together take turns, or two would create the same table and
+                // one would fail; the lock goes with the transaction.
+                diesel::Connection::transaction(&mut conn, |conn| {
+                    let lock = "SELECT pg_advisory_xact_lock(hashtext('api_keys migrations'))";
+                    diesel::RunQueryDsl::execute(diesel::sql_query(lock), conn)?;
+                    conn.run_pending_migrations(POSTGRES_MIGRATIONS).map(|applied| applied.len())
+                })
+                .map_err(unavailable)?
             }
         })
     })
