@@ -152,12 +152,12 @@ impl Metrics {
         self.storage_operations.get_or_create(&[("operation", operation)]).inc();
     }
 
-    /// Counts a usage flush of `keys` keys.
+    /// Counts a usage flush that wrote `keys` keys, all it had (`ok`) or some.
     pub fn usage_flush(&self, keys: usize, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.usage_flushes.get_or_create(&[("result", result)]).inc();
+        self.usage_flushed_keys.inc_by(keys as u64);
         if ok {
-            self.usage_flushed_keys.inc_by(keys as u64);
             let since_start = self.started.elapsed().as_millis();
             self.last_flush_ms
                 .store(u64::try_from(since_start).unwrap_or(u64::MAX), Ordering::Relaxed);

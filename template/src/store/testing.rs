@@ -1,8 +1,8 @@
 //! A store for the service's own unit tests: the memory store, with the delays and failures of a
 //! real database where a test needs them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,8 +31,11 @@ pub struct FlakyStore {
     pub quotas_fail: AtomicBool,
     /// How long each usage write takes, as over a network.
     pub usage_delay: Duration,
-    /// Whether usage writes fail, as when the database is down.
-    pub usage_fails: bool,
+    /// Usage writes that succeed before the rest fail, as when the database goes down; `Some(0)`:
+    /// every one fails.
+    pub usage_writes_before_failing: Option<usize>,
+    /// The keys in each usage write that succeeded, in order.
+    pub usage_writes: Mutex<Vec<usize>>,
 }
 
 #[async_trait]
@@ -119,8 +122,12 @@ impl Backend for FlakyStore {
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
         tokio::time::sleep(self.usage_delay).await;
-        if self.usage_fails {
-            return Err(StoreError::Unavailable("down".into()));
+        {
+            let mut writes = self.usage_writes.lock().unwrap();
+            if self.usage_writes_before_failing.is_some_and(|before| writes.len() >= before) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            writes.push(batch.len());
         }
         self.inner.record_usage(batch).await
     }

@@ -596,7 +596,7 @@ impl Backend for SqlBackend {
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
-        // One transaction for the batch: a failed flush applies nothing, so re-queueing it counts
+        // One transaction for the batch: a failed write applies nothing, so re-queueing it counts
         // nothing twice. One statement per chunk of keys rather than per key: a busy interval
         // touches thousands, and on SQLite each statement is a hop to a blocking thread.
         with_conn!(self, |conn| {
