@@ -28,14 +28,62 @@ async fn sqlite() -> (tempfile::TempDir, Arc<dyn Backend>) {
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"));
     assert_eq!(
         migrate(&url).await.unwrap(),
-        shipped.unwrap().count(),
+        shipped("sqlite"),
         "a new database gets every migration"
     );
     assert_eq!(migrate(&url).await.unwrap(), 0, "migrating twice is a no-op");
     (dir, Arc::new(SqlBackend::connect(&url).await.unwrap()))
+}
+
+/// The migrations shipped for `dialect`: one folder each.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn shipped(dialect: &str) -> usize {
+    let folder = std::fs::read_dir(format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR")));
+    folder.unwrap().filter(|entry| entry.as_ref().unwrap().path().is_dir()).count()
+}
+
+/// `TEST_POSTGRES_URL`, or `None` after a `SKIPPED` line naming `test`.
+#[cfg(feature = "postgres")]
+fn postgres_url(test: &str) -> Option<String> {
+    let url = std::env::var("TEST_POSTGRES_URL").ok();
+    if url.is_none() {
+        eprintln!("SKIPPED {test}: set TEST_POSTGRES_URL=postgres://... to run it");
+    }
+    url
+}
+
+/// `url` with one more query parameter.
+#[cfg(feature = "postgres")]
+fn with_param(url: &str, param: &str) -> String {
+    format!("{url}{}{param}", if url.contains('?') { '&' } else { '?' })
+}
+
+/// A new, empty database on `url`'s server, named after `url`'s and `suffix`, so that one left
+/// behind by a failed run is replaced by the next; its URL, and a connection to the server.
+#[cfg(feature = "postgres")]
+async fn new_database(url: &str, suffix: &str) -> (String, diesel_async::AsyncPgConnection) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    let (server, shared) = url.rsplit_once('/').expect("a database URL ends in its name");
+    let name = format!("{shared}_{suffix}");
+    let mut admin = AsyncPgConnection::establish(url).await.unwrap();
+    for statement in [format!("DROP DATABASE IF EXISTS {name}"), format!("CREATE DATABASE {name}")]
+    {
+        diesel::sql_query(statement).execute(&mut admin).await.unwrap();
+    }
+    (format!("{server}/{name}"), admin)
+}
+
+/// Drops a database [`new_database`] made (`WITH (FORCE)`: PostgreSQL 13 or later).
+#[cfg(feature = "postgres")]
+async fn drop_database(url: &str, admin: &mut diesel_async::AsyncPgConnection) {
+    use diesel_async::RunQueryDsl;
+
+    let (_, name) = url.rsplit_once('/').unwrap();
+    let statement = format!("DROP DATABASE {name} WITH (FORCE)");
+    diesel::sql_query(statement).execute(admin).await.unwrap();
 }
 
 /// Replicas started together all migrate the database as they start: each migration runs once, and
@@ -45,10 +93,9 @@ async fn instances_migrate_at_once(url: &str, dialect: &str) {
     use {{crate_name}}::store::migrate;
     use futures_util::future::join_all;
 
-    let shipped = std::fs::read_dir(format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR")));
     let runs = join_all((0..4).map(|_| migrate(url))).await;
     let applied: usize = runs.into_iter().map(|run| run.expect("every replica starts")).sum();
-    assert_eq!(applied, shipped.unwrap().count(), "each migration ran once");
+    assert_eq!(applied, shipped(dialect), "each migration ran once");
 }
 
 #[cfg(feature = "sqlite")]
@@ -62,21 +109,21 @@ async fn replicas_starting_together_migrate_a_sqlite_file_once() {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn replicas_starting_together_migrate_postgres_once() {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-
-    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED postgres migrations: set TEST_POSTGRES_URL=postgres://... to run it");
+    let Some(url) = postgres_url("postgres migrations") else {
         return;
     };
-    // A database of its own, new: the shared one was migrated long ago.
-    let name = format!("migrated_at_once_{}", std::process::id());
-    let (server, _) = url.rsplit_once('/').expect("a database URL ends in its name");
-    let mut admin = AsyncPgConnection::establish(&url).await.unwrap();
-    let sql = |statement: String| diesel::sql_query(statement);
-    sql(format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await.unwrap();
-    sql(format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-    instances_migrate_at_once(&format!("{server}/{name}"), "postgres").await;
-    sql(format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+    use diesel_async::RunQueryDsl;
+
+    // A database of its own, new: the shared one was migrated long ago. Its transactions default
+    // to REPEATABLE READ, under which one that waited for the lock would not see what the holder
+    // migrated.
+    let (new, mut admin) = new_database(&url, "migrated_at_once").await;
+    let (_, name) = new.rsplit_once('/').unwrap();
+    let isolation =
+        format!("ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'");
+    diesel::sql_query(isolation).execute(&mut admin).await.unwrap();
+    instances_migrate_at_once(&new, "postgres").await;
+    drop_database(&new, &mut admin).await;
 }
 
 #[cfg(feature = "sqlite")]
@@ -92,10 +139,7 @@ async fn sqlite_backend_conforms() {
 async fn postgres_backend_conforms() {
     use {{crate_name}}::store::{SqlBackend, migrate};
 
-    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-        eprintln!(
-            "SKIPPED postgres_backend_conforms: set TEST_POSTGRES_URL=postgres://... to run it"
-        );
+    let Some(url) = postgres_url("postgres_backend_conforms") else {
         return;
     };
     migrate(&url).await.unwrap();
@@ -291,17 +335,14 @@ async fn instances_sharing_a_sqlite_file_flush_the_same_keys_at_once() {
 async fn instances_sharing_postgres_flush_the_same_keys_at_once() {
     use {{crate_name}}::store::{SqlBackend, migrate};
 
-    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED postgres usage flushes: set TEST_POSTGRES_URL=postgres://... to run it");
+    let Some(url) = postgres_url("postgres usage flushes") else {
         return;
     };
     migrate(&url).await.unwrap();
     // Each batch joined to the table row by row, in the batch's order, as PostgreSQL joins it to
     // a table of many keys (on a small one, it scans the table and locks rows in its order).
-    let row_by_row = format!(
-        "{url}{}options=-c%20enable_hashjoin%3Doff%20-c%20enable_mergejoin%3Doff",
-        if url.contains('?') { '&' } else { '?' }
-    );
+    let row_by_row =
+        with_param(&url, "options=-c%20enable_hashjoin%3Doff%20-c%20enable_mergejoin%3Doff");
     let first = SqlBackend::connect(&row_by_row).await.unwrap();
     let second = SqlBackend::connect(&row_by_row).await.unwrap();
     instances_flush_the_same_keys_at_once(&first, &second).await;
@@ -314,43 +355,60 @@ async fn instances_sharing_postgres_flush_the_same_keys_at_once() {
 async fn a_pool_opens_no_more_connections_than_its_size() {
     use {{crate_name}}::store::{SqlBackend, migrate};
     use diesel::sql_types::{BigInt, Text};
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-    use futures_util::future::join_all;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
     #[derive(diesel::QueryableByName)]
     struct Open {
         #[diesel(sql_type = BigInt)]
         connections: i64,
     }
-    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED postgres pool size: set TEST_POSTGRES_URL=postgres://... to run it");
+    let Some(url) = postgres_url("postgres pool size") else {
         return;
     };
-    migrate(&url).await.unwrap();
-    let mut admin = AsyncPgConnection::establish(&url).await.unwrap();
-    for (size, expected) in [(None, 6), (Some(2), 2)] {
-        let name = format!("pool-test-{}-{size:?}", std::process::id()).replace(['(', ')'], "");
-        let named =
-            format!("{url}{}application_name={name}", if url.contains('?') { '&' } else { '?' });
-        let backend = SqlBackend::connect(&named).await.unwrap();
-        let backend = match size {
-            Some(size) => backend.with_pool_size(size),
-            None => backend,
-        };
-        // Six lookups at once, each asking the pool for a connection before any has one; the pool
-        // keeps what it opened.
-        for found in join_all((0..6).map(|_| backend.get("no-such-key"))).await {
-            assert_eq!(found.unwrap(), None);
+    // A database of its own, whose table this test locks.
+    let (new, mut admin) = new_database(&url, "pool_size").await;
+    migrate(&new).await.unwrap();
+    let mut counter = AsyncPgConnection::establish(&url).await.unwrap();
+    for (size, expected) in [(8, 6), (2, 2)] {
+        let name = format!("pool-of-{size}");
+        let backend = Arc::new(
+            SqlBackend::connect_with_pool(
+                &with_param(&new, &format!("application_name={name}")),
+                size,
+            )
+            .await
+            .unwrap(),
+        );
+        // Six lookups held up by a lock on the table, each holding the connection it got.
+        let mut locker = AsyncPgConnection::establish(&new).await.unwrap();
+        let lock = "BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE";
+        locker.batch_execute(lock).await.unwrap();
+        let lookups: Vec<_> = (0..6)
+            .map(|_| {
+                let backend = backend.clone();
+                tokio::spawn(async move { backend.get("no-such-key").await })
+            })
+            .collect();
+        let count =
+            "SELECT count(*) AS connections FROM pg_stat_activity WHERE application_name = $1";
+        let mut open = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now: Open = diesel::sql_query(count)
+                .bind::<Text, _>(&name)
+                .get_result(&mut counter)
+                .await
+                .unwrap();
+            open = open.max(now.connections);
         }
-        let open: Open = diesel::sql_query(
-            "SELECT count(*) AS connections FROM pg_stat_activity WHERE application_name = $1",
-        )
-        .bind::<Text, _>(&name)
-        .get_result(&mut admin)
-        .await
-        .unwrap();
-        assert_eq!(open.connections, expected, "connections opened with a pool size of {size:?}");
+        locker.batch_execute("COMMIT").await.unwrap();
+        for lookup in lookups {
+            assert_eq!(lookup.await.unwrap().unwrap(), None);
+        }
+        assert_eq!(open, expected, "connections open at once with a pool of {size}");
     }
+    drop_database(&new, &mut admin).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -359,8 +417,7 @@ async fn instances_sharing_postgres_hear_each_others_changes_and_a_lost_feed_is_
     use {{crate_name}}::store::{SqlBackend, migrate};
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED postgres change feed: set TEST_POSTGRES_URL=postgres://... to run it");
+    let Some(url) = postgres_url("postgres change feed") else {
         return;
     };
     migrate(&url).await.unwrap();

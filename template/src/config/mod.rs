@@ -15,13 +15,16 @@ use ipnet::IpNet;
 
 use crate::scope;
 
+/// Connections each instance opens to an SQL database at most, unless `DATABASE_POOL_SIZE` says
+/// otherwise.
+pub const DEFAULT_POOL_SIZE: usize = 8;
+
 /// Settings of the service. Field `foo_bar` is read from the variable `FOO_BAR`.
 #[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct Config {
     pub database_url: String,
-    /// Connections each instance opens to an SQL database at most (PostgreSQL's change feed takes
-    /// one more).
+    /// Connections each instance opens to an SQL database at most, besides its change feed's own.
     pub database_pool_size: usize,
     /// Optional Redis, shared by every instance, caching keys in front of the database.
     pub redis_url: Option<String>,
@@ -148,7 +151,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             database_url: defaults::DATABASE_URL.into(),
-            database_pool_size: 8,
+            database_pool_size: DEFAULT_POOL_SIZE,
             redis_url: None,
             redis_cache_ttl_seconds: 300,
             key_cache_lifetime_seconds: 300,
@@ -326,9 +329,9 @@ impl Config {
             "must differ from API_KEYS_ADMIN_SCOPE"
         );
         ensure!(
-            (1..=1000).contains(&self.database_pool_size),
+            (2..=1000).contains(&self.database_pool_size),
             "DATABASE_POOL_SIZE",
-            "must be between 1 and 1000"
+            "must be between 2 and 1000"
         );
         ensure!(
             (1..=3600).contains(&self.usage_flush_seconds),
@@ -471,7 +474,7 @@ mod tests {
             ("API_KEYS_ADMIN_SCOPE", "Admin"),
             ("DOCS_PATH", "/docs?x"),
             ("DATABASE_URL", "mysql://db"),
-            ("DATABASE_POOL_SIZE", "0"),
+            ("DATABASE_POOL_SIZE", "1"),
             ("REDIS_URL", "http://cache"),
             ("REDIS_CACHE_TTL_SECONDS", "0"),
             ("KEY_CACHE_TTL_MS", "60001"),

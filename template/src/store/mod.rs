@@ -270,7 +270,7 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
         Some("redis") => Arc::new(redis::RedisBackend::connect(url)?),
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
         Some("sqlite" | "postgres") => {
-            Arc::new(SqlBackend::connect(url).await?.with_pool_size(config.database_pool_size))
+            Arc::new(SqlBackend::connect_with_pool(url, config.database_pool_size).await?)
         }
         _ => return Err(not_built(url)),
     };

@@ -657,11 +657,12 @@ impl Backend for RedisBackend {
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
-        // MULTI/EXEC: a batch that fails to reach Redis applies nothing.
+        // MULTI/EXEC: a batch that fails to reach Redis applies nothing, and no other client's
+        // command runs in the middle of it.
         let mut pipe = redis::pipe();
         pipe.atomic();
         // EVAL with the source: a NOSCRIPT answer inside MULTI could not be retried with EVALSHA,
-        // and this runs once per flush interval, not per request.
+        // and this runs a few times per flush interval, not per request.
         for usage in batch {
             pipe.cmd("EVAL")
                 .arg(RECORD_USAGE)

@@ -25,7 +25,7 @@ use self::models::{ApiKeyRow, ChangesRow, EventRow};
 use self::schema::{api_key_events, api_keys};
 use super::feed::ChangeFeed;
 use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
-use crate::config::store_kind;
+use crate::config::{DEFAULT_POOL_SIZE, store_kind};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[cfg(feature = "sqlite")]
@@ -45,8 +45,27 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
                               PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
-/// Connections per pool unless [`SqlBackend::with_pool_size`] says otherwise.
-const POOL_SIZE: usize = 8;
+/// How long a replica starting beside another waits for its SQLite migration.
+#[cfg(feature = "sqlite")]
+const SQLITE_MIGRATION_WAIT: &str = "PRAGMA busy_timeout = 60000";
+
+/// On PostgreSQL, instances take turns by two advisory locks, held until their transaction ends
+/// (in `pg_locks`, `locktype = 'advisory'`): one to migrate, one to write usage. Each of those
+/// transactions reads committed data, whatever the database's default isolation: one that waited
+/// for the lock must see what the holder wrote.
+#[cfg(feature = "postgres")]
+const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
+#[cfg(feature = "postgres")]
+const TRY_MIGRATION_LOCK: &str =
+    "SELECT pg_try_advisory_xact_lock(hashtext('api_keys migrations'))";
+#[cfg(feature = "postgres")]
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('api_keys migrations'))";
+/// A usage write that waits longer than this for a lock gives up, and its counts wait for the next
+/// flush: a session holding a lock forever must not stall every flush, nor shutdown.
+#[cfg(feature = "postgres")]
+const USAGE_LOCK: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+                          SET LOCAL lock_timeout = '5s'; \
+                          SELECT pg_advisory_xact_lock(hashtext('api_keys usage flush'))";
 
 /// A database named by a `DATABASE_URL`, among those compiled in.
 enum Database<'a> {
@@ -102,8 +121,14 @@ pub struct SqlBackend {
 }
 
 impl SqlBackend {
-    /// Opens a connection pool. It does not migrate: run [`migrate`] first.
+    /// Opens a pool of at most [`DEFAULT_POOL_SIZE`] connections. It does not migrate: run
+    /// [`migrate`] first.
     pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_pool(database_url, DEFAULT_POOL_SIZE).await
+    }
+
+    /// Opens a pool of at most `size` connections (`DATABASE_POOL_SIZE`).
+    pub async fn connect_with_pool(database_url: &str, size: usize) -> Result<Self, StoreError> {
         Ok(match Database::parse(database_url)? {
             #[cfg(feature = "sqlite")]
             Database::Sqlite { path } => {
@@ -120,29 +145,19 @@ impl SqlBackend {
                     })
                 });
                 let manager = AsyncDieselConnectionManager::new_with_config(path, config);
-                let pool = build_pool(manager)?;
+                let pool = build_pool(manager, size)?;
                 let feed = Arc::new(feed::SqliteFeed { path: path.to_owned() });
                 Self { connections: Connections::Sqlite(pool), feed }
             }
             #[cfg(feature = "postgres")]
             Database::Postgres { url } => Self {
-                connections: Connections::Postgres(build_pool(AsyncDieselConnectionManager::new(
-                    url,
-                ))?),
+                connections: Connections::Postgres(build_pool(
+                    AsyncDieselConnectionManager::new(url),
+                    size,
+                )?),
                 feed: Arc::new(feed::PgFeed { url: url.to_owned() }),
             },
         })
-    }
-
-    /// Opens at most `size` connections at once (`DATABASE_POOL_SIZE`).
-    pub fn with_pool_size(self, size: usize) -> Self {
-        match &self.connections {
-            #[cfg(feature = "sqlite")]
-            Connections::Sqlite(pool) => pool.resize(size),
-            #[cfg(feature = "postgres")]
-            Connections::Postgres(pool) => pool.resize(size),
-        }
-        self
     }
 }
 
@@ -164,11 +179,12 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
                 let mut conn = diesel::SqliteConnection::establish(path).map_err(unavailable)?;
                 diesel::connection::SimpleConnection::batch_execute(
                     &mut conn,
-                    "PRAGMA busy_timeout = 5000",
+                    SQLITE_MIGRATION_WAIT,
                 )
                 .map_err(unavailable)?;
                 // Holding the write lock from the start: replicas started together wait for the
-                // first to migrate, then find nothing left to do.
+                // first to migrate, then find nothing left to do. All pending migrations run in
+                // this one transaction, so a migration must be one that can (no `VACUUM`).
                 conn.immediate_transaction(|conn| {
                     conn.run_pending_migrations(SQLITE_MIGRATIONS).map(|applied| applied.len())
                 })
@@ -181,10 +197,23 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
                     <AsyncConnectionWrapper<PgConnection> as diesel::Connection>::establish(url)
                         .map_err(unavailable)?;
                 // Replicas started together take turns, or two would create the same table and
-                // one would fail; the lock goes with the transaction.
+                // one would fail. All pending migrations run in this one transaction, so a
+                // migration must be one that can (no `CREATE INDEX CONCURRENTLY`).
                 diesel::Connection::transaction(&mut conn, |conn| {
-                    let lock = "SELECT pg_advisory_xact_lock(hashtext('api_keys migrations'))";
-                    diesel::RunQueryDsl::execute(diesel::sql_query(lock), conn)?;
+                    #[derive(QueryableByName)]
+                    struct Locked {
+                        #[diesel(sql_type = Bool)]
+                        pg_try_advisory_xact_lock: bool,
+                    }
+                    diesel::connection::SimpleConnection::batch_execute(conn, READ_COMMITTED)?;
+                    let free = diesel::RunQueryDsl::get_result::<Locked>(
+                        diesel::sql_query(TRY_MIGRATION_LOCK),
+                        conn,
+                    )?;
+                    if !free.pg_try_advisory_xact_lock {
+                        tracing::info!("waiting for another instance to migrate the database");
+                        diesel::RunQueryDsl::execute(diesel::sql_query(MIGRATION_LOCK), conn)?;
+                    }
                     conn.run_pending_migrations(POSTGRES_MIGRATIONS).map(|applied| applied.len())
                 })
                 .map_err(unavailable)?
@@ -195,12 +224,15 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
     .map_err(unavailable)?
 }
 
-fn build_pool<C>(manager: AsyncDieselConnectionManager<C>) -> Result<Pool<C>, StoreError>
+fn build_pool<C>(
+    manager: AsyncDieselConnectionManager<C>,
+    size: usize,
+) -> Result<Pool<C>, StoreError>
 where
     AsyncDieselConnectionManager<C>: deadpool::managed::Manager<Type = C>,
 {
     Pool::builder(manager)
-        .max_size(POOL_SIZE)
+        .max_size(size)
         .wait_timeout(Some(std::time::Duration::from_secs(5)))
         .create_timeout(Some(std::time::Duration::from_secs(5)))
         .runtime(deadpool::Runtime::Tokio1)
@@ -226,8 +258,8 @@ fn add_usage(keys: usize) -> String {
     )
 }
 
-/// Usage flushes take many rows each, in one transaction, and instances behind one load balancer
-/// flush much the same keys: on PostgreSQL they take turns, or two flushes locking shared rows in
+/// Usage writes take many rows each, in one transaction, and instances behind one load balancer
+/// write much the same keys: on PostgreSQL they take turns, or two writes locking shared rows in
 /// different orders would deadlock, and PostgreSQL would abort one. (Sorting the batch would not
 /// do: the order a join visits rows in is the planner's choice.) SQLite lets one writer in at a
 /// time anyway.
@@ -244,12 +276,8 @@ impl OneFlushAtATime for SqliteConnection {
 
 #[cfg(feature = "postgres")]
 impl OneFlushAtATime for PgConnection {
-    /// Held until the flush's transaction ends.
     async fn wait_for_other_flushes(&mut self) -> QueryResult<()> {
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('api_keys usage flush'))")
-            .execute(self)
-            .await
-            .map(drop)
+        diesel_async::SimpleAsyncConnection::batch_execute(self, USAGE_LOCK).await
     }
 }
 
@@ -597,8 +625,8 @@ impl Backend for SqlBackend {
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
         // One transaction for the batch: a failed write applies nothing, so re-queueing it counts
-        // nothing twice. One statement per chunk of keys rather than per key: a busy interval
-        // touches thousands, and on SQLite each statement is a hop to a blocking thread.
+        // nothing twice. One statement per chunk of keys rather than per key, for callers with
+        // batches larger than the tracker's: on SQLite each statement is a hop to a blocking thread.
         with_conn!(self, |conn| {
             conn.transaction(async |conn| {
                 conn.wait_for_other_flushes().await?;
