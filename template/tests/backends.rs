@@ -60,30 +60,52 @@ fn with_param(url: &str, param: &str) -> String {
     format!("{url}{}{param}", if url.contains('?') { '&' } else { '?' })
 }
 
-/// A new, empty database on `url`'s server, named after `url`'s and `suffix`, so that one left
-/// behind by a failed run is replaced by the next; its URL, and a connection to the server.
+/// A new, empty database beside `TEST_POSTGRES_URL`'s, named after it and a suffix, so that one
+/// left behind by a failed run is replaced by the next. Its transactions default to REPEATABLE READ:
+/// those of the service that need another level must ask for it. Making one needs `CREATEDB`, and
+/// dropping it PostgreSQL 13 or later.
 #[cfg(feature = "postgres")]
-async fn new_database(url: &str, suffix: &str) -> (String, diesel_async::AsyncPgConnection) {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-
-    let (server, shared) = url.rsplit_once('/').expect("a database URL ends in its name");
-    let name = format!("{shared}_{suffix}");
-    let mut admin = AsyncPgConnection::establish(url).await.unwrap();
-    for statement in [format!("DROP DATABASE IF EXISTS {name}"), format!("CREATE DATABASE {name}")]
-    {
-        diesel::sql_query(statement).execute(&mut admin).await.unwrap();
-    }
-    (format!("{server}/{name}"), admin)
+struct NewDatabase {
+    url: String,
+    name: String,
+    admin: diesel_async::AsyncPgConnection,
 }
 
-/// Drops a database [`new_database`] made (`WITH (FORCE)`: PostgreSQL 13 or later).
 #[cfg(feature = "postgres")]
-async fn drop_database(url: &str, admin: &mut diesel_async::AsyncPgConnection) {
-    use diesel_async::RunQueryDsl;
+impl NewDatabase {
+    async fn create(url: &str, suffix: &str) -> Self {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
-    let (_, name) = url.rsplit_once('/').unwrap();
-    let statement = format!("DROP DATABASE {name} WITH (FORCE)");
-    diesel::sql_query(statement).execute(admin).await.unwrap();
+        let (base, query) = url.split_once('?').map_or((url, ""), |(base, query)| (base, query));
+        let (server, shared) = base.rsplit_once('/').expect("a database URL ends in its name");
+        // Lowercase letters, digits and underscores, within PostgreSQL's 63 bytes.
+        let name: String = format!("{suffix}_{shared}")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .take(63)
+            .collect();
+        let mut admin = AsyncPgConnection::establish(url).await.unwrap();
+        // One at a time: CREATE DATABASE cannot run in the transaction a batch of statements is.
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+            format!("ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'"),
+        ] {
+            admin.batch_execute(&statement).await.unwrap();
+        }
+        let url = match query {
+            "" => format!("{server}/{name}"),
+            query => format!("{server}/{name}?{query}"),
+        };
+        Self { url, name, admin }
+    }
+
+    async fn drop(mut self) {
+        use diesel_async::SimpleAsyncConnection;
+
+        let statement = format!("DROP DATABASE {} WITH (FORCE)", self.name);
+        self.admin.batch_execute(&statement).await.unwrap();
+    }
 }
 
 /// Replicas started together all migrate the database as they start: each migration runs once, and
@@ -109,21 +131,45 @@ async fn replicas_starting_together_migrate_a_sqlite_file_once() {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn replicas_starting_together_migrate_postgres_once() {
+    use diesel::sql_types::{BigInt, Text};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = BigInt)]
+        replicas: i64,
+    }
     let Some(url) = postgres_url("postgres migrations") else {
         return;
     };
-    use diesel_async::RunQueryDsl;
-
-    // A database of its own, new: the shared one was migrated long ago. Its transactions default
-    // to REPEATABLE READ, under which one that waited for the lock would not see what the holder
-    // migrated.
-    let (new, mut admin) = new_database(&url, "migrated_at_once").await;
-    let (_, name) = new.rsplit_once('/').unwrap();
-    let isolation =
-        format!("ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'");
-    diesel::sql_query(isolation).execute(&mut admin).await.unwrap();
-    instances_migrate_at_once(&new, "postgres").await;
-    drop_database(&new, &mut admin).await;
+    // A database of its own, new: the shared one was migrated long ago.
+    let mut database = NewDatabase::create(&url, "migrated_at_once").await;
+    // The lock is taken when the replicas start, so that every one of them waits for it.
+    let lock = "hashtext('api_keys migrations')";
+    let mut holder = AsyncPgConnection::establish(&database.url).await.unwrap();
+    holder.batch_execute(&format!("SELECT pg_advisory_lock({lock})")).await.unwrap();
+    let at_once = database.url.clone();
+    let replicas =
+        tokio::spawn(async move { instances_migrate_at_once(&at_once, "postgres").await });
+    let waiting = "SELECT count(*) AS replicas FROM pg_locks JOIN pg_database d \
+                   ON d.oid = pg_locks.database \
+                   WHERE locktype = 'advisory' AND NOT granted AND d.datname = $1";
+    let start = Instant::now();
+    loop {
+        let now: Waiting = diesel::sql_query(waiting)
+            .bind::<Text, _>(&database.name)
+            .get_result(&mut database.admin)
+            .await
+            .unwrap();
+        if now.replicas == 4 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{} replicas waited", now.replicas);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.batch_execute(&format!("SELECT pg_advisory_unlock({lock})")).await.unwrap();
+    replicas.await.unwrap();
+    database.drop().await;
 }
 
 #[cfg(feature = "sqlite")]
@@ -338,14 +384,18 @@ async fn instances_sharing_postgres_flush_the_same_keys_at_once() {
     let Some(url) = postgres_url("postgres usage flushes") else {
         return;
     };
-    migrate(&url).await.unwrap();
+    let database = NewDatabase::create(&url, "flushed_at_once").await;
+    migrate(&database.url).await.unwrap();
     // Each batch joined to the table row by row, in the batch's order, as PostgreSQL joins it to
     // a table of many keys (on a small one, it scans the table and locks rows in its order).
-    let row_by_row =
-        with_param(&url, "options=-c%20enable_hashjoin%3Doff%20-c%20enable_mergejoin%3Doff");
+    let row_by_row = with_param(
+        &database.url,
+        "options=-c%20enable_hashjoin%3Doff%20-c%20enable_mergejoin%3Doff",
+    );
     let first = SqlBackend::connect(&row_by_row).await.unwrap();
     let second = SqlBackend::connect(&row_by_row).await.unwrap();
     instances_flush_the_same_keys_at_once(&first, &second).await;
+    database.drop().await;
 }
 
 /// `DATABASE_POOL_SIZE` bounds the connections an instance opens to PostgreSQL, however many
@@ -361,26 +411,24 @@ async fn a_pool_opens_no_more_connections_than_its_size() {
     struct Open {
         #[diesel(sql_type = BigInt)]
         connections: i64,
+        #[diesel(sql_type = BigInt)]
+        waiting: i64,
     }
     let Some(url) = postgres_url("postgres pool size") else {
         return;
     };
     // A database of its own, whose table this test locks.
-    let (new, mut admin) = new_database(&url, "pool_size").await;
-    migrate(&new).await.unwrap();
-    let mut counter = AsyncPgConnection::establish(&url).await.unwrap();
+    let mut database = NewDatabase::create(&url, "pool_size").await;
+    migrate(&database.url).await.unwrap();
+    let count = "SELECT count(*) AS connections, \
+                 count(*) FILTER (WHERE wait_event_type = 'Lock') AS waiting \
+                 FROM pg_stat_activity WHERE application_name = $1 AND datname = $2";
     for (size, expected) in [(8, 6), (2, 2)] {
-        let name = format!("pool-of-{size}");
-        let backend = Arc::new(
-            SqlBackend::connect_with_pool(
-                &with_param(&new, &format!("application_name={name}")),
-                size,
-            )
-            .await
-            .unwrap(),
-        );
+        let name = format!("pool-of-{size}-{}", std::process::id());
+        let named = with_param(&database.url, &format!("application_name={name}"));
+        let backend = Arc::new(SqlBackend::connect_with_pool(&named, size).await.unwrap());
         // Six lookups held up by a lock on the table, each holding the connection it got.
-        let mut locker = AsyncPgConnection::establish(&new).await.unwrap();
+        let mut locker = AsyncPgConnection::establish(&database.url).await.unwrap();
         let lock = "BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE";
         locker.batch_execute(lock).await.unwrap();
         let lookups: Vec<_> = (0..6)
@@ -389,26 +437,26 @@ async fn a_pool_opens_no_more_connections_than_its_size() {
                 tokio::spawn(async move { backend.get("no-such-key").await })
             })
             .collect();
-        let count =
-            "SELECT count(*) AS connections FROM pg_stat_activity WHERE application_name = $1";
-        let mut open = 0;
+        let open = async |admin: &mut AsyncPgConnection| -> Open {
+            let query = diesel::sql_query(count).bind::<Text, _>(&name);
+            query.bind::<Text, _>(&database.name).get_result(admin).await.unwrap()
+        };
+        // Until every connection the pool may open waits for the lock (within the pool's 5 s
+        // wait), then a little longer, for any it should not have opened.
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let now: Open = diesel::sql_query(count)
-                .bind::<Text, _>(&name)
-                .get_result(&mut counter)
-                .await
-                .unwrap();
-            open = open.max(now.connections);
+        while open(&mut database.admin).await.waiting < expected {
+            assert!(start.elapsed() < Duration::from_secs(4), "connections never opened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let opened = open(&mut database.admin).await.connections;
         locker.batch_execute("COMMIT").await.unwrap();
         for lookup in lookups {
             assert_eq!(lookup.await.unwrap().unwrap(), None);
         }
-        assert_eq!(open, expected, "connections open at once with a pool of {size}");
+        assert_eq!(opened, expected, "connections open at once with a pool of {size}");
     }
-    drop_database(&new, &mut admin).await;
+    database.drop().await;
 }
 
 #[cfg(feature = "postgres")]

@@ -60,6 +60,10 @@ const TRY_MIGRATION_LOCK: &str =
     "SELECT pg_try_advisory_xact_lock(hashtext('api_keys migrations'))";
 #[cfg(feature = "postgres")]
 const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('api_keys migrations'))";
+/// Once a replica holds the migration lock, a migration that waits longer for a table's lock (behind
+/// a `pg_dump`, say) fails rather than stall every query queued behind it.
+#[cfg(feature = "postgres")]
+const MIGRATION_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '10s'";
 /// A usage write that waits longer than this for a lock gives up, and its counts wait for the next
 /// flush: a session holding a lock forever must not stall every flush, nor shutdown.
 #[cfg(feature = "postgres")]
@@ -127,7 +131,8 @@ impl SqlBackend {
         Self::connect_with_pool(database_url, DEFAULT_POOL_SIZE).await
     }
 
-    /// Opens a pool of at most `size` connections (`DATABASE_POOL_SIZE`).
+    /// Opens a pool of at most `size` connections (`DATABASE_POOL_SIZE`), 2 or more: a usage write
+    /// holds one while it waits its turn.
     pub async fn connect_with_pool(database_url: &str, size: usize) -> Result<Self, StoreError> {
         Ok(match Database::parse(database_url)? {
             #[cfg(feature = "sqlite")]
@@ -214,6 +219,7 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
                         tracing::info!("waiting for another instance to migrate the database");
                         diesel::RunQueryDsl::execute(diesel::sql_query(MIGRATION_LOCK), conn)?;
                     }
+                    diesel::connection::SimpleConnection::batch_execute(conn, MIGRATION_LOCK_WAIT)?;
                     conn.run_pending_migrations(POSTGRES_MIGRATIONS).map(|applied| applied.len())
                 })
                 .map_err(unavailable)?
@@ -264,19 +270,21 @@ fn add_usage(keys: usize) -> String {
 /// do: the order a join visits rows in is the planner's choice.) SQLite lets one writer in at a
 /// time anyway.
 trait OneFlushAtATime {
-    fn wait_for_other_flushes(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
+    /// Must be the first statement of the write's transaction: on PostgreSQL it sets the
+    /// transaction's isolation, which only a first statement may.
+    fn begin_usage_write(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
 }
 
 #[cfg(feature = "sqlite")]
 impl OneFlushAtATime for SqliteConnection {
-    async fn wait_for_other_flushes(&mut self) -> QueryResult<()> {
+    async fn begin_usage_write(&mut self) -> QueryResult<()> {
         Ok(())
     }
 }
 
 #[cfg(feature = "postgres")]
 impl OneFlushAtATime for PgConnection {
-    async fn wait_for_other_flushes(&mut self) -> QueryResult<()> {
+    async fn begin_usage_write(&mut self) -> QueryResult<()> {
         diesel_async::SimpleAsyncConnection::batch_execute(self, USAGE_LOCK).await
     }
 }
@@ -624,12 +632,13 @@ impl Backend for SqlBackend {
     }
 
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError> {
-        // One transaction for the batch: a failed write applies nothing, so re-queueing it counts
-        // nothing twice. One statement per chunk of keys rather than per key, for callers with
-        // batches larger than the tracker's: on SQLite each statement is a hop to a blocking thread.
+        // One transaction for the batch: a failed write applies nothing, so re-queueing it writes
+        // nothing twice (unless the commit went through and its answer was lost). One statement
+        // per chunk of keys rather than per key, for callers with batches larger than the
+        // tracker's: on SQLite each statement is a hop to a blocking thread.
         with_conn!(self, |conn| {
             conn.transaction(async |conn| {
-                conn.wait_for_other_flushes().await?;
+                conn.begin_usage_write().await?;
                 for chunk in batch.chunks(USAGE_CHUNK) {
                     let mut query = diesel::sql_query(add_usage(chunk.len())).into_boxed();
                     for usage in chunk {
