@@ -128,6 +128,12 @@ try {
       await block.locator(`tr[data-param-name="${name}"] input`).fill(value);
     }
     const responses = block.locator('.live-responses-table');
+    // An earlier call's response would be read as this one's: clear it first.
+    const clear = block.locator('button.btn-clear');
+    if ((await clear.count()) > 0) {
+      await clear.first().click();
+      await responses.locator('tr.response').first().waitFor({ state: 'detached' });
+    }
     await block.locator('button.execute').click();
     const row = responses.locator('tr.response');
     await row.first().waitFor();
