@@ -398,6 +398,35 @@ async fn instances_sharing_postgres_flush_the_same_keys_at_once() {
     database.drop().await;
 }
 
+/// A session that holds the usage-write lock and never lets go (a stuck client, a hostile one)
+/// costs each usage write 5 s, then the write gives up: flushes and shutdown go on, and the counts
+/// wait for the next flush.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_usage_write_gives_up_on_a_lock_held_forever() {
+    use {{crate_name}}::store::{SqlBackend, Usage, migrate};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+    let Some(url) = postgres_url("postgres usage lock timeout") else {
+        return;
+    };
+    // A database of its own: advisory locks are per database, and this one is held throughout.
+    let database = NewDatabase::create(&url, "lock_held").await;
+    migrate(&database.url).await.unwrap();
+    let backend = SqlBackend::connect(&database.url).await.unwrap();
+    let key = conformance::sample("stuck", Utc::now());
+    backend.insert(&key, &conformance::event(&key.id)).await.unwrap();
+    let mut holder = AsyncPgConnection::establish(&database.url).await.unwrap();
+    let hold = "SELECT pg_advisory_lock(hashtext('api_keys usage flush'))";
+    holder.batch_execute(hold).await.unwrap();
+    let used = [Usage { id: key.id.clone(), requests: 1, last_used_at: Utc::now() }];
+    let write = tokio::time::timeout(Duration::from_secs(30), backend.record_usage(&used)).await;
+    let err = write.expect("the write gave up").expect_err("the lock is held");
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    assert_eq!(backend.get(&key.id).await.unwrap().unwrap().request_count, 0);
+    database.drop().await;
+}
+
 /// `DATABASE_POOL_SIZE` bounds the connections an instance opens to PostgreSQL, however many
 /// requests ask for one at once.
 #[cfg(feature = "postgres")]
