@@ -60,10 +60,11 @@ fn with_param(url: &str, param: &str) -> String {
     format!("{url}{}{param}", if url.contains('?') { '&' } else { '?' })
 }
 
-/// A new, empty database beside `TEST_POSTGRES_URL`'s, named after it and a suffix, so that one
-/// left behind by a failed run is replaced by the next. Its transactions default to REPEATABLE READ:
-/// those of the service that need another level must ask for it. Making one needs `CREATEDB`, and
-/// dropping it PostgreSQL 13 or later.
+/// A new, empty database beside `TEST_POSTGRES_URL`'s (`None` when it is not set, as
+/// [`postgres_url`]), named after it and a suffix, so that one left behind by a failed run is
+/// replaced by the next. Its transactions default to REPEATABLE READ: those of the service that
+/// need another level must ask for it. Making one needs `CREATEDB`, and dropping it PostgreSQL 13
+/// or later.
 #[cfg(feature = "postgres")]
 struct NewDatabase {
     url: String,
@@ -73,10 +74,11 @@ struct NewDatabase {
 
 #[cfg(feature = "postgres")]
 impl NewDatabase {
-    async fn create(url: &str, suffix: &str) -> Self {
+    async fn create(suffix: &str) -> Option<Self> {
         use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
-        let (base, query) = url.split_once('?').map_or((url, ""), |(base, query)| (base, query));
+        let url = postgres_url(suffix)?;
+        let (base, query) = url.split_once('?').unwrap_or((&url, ""));
         let (server, shared) = base.rsplit_once('/').expect("a database URL ends in its name");
         // Lowercase letters, digits and underscores, within PostgreSQL's 63 bytes.
         let name: String = format!("{suffix}_{shared}")
@@ -84,7 +86,7 @@ impl NewDatabase {
             .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
             .take(63)
             .collect();
-        let mut admin = AsyncPgConnection::establish(url).await.unwrap();
+        let mut admin = AsyncPgConnection::establish(&url).await.unwrap();
         // One at a time: CREATE DATABASE cannot run in the transaction a batch of statements is.
         for statement in [
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
@@ -97,7 +99,7 @@ impl NewDatabase {
             "" => format!("{server}/{name}"),
             query => format!("{server}/{name}?{query}"),
         };
-        Self { url, name, admin }
+        Some(Self { url, name, admin })
     }
 
     async fn drop(mut self) {
@@ -139,11 +141,10 @@ async fn replicas_starting_together_migrate_postgres_once() {
         #[diesel(sql_type = BigInt)]
         replicas: i64,
     }
-    let Some(url) = postgres_url("postgres migrations") else {
+    // A database of its own, new: the shared one was migrated long ago.
+    let Some(mut database) = NewDatabase::create("migrated_at_once").await else {
         return;
     };
-    // A database of its own, new: the shared one was migrated long ago.
-    let mut database = NewDatabase::create(&url, "migrated_at_once").await;
     // The lock is taken when the replicas start, so that every one of them waits for it.
     let lock = "hashtext('api_keys migrations')";
     let mut holder = AsyncPgConnection::establish(&database.url).await.unwrap();
@@ -381,10 +382,9 @@ async fn instances_sharing_a_sqlite_file_flush_the_same_keys_at_once() {
 async fn instances_sharing_postgres_flush_the_same_keys_at_once() {
     use {{crate_name}}::store::{SqlBackend, migrate};
 
-    let Some(url) = postgres_url("postgres usage flushes") else {
+    let Some(database) = NewDatabase::create("flushed_at_once").await else {
         return;
     };
-    let database = NewDatabase::create(&url, "flushed_at_once").await;
     migrate(&database.url).await.unwrap();
     // Each batch joined to the table row by row, in the batch's order, as PostgreSQL joins it to
     // a table of many keys (on a small one, it scans the table and locks rows in its order).
@@ -407,11 +407,10 @@ async fn a_usage_write_gives_up_on_a_lock_held_forever() {
     use {{crate_name}}::store::{SqlBackend, Usage, migrate};
     use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
-    let Some(url) = postgres_url("postgres usage lock timeout") else {
+    // A database of its own: advisory locks are per database, and this one is held throughout.
+    let Some(database) = NewDatabase::create("lock_held").await else {
         return;
     };
-    // A database of its own: advisory locks are per database, and this one is held throughout.
-    let database = NewDatabase::create(&url, "lock_held").await;
     migrate(&database.url).await.unwrap();
     let backend = SqlBackend::connect(&database.url).await.unwrap();
     let key = conformance::sample("stuck", Utc::now());
@@ -443,11 +442,10 @@ async fn a_pool_opens_no_more_connections_than_its_size() {
         #[diesel(sql_type = BigInt)]
         waiting: i64,
     }
-    let Some(url) = postgres_url("postgres pool size") else {
+    // A database of its own, whose table this test locks.
+    let Some(mut database) = NewDatabase::create("pool_size").await else {
         return;
     };
-    // A database of its own, whose table this test locks.
-    let mut database = NewDatabase::create(&url, "pool_size").await;
     migrate(&database.url).await.unwrap();
     let count = "SELECT count(*) AS connections, \
                  count(*) FILTER (WHERE wait_event_type = 'Lock') AS waiting \

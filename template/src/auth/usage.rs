@@ -38,10 +38,7 @@ impl UsageTracker {
 
     /// Counts one use of a key at `now`.
     pub fn record(&self, id: KeyId, now: DateTime<Utc>) {
-        let mut pending = self.pending();
-        let entry = pending.entry(id).or_insert(Pending { requests: 0, last_used_at: now });
-        entry.requests += 1;
-        entry.last_used_at = entry.last_used_at.max(now);
+        add(&mut self.pending(), id, Pending { requests: 1, last_used_at: now });
     }
 
     /// Uses of `id` counted but not yet flushed.
@@ -80,11 +77,8 @@ impl UsageTracker {
     /// Puts counts that could not be written back, beside those counted meanwhile.
     fn keep(&self, unwritten: &[(KeyId, Pending)]) {
         let mut pending = self.pending();
-        for &(id, p) in unwritten {
-            let entry =
-                pending.entry(id).or_insert(Pending { requests: 0, last_used_at: p.last_used_at });
-            entry.requests += p.requests;
-            entry.last_used_at = entry.last_used_at.max(p.last_used_at);
+        for &(id, uses) in unwritten {
+            add(&mut pending, id, uses);
         }
     }
 
@@ -123,6 +117,17 @@ impl UsageTracker {
         });
         Flusher { stop, task }
     }
+}
+
+/// Adds `uses` to what is pending for `id`, keeping the later of the two last uses.
+fn add(pending: &mut HashMap<KeyId, Pending>, id: KeyId, uses: Pending) {
+    pending
+        .entry(id)
+        .and_modify(|p| {
+            p.requests += uses.requests;
+            p.last_used_at = p.last_used_at.max(uses.last_used_at);
+        })
+        .or_insert(uses);
 }
 
 /// The background flush of a [`UsageTracker`].
