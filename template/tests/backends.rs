@@ -377,6 +377,71 @@ async fn instances_sharing_a_sqlite_file_flush_the_same_keys_at_once() {
     instances_flush_the_same_keys_at_once(first.as_ref(), &second).await;
 }
 
+/// A purge of a year of audit events beside a serving instance: its writes (a usage flush every
+/// 10 ms, here) wait for a batch of the purge at most, never for the whole of it. In one
+/// transaction, the purge held SQLite's one write lock for as long as it ran, and writes failed
+/// with "database is locked" once they had waited 5 s.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn writes_beside_a_long_sqlite_purge_wait_for_a_batch_not_for_the_purge() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use {{crate_name}}::model::EventAction;
+    use {{crate_name}}::store::{Retention, SqlBackend, Usage};
+    use diesel::{Connection, RunQueryDsl, SqliteConnection};
+
+    const EVENTS: u64 = 100_000;
+    let (dir, writer) = sqlite().await;
+    let path = dir.path().join("keys.db");
+    let purger = SqlBackend::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let key = conformance::sample("busy", Utc::now());
+    writer.insert(&key, &conformance::event(&key.id)).await.unwrap();
+    let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    let fill = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+                INSERT INTO api_key_events (id, key_id, action, changes, at) \
+                SELECT printf('old%012d', i), 'k', 'used', '{}', '2020-01-01 00:00:00' FROM n";
+    let fill = diesel::sql_query(fill).bind::<diesel::sql_types::BigInt, _>(EVENTS as i64);
+    fill.execute(&mut conn).unwrap();
+
+    let purging = Arc::new(AtomicBool::new(true));
+    let writes = tokio::spawn({
+        let (purging, id) = (purging.clone(), key.id.clone());
+        async move {
+            let (mut count, mut longest) = (0, Duration::ZERO);
+            while purging.load(Ordering::Relaxed) {
+                let used = [Usage { id: id.clone(), requests: 1, last_used_at: Utc::now() }];
+                let started = Instant::now();
+                writer.record_usage(&used).await.expect("a write beside the purge");
+                longest = longest.max(started.elapsed());
+                count += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (writer, count, longest)
+        }
+    });
+    let mut event = conformance::event("*");
+    event.action = EventAction::Purged;
+    let retention = Retention {
+        keys_before: None,
+        events_before: Some(Utc::now() - chrono::Duration::days(365)),
+    };
+    let started = Instant::now();
+    let purged = purger.purge(&retention, Some(&event)).await.unwrap();
+    let took = started.elapsed();
+    purging.store(false, Ordering::Relaxed);
+    let (writer, count, longest) = writes.await.unwrap();
+    eprintln!(
+        "sqlite: purged {EVENTS} events in {took:?}; {count} writes beside it, the longest {longest:?}"
+    );
+    assert_eq!(purged.events, EVENTS);
+    assert!(
+        longest < took / 5,
+        "a write waited {longest:?}, the purge took {took:?} ({count} writes)"
+    );
+    let stored = writer.get(&key.id).await.unwrap().unwrap();
+    assert_eq!(stored.request_count, count, "every write beside the purge applied");
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn instances_sharing_postgres_flush_the_same_keys_at_once() {

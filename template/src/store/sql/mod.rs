@@ -8,6 +8,7 @@ pub mod models;
 pub mod schema;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -244,6 +245,20 @@ where
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(unavailable)
+}
+
+/// Rows one purge statement deletes at most.
+const PURGE_BATCH: i64 = 5_000;
+
+/// Whether a purge's batch was as large as it may be, so that more may be left.
+fn full(batch: &[String]) -> bool {
+    batch.len() as i64 == PURGE_BATCH
+}
+
+/// The pause after a purge's batch that began at `started`: as long as the batch took, so that
+/// SQLite's other writers, who wait for its one write lock, get it about half the time.
+async fn pause(started: Instant) {
+    tokio::time::sleep(started.elapsed()).await;
 }
 
 /// Keys per usage statement: three parameters each, far below SQLite's and PostgreSQL's limits.
@@ -578,9 +593,11 @@ impl Backend for SqlBackend {
     ) -> Result<Purged, StoreError> {
         let keys_before = retention.keys_before.map(|at| at.naive_utc());
         let events_before = retention.events_before.map(|at| at.naive_utc());
+        let mut purged = Purged::default();
         with_conn!(self, |conn| {
-            conn.transaction(async |conn| {
-                let mut purged = Purged::default();
+            // Batches, each its own transaction, rather than one: on SQLite a transaction deleting
+            // a year of events held the only write lock for longer than the service's writes wait.
+            let batches = async {
                 if let Some(before) = keys_before {
                     let ended = || {
                         api_keys::revoked_at
@@ -588,43 +605,69 @@ impl Backend for SqlBackend {
                             .or(api_keys::expires_at.lt(before))
                             .or(api_keys::retires_at.lt(before))
                     };
-                    purged.keys = match event {
-                        Some(_) => {
-                            diesel::delete(api_keys::table.filter(ended())).execute(conn).await?
-                                as u64
+                    if event.is_some() {
+                        loop {
+                            let started = Instant::now();
+                            let batch: Vec<String> = api_keys::table
+                                .select(api_keys::id)
+                                .filter(ended())
+                                .limit(PURGE_BATCH)
+                                .load(&mut conn)
+                                .await?;
+                            let ended_still = api_keys::id.eq_any(&batch).and(ended());
+                            let delete = diesel::delete(api_keys::table.filter(ended_still));
+                            purged.keys += delete.execute(&mut conn).await? as u64;
+                            if !full(&batch) {
+                                break;
+                            }
+                            pause(started).await;
                         }
-                        None => {
-                            api_keys::table.filter(ended()).count().get_result::<i64>(conn).await?
-                                as u64
-                        }
-                    };
+                    } else {
+                        let count = api_keys::table.filter(ended()).count();
+                        purged.keys = count.get_result::<i64>(&mut conn).await? as u64;
+                    }
                 }
                 if let Some(before) = events_before {
                     let old = || api_key_events::at.lt(before);
-                    purged.events = match event {
-                        Some(_) => {
-                            diesel::delete(api_key_events::table.filter(old()))
-                                .execute(conn)
-                                .await? as u64
-                        }
-                        None => {
-                            api_key_events::table
+                    if event.is_some() {
+                        loop {
+                            let started = Instant::now();
+                            let batch: Vec<String> = api_key_events::table
+                                .select(api_key_events::id)
                                 .filter(old())
-                                .count()
-                                .get_result::<i64>(conn)
-                                .await? as u64
+                                .limit(PURGE_BATCH)
+                                .load(&mut conn)
+                                .await?;
+                            let old_still = api_key_events::id.eq_any(&batch).and(old());
+                            let delete = diesel::delete(api_key_events::table.filter(old_still));
+                            purged.events += delete.execute(&mut conn).await? as u64;
+                            if !full(&batch) {
+                                break;
+                            }
+                            pause(started).await;
                         }
-                    };
+                    } else {
+                        let count = api_key_events::table.filter(old()).count();
+                        purged.events = count.get_result::<i64>(&mut conn).await? as u64;
+                    }
                 }
                 if let Some(event) = event {
                     let row = EventRow::from(&purged.recorded_in(event));
-                    diesel::insert_into(api_key_events::table).values(&row).execute(conn).await?;
+                    diesel::insert_into(api_key_events::table)
+                        .values(&row)
+                        .execute(&mut conn)
+                        .await?;
                 }
-                Ok::<_, DieselError>(purged)
-            })
-            .await
-            .map_err(query_failed)
-        })
+                Ok::<_, DieselError>(())
+            }
+            .await;
+            if let Err(err) = &batches {
+                // The batches run stay deleted: say how far the purge got, as no event will.
+                tracing::warn!(target: "audit", keys = purged.keys, events = purged.events, "purge cut short: {err}");
+            }
+            batches.map_err(query_failed)?;
+        });
+        Ok(purged)
     }
 
     fn feed(&self) -> Option<Arc<dyn ChangeFeed>> {
