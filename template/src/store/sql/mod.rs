@@ -248,18 +248,7 @@ where
 }
 
 /// Rows one purge statement deletes at most.
-const PURGE_BATCH: i64 = 5_000;
-
-/// Whether a purge's batch was as large as it may be, so that more may be left.
-fn full(batch: &[String]) -> bool {
-    batch.len() as i64 == PURGE_BATCH
-}
-
-/// The pause after a purge's batch that began at `started`: as long as the batch took, so that
-/// SQLite's other writers, who wait for its one write lock, get it about half the time.
-async fn pause(started: Instant) {
-    tokio::time::sleep(started.elapsed()).await;
-}
+const PURGE_BATCH: usize = 5_000;
 
 /// Keys per usage statement: three parameters each, far below SQLite's and PostgreSQL's limits.
 const USAGE_CHUNK: usize = 500;
@@ -301,6 +290,100 @@ impl OneFlushAtATime for SqliteConnection {
 impl OneFlushAtATime for PgConnection {
     async fn begin_usage_write(&mut self) -> QueryResult<()> {
         diesel_async::SimpleAsyncConnection::batch_execute(self, USAGE_LOCK).await
+    }
+}
+
+impl SqlBackend {
+    /// Deletes what `retention` names, adding to `purged` as it goes (a dry run only counts).
+    /// Batches, a statement each, rather than one transaction: on SQLite a transaction deleting a
+    /// year of events held the only write lock for longer than the service's writes wait for it.
+    /// There, each batch is followed by a pause as long as it took, so that those writes get the
+    /// lock about half the time; PostgreSQL locks rows, not the database, and needs no pause.
+    async fn delete_ended(
+        &self,
+        retention: &Retention,
+        dry_run: bool,
+        purged: &mut Purged,
+    ) -> Result<(), StoreError> {
+        let keys_before = retention.keys_before.map(|at| at.naive_utc());
+        let events_before = retention.events_before.map(|at| at.naive_utc());
+        let one_writer = match self.connections {
+            #[cfg(feature = "sqlite")]
+            Connections::Sqlite(_) => true,
+            #[cfg(feature = "postgres")]
+            Connections::Postgres(_) => false,
+        };
+        with_conn!(self, |conn| {
+            async {
+                if let Some(before) = keys_before {
+                    let ended = || {
+                        api_keys::revoked_at
+                            .lt(before)
+                            .or(api_keys::expires_at.lt(before))
+                            .or(api_keys::retires_at.lt(before))
+                    };
+                    if dry_run {
+                        let count = api_keys::table.filter(ended()).count();
+                        purged.keys = count.get_result::<i64>(&mut conn).await? as u64;
+                    } else {
+                        loop {
+                            let started = Instant::now();
+                            let batch: Vec<String> = api_keys::table
+                                .select(api_keys::id)
+                                .filter(ended())
+                                .limit(PURGE_BATCH as i64)
+                                .load(&mut conn)
+                                .await?;
+                            if batch.is_empty() {
+                                break;
+                            }
+                            // Asked again: an expiry moved forward meanwhile keeps its key.
+                            let still = api_keys::id.eq_any(&batch).and(ended());
+                            let delete = diesel::delete(api_keys::table.filter(still));
+                            purged.keys += delete.execute(&mut conn).await? as u64;
+                            if batch.len() < PURGE_BATCH {
+                                break;
+                            }
+                            if one_writer {
+                                tokio::time::sleep(started.elapsed()).await;
+                            }
+                        }
+                    }
+                }
+                if let Some(before) = events_before {
+                    let old = || api_key_events::at.lt(before);
+                    if dry_run {
+                        let count = api_key_events::table.filter(old()).count();
+                        purged.events = count.get_result::<i64>(&mut conn).await? as u64;
+                    } else {
+                        loop {
+                            let started = Instant::now();
+                            let batch: Vec<String> = api_key_events::table
+                                .select(api_key_events::id)
+                                .filter(old())
+                                .limit(PURGE_BATCH as i64)
+                                .load(&mut conn)
+                                .await?;
+                            if batch.is_empty() {
+                                break;
+                            }
+                            let still = api_key_events::id.eq_any(&batch).and(old());
+                            let delete = diesel::delete(api_key_events::table.filter(still));
+                            purged.events += delete.execute(&mut conn).await? as u64;
+                            if batch.len() < PURGE_BATCH {
+                                break;
+                            }
+                            if one_writer {
+                                tokio::time::sleep(started.elapsed()).await;
+                            }
+                        }
+                    }
+                }
+                Ok::<_, DieselError>(())
+            }
+            .await
+            .map_err(query_failed)
+        })
     }
 }
 
@@ -591,82 +674,19 @@ impl Backend for SqlBackend {
         retention: &Retention,
         event: Option<&KeyEvent>,
     ) -> Result<Purged, StoreError> {
-        let keys_before = retention.keys_before.map(|at| at.naive_utc());
-        let events_before = retention.events_before.map(|at| at.naive_utc());
         let mut purged = Purged::default();
-        with_conn!(self, |conn| {
-            // Batches, each its own transaction, rather than one: on SQLite a transaction deleting
-            // a year of events held the only write lock for longer than the service's writes wait.
-            let batches = async {
-                if let Some(before) = keys_before {
-                    let ended = || {
-                        api_keys::revoked_at
-                            .lt(before)
-                            .or(api_keys::expires_at.lt(before))
-                            .or(api_keys::retires_at.lt(before))
-                    };
-                    if event.is_some() {
-                        loop {
-                            let started = Instant::now();
-                            let batch: Vec<String> = api_keys::table
-                                .select(api_keys::id)
-                                .filter(ended())
-                                .limit(PURGE_BATCH)
-                                .load(&mut conn)
-                                .await?;
-                            let ended_still = api_keys::id.eq_any(&batch).and(ended());
-                            let delete = diesel::delete(api_keys::table.filter(ended_still));
-                            purged.keys += delete.execute(&mut conn).await? as u64;
-                            if !full(&batch) {
-                                break;
-                            }
-                            pause(started).await;
-                        }
-                    } else {
-                        let count = api_keys::table.filter(ended()).count();
-                        purged.keys = count.get_result::<i64>(&mut conn).await? as u64;
-                    }
-                }
-                if let Some(before) = events_before {
-                    let old = || api_key_events::at.lt(before);
-                    if event.is_some() {
-                        loop {
-                            let started = Instant::now();
-                            let batch: Vec<String> = api_key_events::table
-                                .select(api_key_events::id)
-                                .filter(old())
-                                .limit(PURGE_BATCH)
-                                .load(&mut conn)
-                                .await?;
-                            let old_still = api_key_events::id.eq_any(&batch).and(old());
-                            let delete = diesel::delete(api_key_events::table.filter(old_still));
-                            purged.events += delete.execute(&mut conn).await? as u64;
-                            if !full(&batch) {
-                                break;
-                            }
-                            pause(started).await;
-                        }
-                    } else {
-                        let count = api_key_events::table.filter(old()).count();
-                        purged.events = count.get_result::<i64>(&mut conn).await? as u64;
-                    }
-                }
-                if let Some(event) = event {
-                    let row = EventRow::from(&purged.recorded_in(event));
-                    diesel::insert_into(api_key_events::table)
-                        .values(&row)
-                        .execute(&mut conn)
-                        .await?;
-                }
-                Ok::<_, DieselError>(())
-            }
-            .await;
-            if let Err(err) = &batches {
-                // The batches run stay deleted: say how far the purge got, as no event will.
-                tracing::warn!(target: "audit", keys = purged.keys, events = purged.events, "purge cut short: {err}");
-            }
-            batches.map_err(query_failed)?;
-        });
+        let deleted = self.delete_ended(retention, event.is_none(), &mut purged).await;
+        if let Err(err) = &deleted {
+            // The batches run stay deleted: say how far the purge got, as no event will.
+            let (keys, events) = (purged.keys, purged.events);
+            tracing::warn!(target: "audit", keys, events, "purge cut short: {err}");
+        }
+        deleted?;
+        if let Some(event) = event {
+            let row = EventRow::from(&purged.recorded_in(event));
+            let insert = diesel::insert_into(api_key_events::table).values(&row);
+            with_conn!(self, |conn| insert.execute(&mut conn).await.map_err(query_failed))?;
+        }
         Ok(purged)
     }
 
