@@ -73,8 +73,8 @@ pub enum KeysCommand {
     },
     /// Revoke a key by its id
     Revoke { id: String },
-    /// Delete keys that stopped working and audit events, older than the ages given; the purge
-    /// itself is recorded in the audit log
+    /// Delete keys that stopped working and audit events, older than the ages given; a purge that
+    /// completes is recorded in the audit log, and one cut short is finished by running it again
     #[command(group(ArgGroup::new("what").required(true).multiple(true)))]
     Purge {
         /// Keys revoked, expired or retired at least this long ago (30d or more), e.g. 90d

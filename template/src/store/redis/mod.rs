@@ -633,7 +633,7 @@ impl Backend for RedisBackend {
             Ok::<_, StoreError>(())
         }
         .await;
-        if let Err(err) = &batches {
+        if let (Err(err), Some(_)) = (&batches, event) {
             // The batches run stay deleted: say how far the purge got, as no event will.
             tracing::warn!(target: "audit", keys = purged.keys, events = purged.events, "purge cut short: {err}");
         }

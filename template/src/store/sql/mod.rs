@@ -341,11 +341,11 @@ impl SqlBackend {
                             let still = api_keys::id.eq_any(&batch).and(ended());
                             let delete = diesel::delete(api_keys::table.filter(still));
                             purged.keys += delete.execute(&mut conn).await? as u64;
-                            if batch.len() < PURGE_BATCH {
-                                break;
-                            }
                             if one_writer {
                                 tokio::time::sleep(started.elapsed()).await;
+                            }
+                            if batch.len() < PURGE_BATCH {
+                                break;
                             }
                         }
                     }
@@ -370,11 +370,11 @@ impl SqlBackend {
                             let still = api_key_events::id.eq_any(&batch).and(old());
                             let delete = diesel::delete(api_key_events::table.filter(still));
                             purged.events += delete.execute(&mut conn).await? as u64;
-                            if batch.len() < PURGE_BATCH {
-                                break;
-                            }
                             if one_writer {
                                 tokio::time::sleep(started.elapsed()).await;
+                            }
+                            if batch.len() < PURGE_BATCH {
+                                break;
                             }
                         }
                     }
@@ -676,7 +676,7 @@ impl Backend for SqlBackend {
     ) -> Result<Purged, StoreError> {
         let mut purged = Purged::default();
         let deleted = self.delete_ended(retention, event.is_none(), &mut purged).await;
-        if let Err(err) = &deleted {
+        if let (Err(err), Some(_)) = (&deleted, event) {
             // The batches run stay deleted: say how far the purge got, as no event will.
             let (keys, events) = (purged.keys, purged.events);
             tracing::warn!(target: "audit", keys, events, "purge cut short: {err}");
