@@ -411,7 +411,7 @@ pub fn random_id() -> String {
 /// A key's public id, held inline rather than as a pointer to a string elsewhere: maps keyed by it
 /// find an entry without a second memory access, which with many keys in use is a cache miss per
 /// lookup (steps 4 and 7 of the hot path in docs/src/performance.md).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyId([u8; KeyId::LEN]);
 
 impl KeyId {

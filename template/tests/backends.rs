@@ -174,6 +174,120 @@ async fn replicas_starting_together_migrate_postgres_once() {
     database.drop().await;
 }
 
+/// The last migration before usage counts moved to `api_key_usage`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const BEFORE_USAGE_TABLE: &str = "20261129000000";
+
+/// A key used 5 times, last at noon on 1 June 2026, in `api_keys` as releases before 0.4.0 counted.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn counted_before() -> String {
+    "INSERT INTO api_keys \
+     (id, key_hash, name, scopes, metadata, created_at, request_count, last_used_at) \
+     VALUES ('usedbefore01', 'DIGEST', 'old', 'read', '{}', '2026-01-01 00:00:00', 5, \
+     '2026-06-01 12:00:00')"
+        .replace("DIGEST", &"0".repeat(64))
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(diesel::QueryableByName)]
+struct Counted {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    request_count: i64,
+}
+
+/// Migrates `conn` up to [`BEFORE_USAGE_TABLE`] and stores [`counted_before`] there.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn counted_before_the_usage_table<C>(conn: &mut C, dialect: &str)
+where
+    C: diesel::Connection + diesel_migrations::MigrationHarness<C::Backend>,
+    diesel_migrations::FileBasedMigrations: diesel::migration::MigrationSource<C::Backend>,
+    diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>,
+{
+    use diesel::RunQueryDsl;
+    use diesel_migrations::FileBasedMigrations;
+
+    let folder = format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR"));
+    let migrations = || FileBasedMigrations::from_path(&folder).unwrap();
+    let reached = |conn: &mut C| {
+        let applied = conn.applied_migrations().unwrap();
+        applied.iter().any(|version| version.to_string() == BEFORE_USAGE_TABLE)
+    };
+    while !reached(conn) {
+        conn.run_next_migration(migrations()).unwrap();
+    }
+    diesel::sql_query(counted_before()).execute(conn).unwrap();
+}
+
+/// Reverts the usage table's migration and reads back the count it leaves in `api_keys`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn count_after_reverting_the_usage_table<C>(conn: &mut C, dialect: &str) -> i64
+where
+    C: diesel::Connection + diesel_migrations::MigrationHarness<C::Backend>,
+    diesel_migrations::FileBasedMigrations: diesel::migration::MigrationSource<C::Backend>,
+    diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'static, C, Counted>,
+{
+    use diesel::RunQueryDsl;
+    use diesel_migrations::FileBasedMigrations;
+
+    let folder = format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR"));
+    let reverted = conn.revert_last_migration(FileBasedMigrations::from_path(&folder).unwrap());
+    assert_eq!(reverted.unwrap().to_string(), "20261130000000", "the usage table's migration");
+    let read = "SELECT request_count FROM api_keys WHERE id = 'usedbefore01'";
+    diesel::sql_query(read).get_result::<Counted>(conn).unwrap().request_count
+}
+
+/// Counts written before `api_key_usage` are carried over by its migration, count on after it,
+/// and go back to `api_keys` with its `down.sql`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn usage_counts_move_with_the_usage_table(url: &str) {
+    use {{crate_name}}::store::{SqlBackend, Usage, migrate};
+
+    assert_eq!(migrate(url).await.unwrap(), 1, "the usage table's migration was pending");
+    let backend = SqlBackend::connect(url).await.unwrap();
+    let key = backend.get("usedbefore01").await.unwrap().expect("the key is still there");
+    assert_eq!(key.request_count, 5, "the count made before is carried over");
+    let noon = "2026-06-01T12:00:00Z".parse().unwrap();
+    assert_eq!(key.last_used_at, Some(noon), "and the last use");
+    let used = [Usage { id: key.id.clone(), requests: 3, last_used_at: Utc::now() }];
+    backend.record_usage(&used).await.unwrap();
+    assert_eq!(backend.get(&key.id).await.unwrap().unwrap().request_count, 8, "and counts on");
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn usage_counts_move_to_their_own_table_on_sqlite_and_back() {
+    use diesel::Connection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.db").display().to_string();
+    let connect = || diesel::SqliteConnection::establish(&path).unwrap();
+    counted_before_the_usage_table(&mut connect(), "sqlite");
+    usage_counts_move_with_the_usage_table(&format!("sqlite://{path}")).await;
+    assert_eq!(count_after_reverting_the_usage_table(&mut connect(), "sqlite"), 8);
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn usage_counts_move_to_their_own_table_on_postgres_and_back() {
+    use diesel::Connection;
+    use diesel_async::AsyncPgConnection;
+    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+
+    let Some(database) = NewDatabase::create("usage_table").await else {
+        return;
+    };
+    // Diesel's migration harness needs a synchronous connection: one on a blocking thread.
+    let connect = |url: &str| AsyncConnectionWrapper::<AsyncPgConnection>::establish(url).unwrap();
+    let url = database.url.clone();
+    let before = move || counted_before_the_usage_table(&mut connect(&url), "postgres");
+    tokio::task::spawn_blocking(before).await.unwrap();
+    usage_counts_move_with_the_usage_table(&database.url).await;
+    let url = database.url.clone();
+    let after = move || count_after_reverting_the_usage_table(&mut connect(&url), "postgres");
+    assert_eq!(tokio::task::spawn_blocking(after).await.unwrap(), 8);
+    database.drop().await;
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_backend_conforms() {

@@ -55,9 +55,10 @@ fn schema_tables() -> Tables {
     for line in schema.lines().map(str::trim) {
         if let Some((head, _)) = line.split_once(" (").filter(|_| line.ends_with('{')) {
             current = Some(head.to_owned());
-        } else if let Some((column, _)) = line.split_once(" -> ") {
-            let table = current.clone().expect("a column inside a table! block");
-            tables.entry(table).or_default().insert(column.to_owned());
+        } else if line == "}" {
+            current = None;
+        } else if let (Some(table), Some((column, _))) = (&current, line.split_once(" -> ")) {
+            tables.entry(table.clone()).or_default().insert(column.to_owned());
         }
     }
     tables

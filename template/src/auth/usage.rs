@@ -50,7 +50,10 @@ impl UsageTracker {
     /// Writes everything counted so far, [`FLUSH_CHUNK`] keys per store call. On failure the counts
     /// not yet written are kept for the next flush; those written are not written again.
     pub async fn flush(&self, store: &dyn Backend) -> Result<usize, StoreError> {
-        let taken: Vec<(KeyId, Pending)> = mem::take(&mut *self.pending()).into_iter().collect();
+        let mut taken: Vec<(KeyId, Pending)> =
+            mem::take(&mut *self.pending()).into_iter().collect();
+        // In id order: the SQL stores keep counts in id order, so a write meets each page once.
+        taken.sort_unstable_by_key(|&(id, _)| id);
         let mut written = 0;
         for chunk in taken.chunks(FLUSH_CHUNK) {
             let batch: Vec<Usage> = chunk

@@ -465,6 +465,9 @@ pub async fn purges_only_what_ended_before_the_cut_off(backend: &dyn Backend) {
     for key in [&revoked, &expired, &retired] {
         stored(backend, key).await;
     }
+    // A key's uses go with it.
+    let used = Usage { id: revoked.id.clone(), requests: 1, last_used_at: old };
+    backend.record_usage(&[used]).await.expect("record");
     backend.insert(&working, &old_event).await.expect("insert");
     let mut later = working.clone();
     later.id = random_id();

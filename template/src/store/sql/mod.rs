@@ -22,8 +22,8 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use self::feed::Announce;
-use self::models::{ApiKeyRow, ChangesRow, EventRow};
-use self::schema::{api_key_events, api_keys};
+use self::models::{ApiKeyRow, ChangesRow, EventRow, UsageRow};
+use self::schema::{api_key_events, api_key_usage, api_keys};
 use super::feed::ChangeFeed;
 use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
 use crate::config::{DEFAULT_POOL_SIZE, store_kind};
@@ -255,18 +255,30 @@ const USAGE_CHUNK: usize = 500;
 
 /// The statement adding the uses of `keys` keys, bound as (id, requests, last use) each, in order.
 /// Both databases bind `$n` by position and name the columns of `VALUES` `column1`, `column2`…;
-/// a key deleted meanwhile matches no row.
+/// a key deleted meanwhile gets no row. (SQLite reads `ON CONFLICT` after a join's `ON` as the
+/// join's: hence `WHERE EXISTS`.)
 fn add_usage(keys: usize) -> String {
     let rows: Vec<String> =
         (1..=keys).map(|k| format!("(${}, ${}, ${})", 3 * k - 2, 3 * k - 1, 3 * k)).collect();
     format!(
-        "UPDATE api_keys SET request_count = api_keys.request_count + used.column2, \
-         last_used_at = CASE WHEN api_keys.last_used_at IS NULL \
-         OR api_keys.last_used_at < used.column3 THEN used.column3 ELSE api_keys.last_used_at END \
-         FROM (VALUES {}) AS used WHERE api_keys.id = used.column1",
+        "INSERT INTO api_key_usage (key_id, request_count, last_used_at) \
+         SELECT used.column1, used.column2, used.column3 FROM (VALUES {}) AS used \
+         WHERE EXISTS (SELECT 1 FROM api_keys WHERE api_keys.id = used.column1) \
+         ON CONFLICT (key_id) DO UPDATE SET \
+         request_count = api_key_usage.request_count + excluded.request_count, \
+         last_used_at = CASE WHEN api_key_usage.last_used_at < excluded.last_used_at \
+         THEN excluded.last_used_at ELSE api_key_usage.last_used_at END",
         rows.join(", ")
     )
 }
+
+/// Keys with their uses, for every read of whole keys.
+#[diesel::dsl::auto_type(no_type_alias)]
+fn keys_with_usage() -> _ {
+    api_keys::table.left_join(api_key_usage::table)
+}
+
+type KeyWithUsage = (ApiKeyRow, Option<UsageRow>);
 
 /// Usage writes take many rows each, in one transaction, and instances behind one load balancer
 /// write much the same keys: on PostgreSQL they take turns, or two writes locking shared rows in
@@ -430,10 +442,10 @@ impl Backend for SqlBackend {
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row: Option<ApiKeyRow> = with_conn!(self, |conn| {
-            api_keys::table
-                .find(id)
-                .select(ApiKeyRow::as_select())
+        let row: Option<KeyWithUsage> = with_conn!(self, |conn| {
+            keys_with_usage()
+                .filter(api_keys::id.eq(id))
+                .select(KeyWithUsage::as_select())
                 .first(&mut conn)
                 .await
                 .optional()
@@ -444,9 +456,9 @@ impl Backend for SqlBackend {
 
     async fn list(&self, query: &ListQuery) -> Result<Page<ApiKeyRecord>, StoreError> {
         let (limit, offset) = window(query.limit, query.offset);
-        let (rows, total): (Vec<ApiKeyRow>, i64) = with_conn!(self, |conn| {
-            let mut page = api_keys::table
-                .select(ApiKeyRow::as_select())
+        let (rows, total): (Vec<KeyWithUsage>, i64) = with_conn!(self, |conn| {
+            let mut page = keys_with_usage()
+                .select(KeyWithUsage::as_select())
                 .order_by((api_keys::created_at.desc(), api_keys::id.desc()))
                 .limit(limit)
                 .offset(offset)
@@ -510,19 +522,21 @@ impl Backend for SqlBackend {
             return self.get(id).await;
         }
         let (changes, event) = (ChangesRow::from(changes), EventRow::from(event));
-        let row: Option<ApiKeyRow> = with_conn!(self, |conn| {
+        let row: Option<KeyWithUsage> = with_conn!(self, |conn| {
             conn.transaction(async |conn| {
-                let row = diesel::update(api_keys::table.find(id))
-                    .set(&changes)
-                    .returning(ApiKeyRow::as_returning())
-                    .get_result(conn)
-                    .await
-                    .optional()?;
-                if row.is_some() {
-                    diesel::insert_into(api_key_events::table).values(&event).execute(conn).await?;
-                    conn.announce(id).await?;
+                let updated =
+                    diesel::update(api_keys::table.find(id)).set(&changes).execute(conn).await?;
+                if updated == 0 {
+                    return Ok(None);
                 }
-                Ok::<_, DieselError>(row)
+                diesel::insert_into(api_key_events::table).values(&event).execute(conn).await?;
+                conn.announce(id).await?;
+                keys_with_usage()
+                    .filter(api_keys::id.eq(id))
+                    .select(KeyWithUsage::as_select())
+                    .first(conn)
+                    .await
+                    .map(Some)
             })
             .await
             .map_err(query_failed)?

@@ -1,4 +1,4 @@
-//! Rows of `api_keys` and `api_key_events` as Diesel sees them, and their conversion to and from the
+//! Rows of `api_keys`, `api_key_usage` and `api_key_events` as Diesel sees them, and their conversion to and from the
 //! store's records.
 //!
 //! Times are stored as UTC `TIMESTAMP`s, scopes as one space-separated string and JSON as text, so
@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use hex::FromHex;
 use serde_json::{Map, Value};
 
-use super::schema::{api_key_events, api_keys};
+use super::schema::{api_key_events, api_key_usage, api_keys};
 use crate::model::{
     ApiKeyRecord, KeyChanges, KeyEvent, KeyHash, RateLimit, Refill, from_name, name_of, now,
 };
@@ -27,8 +27,6 @@ pub struct ApiKeyRow {
     pub created_at: NaiveDateTime,
     pub expires_at: Option<NaiveDateTime>,
     pub revoked_at: Option<NaiveDateTime>,
-    pub last_used_at: Option<NaiveDateTime>,
-    pub request_count: i64,
     pub enabled: bool,
     pub rate_limit_requests: Option<i32>,
     pub rate_limit_window: Option<i32>,
@@ -39,6 +37,14 @@ pub struct ApiKeyRow {
     pub rotated_from: Option<String>,
     pub replaced_by: Option<String>,
     pub retires_at: Option<NaiveDateTime>,
+}
+
+/// A key's uses as flushed so far; a key never used has no row.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = api_key_usage)]
+pub struct UsageRow {
+    pub request_count: i64,
+    pub last_used_at: NaiveDateTime,
 }
 
 /// The columns a [`KeyChanges`] sets; `None` leaves a column alone.
@@ -114,8 +120,6 @@ impl From<&ApiKeyRecord> for ApiKeyRow {
             created_at: naive(key.created_at),
             expires_at: key.expires_at.map(naive),
             revoked_at: key.revoked_at.map(naive),
-            last_used_at: key.last_used_at.map(naive),
-            request_count: signed(key.request_count),
             enabled: key.enabled,
             rate_limit_requests,
             rate_limit_window,
@@ -130,10 +134,10 @@ impl From<&ApiKeyRecord> for ApiKeyRow {
     }
 }
 
-impl TryFrom<ApiKeyRow> for ApiKeyRecord {
+impl TryFrom<(ApiKeyRow, Option<UsageRow>)> for ApiKeyRecord {
     type Error = StoreError;
 
-    fn try_from(row: ApiKeyRow) -> Result<Self, StoreError> {
+    fn try_from((row, usage): (ApiKeyRow, Option<UsageRow>)) -> Result<Self, StoreError> {
         let metadata = json_object(&row.metadata, || format!("metadata of key {}", row.id))?;
         let key_hash = <[u8; 32]>::from_hex(&row.key_hash).map(KeyHash).map_err(|_| {
             StoreError::Corrupt(format!("digest of key {} is not 64 hex digits", row.id))
@@ -161,8 +165,8 @@ impl TryFrom<ApiKeyRow> for ApiKeyRecord {
             created_at: row.created_at.and_utc(),
             expires_at: row.expires_at.map(|t| t.and_utc()),
             revoked_at: row.revoked_at.map(|t| t.and_utc()),
-            last_used_at: row.last_used_at.map(|t| t.and_utc()),
-            request_count: unsigned(row.request_count),
+            last_used_at: usage.as_ref().map(|u| u.last_used_at.and_utc()),
+            request_count: usage.map_or(0, |u| unsigned(u.request_count)),
             enabled: row.enabled,
             rate_limit,
             remaining: row.remaining.map(unsigned),

@@ -11,7 +11,10 @@ diesel::table! {
         created_at -> Timestamp,
         expires_at -> Nullable<Timestamp>,
         revoked_at -> Nullable<Timestamp>,
+        /// Unused since 0.4.0, which counts in `api_key_usage`: kept for instances of 0.3.0 during a
+        /// rolling upgrade.
         last_used_at -> Nullable<Timestamp>,
+        /// Unused since 0.4.0, as `last_used_at`.
         request_count -> BigInt,
         enabled -> Bool,
         rate_limit_requests -> Nullable<Integer>,
@@ -37,3 +40,14 @@ diesel::table! {
         at -> Timestamp,
     }
 }
+
+diesel::table! {
+    api_key_usage (key_id) {
+        key_id -> Text,
+        request_count -> BigInt,
+        last_used_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(api_key_usage -> api_keys (key_id));
+diesel::allow_tables_to_appear_in_same_query!(api_keys, api_key_usage);
