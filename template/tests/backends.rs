@@ -190,9 +190,9 @@ fn counted_before() -> String {
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[derive(diesel::QueryableByName)]
-struct Counted {
+struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    request_count: i64,
+    n: i64,
 }
 
 /// Migrates `conn` up to [`BEFORE_USAGE_TABLE`] and stores [`counted_before`] there.
@@ -224,7 +224,7 @@ fn count_after_reverting_the_usage_table<C>(conn: &mut C, dialect: &str) -> i64
 where
     C: diesel::Connection + diesel_migrations::MigrationHarness<C::Backend>,
     diesel_migrations::FileBasedMigrations: diesel::migration::MigrationSource<C::Backend>,
-    diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'static, C, Counted>,
+    diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'static, C, Count>,
 {
     use diesel::RunQueryDsl;
     use diesel_migrations::FileBasedMigrations;
@@ -232,8 +232,8 @@ where
     let folder = format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR"));
     let reverted = conn.revert_last_migration(FileBasedMigrations::from_path(&folder).unwrap());
     assert_eq!(reverted.unwrap().to_string(), "20261130000000", "the usage table's migration");
-    let read = "SELECT request_count FROM api_keys WHERE id = 'usedbefore01'";
-    diesel::sql_query(read).get_result::<Counted>(conn).unwrap().request_count
+    let read = "SELECT request_count AS n FROM api_keys WHERE id = 'usedbefore01'";
+    diesel::sql_query(read).get_result::<Count>(conn).unwrap().n
 }
 
 /// Counts written before `api_key_usage` are carried over by its migration, count on after it,
@@ -291,9 +291,17 @@ async fn usage_counts_move_to_their_own_table_on_postgres_and_back() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_backend_conforms() {
-    let (_dir, sql) = sqlite().await;
+    use diesel::{Connection, RunQueryDsl};
+
+    let (dir, sql) = sqlite().await;
     conformance::run(sql.as_ref()).await;
     conformance::run(&CachedBackend::new(sql)).await;
+    // The purged keys' counts went with them: SQLite cascades only where `foreign_keys` is on.
+    let path = dir.path().join("keys.db").display().to_string();
+    let orphans = "SELECT count(*) AS n FROM api_key_usage \
+                   WHERE key_id NOT IN (SELECT id FROM api_keys)";
+    let mut conn = diesel::SqliteConnection::establish(&path).unwrap();
+    assert_eq!(diesel::sql_query(orphans).get_result::<Count>(&mut conn).unwrap().n, 0);
 }
 
 #[cfg(feature = "postgres")]
@@ -757,6 +765,60 @@ mod redis {
         let redis = Arc::new(RedisBackend::connect(&url).unwrap());
         conformance::run(redis.as_ref()).await;
         conformance::run(&CachedBackend::new(redis)).await;
+    }
+
+    /// `url` on the server's database `db`, for a test whose keys others must not meet.
+    fn on_database(url: &str, db: u8) -> String {
+        let server = match url.rsplit_once('/') {
+            Some((server, path))
+                if !server.ends_with('/') && path.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                server
+            }
+            _ => url,
+        };
+        format!("{server}/{db}")
+    }
+
+    /// A purge reads the store's ids a window at a time, from the newest down: with more keys than
+    /// a window, ended ones among working ones, it deletes every ended key and keeps the rest.
+    #[tokio::test]
+    async fn a_redis_purge_reaches_every_key_a_window_at_a_time() {
+        use {{crate_name}}::model::EventAction;
+        use {{crate_name}}::store::Retention;
+        use {{crate_name}}::store::redis::RedisBackend;
+
+        let Some(url) = redis_url() else { return };
+        // A database of its own: this purge would delete the ended keys of the conformance
+        // suite's purge, and that one these.
+        let url = on_database(&url, 13);
+        let client = ::redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        ::redis::cmd("FLUSHDB").exec_async(&mut conn).await.unwrap();
+        let backend = RedisBackend::connect(&url).unwrap();
+        let long_ago = Utc::now() - chrono::Duration::days(3650);
+        let mut working = Vec::new();
+        for n in 0..2_500 {
+            let mut key = conformance::sample("windows", long_ago + chrono::Duration::seconds(n));
+            if n % 2 == 0 {
+                key.revoked_at = Some(key.created_at + chrono::Duration::days(1));
+            } else {
+                key.expires_at = None;
+                working.push(key.id.clone());
+            }
+            backend.insert(&key, &conformance::event(&key.id)).await.unwrap();
+        }
+        let mut event = conformance::event("*");
+        event.action = EventAction::Purged;
+        let retention = Retention { keys_before: Some(Utc::now()), events_before: None };
+        let purged = backend.purge(&retention, Some(&event)).await.unwrap();
+        assert_eq!(purged.keys, 1_250, "every ended key, in every window");
+        for id in &working {
+            assert!(backend.get(id).await.unwrap().is_some(), "a working key stays: {id}");
+        }
+        let left: usize =
+            ::redis::cmd("ZCARD").arg("apikeys:created").query_async(&mut conn).await.unwrap();
+        assert_eq!(left, working.len(), "no ended key is left in the index");
     }
 
     #[tokio::test]

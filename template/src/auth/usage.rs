@@ -52,7 +52,7 @@ impl UsageTracker {
     pub async fn flush(&self, store: &dyn Backend) -> Result<usize, StoreError> {
         let mut taken: Vec<(KeyId, Pending)> =
             mem::take(&mut *self.pending()).into_iter().collect();
-        // In id order: the SQL stores keep counts in id order, so a write meets each page once.
+        // In id order: on SQLite the counts are stored in id order, so a flush meets each page once.
         taken.sort_unstable_by_key(|&(id, _)| id);
         let mut written = 0;
         for chunk in taken.chunks(FLUSH_CHUNK) {

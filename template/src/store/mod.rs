@@ -240,7 +240,8 @@ pub trait Backend: Send + Sync + 'static {
         vec![("store", self.get("readiness-probe").await.map(drop))]
     }
 
-    /// Adds counted requests to each key and moves `last_used_at` forward, never back.
+    /// Adds counted requests to each key and moves `last_used_at` forward, never back. A batch
+    /// names each key at most once (PostgreSQL refuses a statement that updates a row twice).
     ///
     /// Increments are relative (`request_count + n`), so instances flushing at once lose nothing.
     async fn record_usage(&self, batch: &[Usage]) -> Result<(), StoreError>;

@@ -1,5 +1,5 @@
-//! Rows of `api_keys`, `api_key_usage` and `api_key_events` as Diesel sees them, and their conversion to and from the
-//! store's records.
+//! Rows of `api_keys`, `api_key_usage` and `api_key_events` as Diesel sees them, and their
+//! conversion to and from the store's records.
 //!
 //! Times are stored as UTC `TIMESTAMP`s, scopes as one space-separated string and JSON as text, so
 //! the same columns work on SQLite and PostgreSQL.
@@ -15,6 +15,9 @@ use crate::model::{
 };
 use crate::store::StoreError;
 
+/// A key as `api_keys` holds it, but for its uses (in [`UsageRow`] since 0.4.0). The table's own
+/// `request_count` and `last_used_at` columns stay, unread, for instances of 0.3.0 during a rolling
+/// upgrade.
 #[derive(Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = api_keys)]
 pub struct ApiKeyRow {

@@ -11,10 +11,7 @@ diesel::table! {
         created_at -> Timestamp,
         expires_at -> Nullable<Timestamp>,
         revoked_at -> Nullable<Timestamp>,
-        /// Unused since 0.4.0, which counts in `api_key_usage`: kept for instances of 0.3.0 during a
-        /// rolling upgrade.
         last_used_at -> Nullable<Timestamp>,
-        /// Unused since 0.4.0, as `last_used_at`.
         request_count -> BigInt,
         enabled -> Bool,
         rate_limit_requests -> Nullable<Integer>,
