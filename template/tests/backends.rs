@@ -178,12 +178,15 @@ async fn replicas_starting_together_migrate_postgres_once() {
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 const BEFORE_USAGE_TABLE: &str = "20261129000000";
 
-/// A key used 5 times, last at noon on 1 June 2026, in `api_keys` as releases before 0.4.0 counted.
+/// Two keys used 5 times each, last at noon on 1 June 2026, in `api_keys` as releases before 0.4.0
+/// counted.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn counted_before() -> String {
     "INSERT INTO api_keys \
      (id, key_hash, name, scopes, metadata, created_at, request_count, last_used_at) \
      VALUES ('usedbefore01', 'DIGEST', 'old', 'read', '{}', '2026-01-01 00:00:00', 5, \
+     '2026-06-01 12:00:00'), \
+     ('usedbefore02', 'DIGEST', 'old', 'read', '{}', '2026-01-01 00:00:00', 5, \
      '2026-06-01 12:00:00')"
         .replace("DIGEST", &"0".repeat(64))
 }
@@ -218,22 +221,26 @@ where
     diesel::sql_query(counted_before()).execute(conn).unwrap();
 }
 
-/// Reverts the usage table's migration and reads back the count it leaves in `api_keys`.
+/// Reverts the usage table's migration after an instance of 0.3.0 counted the second key up to 20
+/// in `api_keys`, and reads back the two keys' counts.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn count_after_reverting_the_usage_table<C>(conn: &mut C, dialect: &str) -> i64
+fn counts_after_reverting_the_usage_table<C>(conn: &mut C, dialect: &str) -> Vec<i64>
 where
     C: diesel::Connection + diesel_migrations::MigrationHarness<C::Backend>,
     diesel_migrations::FileBasedMigrations: diesel::migration::MigrationSource<C::Backend>,
-    diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'static, C, Count>,
+    diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>
+        + diesel::query_dsl::LoadQuery<'static, C, Count>,
 {
     use diesel::RunQueryDsl;
     use diesel_migrations::FileBasedMigrations;
 
+    let counted_on = "UPDATE api_keys SET request_count = 20 WHERE id = 'usedbefore02'";
+    diesel::sql_query(counted_on).execute(conn).unwrap();
     let folder = format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR"));
     let reverted = conn.revert_last_migration(FileBasedMigrations::from_path(&folder).unwrap());
     assert_eq!(reverted.unwrap().to_string(), "20261130000000", "the usage table's migration");
-    let read = "SELECT request_count AS n FROM api_keys WHERE id = 'usedbefore01'";
-    diesel::sql_query(read).get_result::<Count>(conn).unwrap().n
+    let read = "SELECT request_count AS n FROM api_keys WHERE id LIKE 'usedbefore%' ORDER BY id";
+    diesel::sql_query(read).load::<Count>(conn).unwrap().into_iter().map(|c| c.n).collect()
 }
 
 /// Counts written before `api_key_usage` are carried over by its migration, count on after it,
@@ -263,7 +270,8 @@ async fn usage_counts_move_to_their_own_table_on_sqlite_and_back() {
     let connect = || diesel::SqliteConnection::establish(&path).unwrap();
     counted_before_the_usage_table(&mut connect(), "sqlite");
     usage_counts_move_with_the_usage_table(&format!("sqlite://{path}")).await;
-    assert_eq!(count_after_reverting_the_usage_table(&mut connect(), "sqlite"), 8);
+    let counts = counts_after_reverting_the_usage_table(&mut connect(), "sqlite");
+    assert_eq!(counts, [8, 20], "the larger of the two counts goes back");
 }
 
 #[cfg(feature = "postgres")]
@@ -283,8 +291,9 @@ async fn usage_counts_move_to_their_own_table_on_postgres_and_back() {
     tokio::task::spawn_blocking(before).await.unwrap();
     usage_counts_move_with_the_usage_table(&database.url).await;
     let url = database.url.clone();
-    let after = move || count_after_reverting_the_usage_table(&mut connect(&url), "postgres");
-    assert_eq!(tokio::task::spawn_blocking(after).await.unwrap(), 8);
+    let after = move || counts_after_reverting_the_usage_table(&mut connect(&url), "postgres");
+    let counts = tokio::task::spawn_blocking(after).await.unwrap();
+    assert_eq!(counts, [8, 20], "the larger of the two counts goes back");
     database.drop().await;
 }
 
@@ -780,10 +789,10 @@ mod redis {
         format!("{server}/{db}")
     }
 
-    /// A purge reads the store's ids a window at a time, from the newest down: with more keys than
-    /// a window, ended ones among working ones, it deletes every ended key and keeps the rest.
+    /// A purge scans the store's ids a batch at a time: with more keys than a batch, ended ones
+    /// among working ones, it counts and deletes every ended key and keeps the rest.
     #[tokio::test]
-    async fn a_redis_purge_reaches_every_key_a_window_at_a_time() {
+    async fn a_redis_purge_reaches_every_key_a_batch_at_a_time() {
         use {{crate_name}}::model::EventAction;
         use {{crate_name}}::store::Retention;
         use {{crate_name}}::store::redis::RedisBackend;
@@ -793,6 +802,7 @@ mod redis {
         // suite's purge, and that one these.
         let url = on_database(&url, 13);
         let client = ::redis::Client::open(url.as_str()).unwrap();
+        assert_eq!(client.get_connection_info().redis_settings().db(), 13, "{url}");
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         ::redis::cmd("FLUSHDB").exec_async(&mut conn).await.unwrap();
         let backend = RedisBackend::connect(&url).unwrap();
@@ -811,6 +821,7 @@ mod redis {
         let mut event = conformance::event("*");
         event.action = EventAction::Purged;
         let retention = Retention { keys_before: Some(Utc::now()), events_before: None };
+        assert_eq!(backend.purge(&retention, None).await.unwrap().keys, 1_250, "a dry run counts");
         let purged = backend.purge(&retention, Some(&event)).await.unwrap();
         assert_eq!(purged.keys, 1_250, "every ended key, in every window");
         for id in &working {

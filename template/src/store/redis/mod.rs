@@ -603,19 +603,29 @@ impl Backend for RedisBackend {
             let mut conn = self.connection.clone();
             let delete = if event.is_some() { "1" } else { "" };
             if let Some(before) = retention.keys_before {
-                // A window of ids at a time, from the newest down: reading every id in one reply
-                // stalled Redis for every client (83 ms for a million keys). Deleting takes ids
-                // from the window just read and new keys come in above it, so the ranks below it
-                // stay where they were.
-                let mut end: isize = conn.zcard(ALL).await.map_err(unavailable)?;
-                while end > 0 {
-                    let start = (end - PURGE_BATCH as isize).max(0);
-                    let batch: Vec<String> =
-                        conn.zrange(ALL, start, end - 1).await.map_err(unavailable)?;
-                    let mut invocation = PURGE_KEYS.prepare_invoke();
-                    invocation.arg(micros(before)).arg(delete).arg(batch);
-                    purged.keys += self.invoke(&invocation).await?.unsigned_abs();
-                    end = start;
+                // Scanned, about a batch at a time: reading every id in one reply stalled Redis for
+                // every client (83 ms for a million keys). A scan returns every key there from its
+                // start to its end, whatever is deleted or added meanwhile.
+                let mut cursor = 0u64;
+                loop {
+                    let (next, scanned): (u64, Vec<(String, f64)>) = redis::cmd("ZSCAN")
+                        .arg(ALL)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(PURGE_BATCH)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(unavailable)?;
+                    if !scanned.is_empty() {
+                        let ids = scanned.into_iter().map(|(id, _created)| id);
+                        let mut invocation = PURGE_KEYS.prepare_invoke();
+                        invocation.arg(micros(before)).arg(delete).arg(ids.collect::<Vec<_>>());
+                        purged.keys += self.invoke(&invocation).await?.unsigned_abs();
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
                 }
             }
             if let Some(before) = retention.events_before {

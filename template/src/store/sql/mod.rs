@@ -66,8 +66,9 @@ const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('api_keys mi
 /// a `pg_dump`, say) fails rather than stall every query queued behind it.
 #[cfg(feature = "postgres")]
 const MIGRATION_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '10s'";
-/// A usage write that waits longer than this for a lock gives up, and its counts wait for the next
-/// flush: a session holding a lock forever must not stall every flush, nor shutdown.
+/// A usage write (or a purge's batch of keys) that waits longer than this for a lock gives up: its
+/// counts wait for the next flush, and the purge stops, to be run again. A session holding a lock
+/// forever must not stall every flush, nor shutdown.
 #[cfg(feature = "postgres")]
 const USAGE_LOCK: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
                           SET LOCAL lock_timeout = '5s'; \
@@ -324,8 +325,8 @@ impl OneFlushAtATime for PgConnection {
 
 impl SqlBackend {
     /// Deletes what `retention` names, adding to `purged` as it goes (a dry run only counts).
-    /// Batches, a statement each, rather than one transaction: on SQLite a transaction deleting a
-    /// year of events held the only write lock for longer than the service's writes wait for it.
+    /// Batches, each its own transaction, rather than one: on SQLite a transaction deleting a year of
+    /// events held the only write lock for longer than the service's writes wait for it.
     /// There, each batch is followed by a pause as long as it took, so that those writes get the
     /// lock about half the time; PostgreSQL locks rows, not the database, and needs no pause.
     async fn delete_ended(
