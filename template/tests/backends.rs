@@ -237,8 +237,12 @@ where
     let counted_on = "UPDATE api_keys SET request_count = 20 WHERE id = 'usedbefore02'";
     diesel::sql_query(counted_on).execute(conn).unwrap();
     let folder = format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR"));
-    let reverted = conn.revert_last_migration(FileBasedMigrations::from_path(&folder).unwrap());
-    assert_eq!(reverted.unwrap().to_string(), "20261130000000", "the usage table's migration");
+    // Migrations of your own after it are reverted first.
+    let mut reverted = String::new();
+    while reverted != "20261130000000" {
+        let migrations = FileBasedMigrations::from_path(&folder).unwrap();
+        reverted = conn.revert_last_migration(migrations).unwrap().to_string();
+    }
     let read = "SELECT request_count AS n FROM api_keys WHERE id LIKE 'usedbefore%' ORDER BY id";
     diesel::sql_query(read).load::<Count>(conn).unwrap().into_iter().map(|c| c.n).collect()
 }
@@ -249,7 +253,7 @@ where
 async fn usage_counts_move_with_the_usage_table(url: &str) {
     use {{crate_name}}::store::{SqlBackend, Usage, migrate};
 
-    assert_eq!(migrate(url).await.unwrap(), 1, "the usage table's migration was pending");
+    assert!(migrate(url).await.unwrap() >= 1, "the usage table's migration was pending");
     let backend = SqlBackend::connect(url).await.unwrap();
     let key = backend.get("usedbefore01").await.unwrap().expect("the key is still there");
     assert_eq!(key.request_count, 5, "the count made before is carried over");
