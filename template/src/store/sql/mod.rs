@@ -327,8 +327,6 @@ impl SqlBackend {
     /// Deletes what `retention` names, adding to `purged` as it goes (a dry run only counts).
     /// Batches, each its own transaction, rather than one: on SQLite a transaction deleting a year of
     /// events held the only write lock for longer than the service's writes wait for it.
-    /// There, each batch is followed by a pause as long as it took, so that those writes get the
-    /// lock about half the time; PostgreSQL locks rows, not the database, and needs no pause.
     async fn delete_ended(
         &self,
         retention: &Retention,
@@ -341,7 +339,7 @@ impl SqlBackend {
         with_conn!(self, |conn| {
             async {
                 if let Some(before) = keys_before {
-                    let ended = || {
+                    let ended = move || {
                         api_keys::revoked_at
                             .lt(before)
                             .or(api_keys::expires_at.lt(before))
@@ -351,17 +349,13 @@ impl SqlBackend {
                         let count = api_keys::table.filter(ended()).count();
                         purged.keys = count.get_result::<i64>(&mut conn).await? as u64;
                     } else {
-                        loop {
-                            let started = Instant::now();
+                        in_batches(&mut conn, one_writer, &mut purged.keys, async move |conn| {
                             let batch: Vec<String> = api_keys::table
                                 .select(api_keys::id)
                                 .filter(ended())
                                 .limit(PURGE_BATCH as i64)
-                                .load(&mut conn)
+                                .load(conn)
                                 .await?;
-                            if batch.is_empty() {
-                                break;
-                            }
                             // Asked again: an expiry moved forward meanwhile keeps its key.
                             let still = api_keys::id.eq_any(&batch).and(ended());
                             let delete = diesel::delete(api_keys::table.filter(still));
@@ -371,43 +365,31 @@ impl SqlBackend {
                                     delete.execute(conn).await
                                 })
                                 .await?;
-                            purged.keys += deleted as u64;
-                            if one_writer {
-                                tokio::time::sleep(started.elapsed()).await;
-                            }
-                            if batch.len() < PURGE_BATCH {
-                                break;
-                            }
-                        }
+                            Ok((batch.len(), deleted))
+                        })
+                        .await?;
                     }
                 }
                 if let Some(before) = events_before {
-                    let old = || api_key_events::at.lt(before);
+                    let old = move || api_key_events::at.lt(before);
                     if dry_run {
                         let count = api_key_events::table.filter(old()).count();
                         purged.events = count.get_result::<i64>(&mut conn).await? as u64;
                     } else {
-                        loop {
-                            let started = Instant::now();
+                        in_batches(&mut conn, one_writer, &mut purged.events, async move |conn| {
                             let batch: Vec<String> = api_key_events::table
                                 .select(api_key_events::id)
                                 .filter(old())
                                 .limit(PURGE_BATCH as i64)
-                                .load(&mut conn)
+                                .load(conn)
                                 .await?;
-                            if batch.is_empty() {
-                                break;
-                            }
                             let still = api_key_events::id.eq_any(&batch).and(old());
-                            let delete = diesel::delete(api_key_events::table.filter(still));
-                            purged.events += delete.execute(&mut conn).await? as u64;
-                            if one_writer {
-                                tokio::time::sleep(started.elapsed()).await;
-                            }
-                            if batch.len() < PURGE_BATCH {
-                                break;
-                            }
-                        }
+                            let deleted = diesel::delete(api_key_events::table.filter(still))
+                                .execute(conn)
+                                .await?;
+                            Ok((batch.len(), deleted))
+                        })
+                        .await?;
                     }
                 }
                 Ok::<_, DieselError>(())
@@ -415,6 +397,29 @@ impl SqlBackend {
             .await
             .map_err(query_failed)
         })
+    }
+}
+
+/// Runs `batch`, which deletes up to [`PURGE_BATCH`] rows and says how many it found and deleted,
+/// until it finds fewer, adding to `deleted` as it goes. With `one_writer` (SQLite), each full batch is followed by a pause as long
+/// as it took, so that the service's writes get the lock about half the time; PostgreSQL locks
+/// rows, not the database, and needs no pause.
+async fn in_batches<C>(
+    conn: &mut C,
+    one_writer: bool,
+    deleted: &mut u64,
+    mut batch: impl AsyncFnMut(&mut C) -> QueryResult<(usize, usize)>,
+) -> QueryResult<()> {
+    loop {
+        let started = Instant::now();
+        let (found, gone) = batch(conn).await?;
+        *deleted += gone as u64;
+        if found < PURGE_BATCH {
+            return Ok(());
+        }
+        if one_writer {
+            tokio::time::sleep(started.elapsed()).await;
+        }
     }
 }
 
