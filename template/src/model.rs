@@ -288,7 +288,12 @@ pub enum KeyStatus {
 
 impl KeyStatus {
     pub fn of(record: &ApiKeyRecord) -> Self {
-        let now = Utc::now();
+        Self::at(record, Utc::now())
+    }
+
+    /// Where `record` stands at `now`; the first that applies, in this order: a revoked key is
+    /// said to be revoked even once past its expiry.
+    pub fn at(record: &ApiKeyRecord, now: DateTime<Utc>) -> Self {
         if record.revoked_at.is_some() {
             Self::Revoked
         } else if record.expires_at.is_some_and(|at| at <= now) {
@@ -410,7 +415,7 @@ pub fn random_id() -> String {
 
 /// A key's public id, held inline rather than as a pointer to a string elsewhere: maps keyed by it
 /// find an entry without a second memory access, which with many keys in use is a cache miss per
-/// lookup (steps 4 and 7 of the hot path in docs/src/performance.md).
+/// lookup.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyId([u8; KeyId::LEN]);
 

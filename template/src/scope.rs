@@ -1,4 +1,5 @@
-//! Scope grammar and matching. Pure: no I/O, no actix.
+//! Scope grammar and matching. Pure: no I/O, no actix, nothing but std, as the macros crate
+//! compiles this file too (to refuse a malformed `#[require_scope]` when the service is built).
 //!
 //! A scope is one or more segments joined by `:`, each segment made of `a-z`, `0-9`, `_` and `-`
 //! (`users:read`, `admin:delete`, `billing:invoices:write`), at most 64 characters.

@@ -5,7 +5,8 @@
 //! type are left as written. Each also registers the route's requirement, which the OpenAPI document
 //! reads, so what the docs show is what is enforced.
 //!
-//! The expansion refers to `crate::auth`, `crate::http` and `crate::scope`, so the attributes are for handlers inside the service crate.
+//! The expansion refers to `crate::auth`, `crate::http` and `crate::scope`, so the attributes are
+//! for handlers inside the service crate.
 //! Put them closest to the function, below `#[utoipa::path]` and the route attribute:
 //!
 //! ```ignore
@@ -22,9 +23,14 @@ use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{FnArg, Ident, ItemFn, LitStr, Token, parse_macro_input, parse_quote};
 
+// The service's own scope grammar: a proc-macro crate cannot depend on the crate it expands into,
+// so it compiles the file itself (and leaves the matching half unused).
+#[allow(dead_code)]
+#[path = "../../src/scope.rs"]
+mod scope;
+
 /// actix-web handlers take at most 16 extractor arguments; the guard needs one of them.
 const MAX_OWN_ARGUMENTS: usize = 15;
-const MAX_SCOPE_LEN: usize = 64;
 
 /// Requires a valid API key, whatever its scopes.
 ///
@@ -124,10 +130,10 @@ impl Parse for Requirement {
                 "name at least one scope, e.g. #[require_scope(\"admin:delete\")]; for any valid key use #[require_api_key]",
             ));
         }
-        for scope in &scopes {
-            if !is_scope(&scope.value()) {
+        for required in &scopes {
+            if !scope::is_valid(&required.value()) {
                 return Err(syn::Error::new_spanned(
-                    scope,
+                    required,
                     "a scope is one or more segments of a-z, 0-9, _ and - joined by ':', at most 64 characters \
                      (wildcards are for keys to hold, not for routes to require)",
                 ));
@@ -135,18 +141,6 @@ impl Parse for Requirement {
         }
         Ok(Self { scopes, mode })
     }
-}
-
-/// The grammar of `crate::scope::is_valid`, repeated because a proc-macro crate cannot depend on
-/// the crate it expands into; keep the two in step.
-fn is_scope(scope: &str) -> bool {
-    scope.len() <= MAX_SCOPE_LEN
-        && scope.split(':').all(|segment| {
-            !segment.is_empty()
-                && segment
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        })
 }
 
 fn check_handler(handler: &ItemFn) -> syn::Result<()> {

@@ -18,7 +18,7 @@ use super::key_format::{KeyFormat, ParsedKey};
 use super::throttle::FailureLimits;
 use super::usage::UsageTracker;
 use crate::metrics::metrics;
-use crate::model::{ApiKeyRecord, KeyId};
+use crate::model::{ApiKeyRecord, KeyId, KeyStatus};
 use crate::store::{Backend, StoreError};
 
 /// Why a request is not authenticated. Clients see only [`AuthError::code`] and the status.
@@ -151,10 +151,11 @@ impl Authenticator {
     /// sender's address; it is asked only when a key is presented.
     ///
     /// Every failure but a missing key is audited (outcome, key id if the key had the right shape,
-    /// client address: never the key; see [`super::audit`] for how a flood is summed up). Only a key that is not valid (a wrong secret, or one
-    /// refused for too many of them) counts against the client's failure limit: a revoked, expired,
-    /// disabled or rotated key proves its holder had the secret, and counting it would let one stale
-    /// key behind a shared address lock out the rest.
+    /// client address: never the key; see [`super::audit`] for how a flood is summed up). Only a
+    /// key that is not valid (a wrong secret, or one refused for too many of them) counts against
+    /// the client's failure limit: a revoked, expired, disabled or rotated key proves its holder had
+    /// the secret, and counting it would let one stale key behind a shared address lock out the
+    /// rest.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -243,18 +244,13 @@ impl Authenticator {
                 AuthError::Invalid
             });
         }
-        if record.revoked_at.is_some() {
-            return Err(AuthError::Revoked);
-        }
         let now = Utc::now();
-        if record.expires_at.is_some_and(|at| at <= now) {
-            return Err(AuthError::Expired);
-        }
-        if record.retires_at.is_some_and(|at| at <= now) {
-            return Err(AuthError::Rotated);
-        }
-        if !record.enabled {
-            return Err(AuthError::Disabled);
+        match KeyStatus::at(&record, now) {
+            KeyStatus::Active => {}
+            KeyStatus::Revoked => return Err(AuthError::Revoked),
+            KeyStatus::Expired => return Err(AuthError::Expired),
+            KeyStatus::Rotated => return Err(AuthError::Rotated),
+            KeyStatus::Disabled => return Err(AuthError::Disabled),
         }
         // The id as presented, held inline, rather than the record's string, which would be one
         // more memory access that many keys in use turn into a cache miss.

@@ -15,7 +15,7 @@ use crate::model::KeyId;
 use crate::store::{Backend, StoreError, Usage};
 
 /// Keys per store call of a flush. Each call applies all of its keys or none, and on Redis it is a
-/// `MULTI`/`EXEC` that every other client of Redis waits for (see docs/src/backends.md).
+/// `MULTI`/`EXEC` that every other client of Redis waits for.
 const FLUSH_CHUNK: usize = 500;
 
 #[derive(Debug, Default)]

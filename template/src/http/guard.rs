@@ -34,10 +34,10 @@ pub(crate) struct Authentication(pub(crate) Result<ApiKey, AuthError>);
 /// The per-key limits' verdict on a request, kept in its extensions: reached once, however many
 /// guards ask, and read again by the middleware for the `RateLimit` fields.
 #[derive(Clone, Default)]
-pub(crate) struct Admission(Rc<Verdict>);
+pub(crate) struct Admission(Rc<Charging>);
 
 #[derive(Default)]
-struct Verdict {
+struct Charging {
     reached: OnceCell<Result<Admitted, Refusal>>,
     /// Set by the first guard to ask: the others wait for its verdict rather than charge the key
     /// again.

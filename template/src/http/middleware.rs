@@ -54,7 +54,7 @@ fn report(headers: &mut HeaderMap, state: LimitState) {
 }
 
 /// `"key";a=1;b=2`, put together byte by byte rather than by `format!`: this runs on every request
-/// of a rate-limited key (see the hot path in docs/src/performance.md).
+/// of a rate-limited key.
 fn field(parameters: [(u8, u64); 2]) -> Result<HeaderValue, InvalidHeaderValue> {
     let mut value = Vec::with_capacity(48);
     value.extend_from_slice(b"\"key\"");

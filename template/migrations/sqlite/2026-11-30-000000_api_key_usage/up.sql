@@ -1,6 +1,5 @@
 -- Usage counts in rows of their own: a flush rewrites these small rows, clustered by key id,
--- instead of whole key rows scattered over the table (less than half the CPU for the same keys:
--- docs/src/backends.md).
+-- instead of whole key rows scattered over the table (less than half the CPU for the same keys).
 -- `api_keys.request_count` and `api_keys.last_used_at` stay until a later migration, for
 -- instances of the previous version during a rolling upgrade.
 CREATE TABLE api_key_usage (

@@ -29,8 +29,9 @@ use crate::store::feed::{ChangeFeed, Heard};
 pub const CHANNEL: &str = "apikeys_changed";
 /// The `application_name` of the connection each instance listens on.
 pub const APPLICATION_NAME: &str = "api-keys-change-feed";
-/// How often SQLite's audit log is read for new changes, and how many rows at most.
+/// How often SQLite's audit log is read for new changes.
 pub const POLL: Duration = Duration::from_millis(25);
+/// The most rows of the audit log one read takes.
 #[cfg(feature = "sqlite")]
 const PAGE: usize = 1000;
 
