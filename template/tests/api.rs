@@ -95,31 +95,24 @@ async fn seed_flow_on_memory() {
 #[cfg(feature = "sqlite")]
 #[actix_web::test]
 async fn seed_flow_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    {{crate_name}}::store::migrate(&url).await.unwrap();
-    seed_flow(Arc::new({{crate_name}}::store::SqlBackend::connect(&url).await.unwrap())).await;
+    let (_dir, store) = common::sqlite_store().await;
+    seed_flow(store).await;
 }
 
 #[cfg(feature = "postgres")]
 #[actix_web::test]
 async fn seed_flow_on_postgres() {
-    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED seed_flow_on_postgres: set TEST_POSTGRES_URL=postgres://... to run it");
-        return;
-    };
-    {{crate_name}}::store::migrate(&url).await.unwrap();
-    seed_flow(Arc::new({{crate_name}}::store::SqlBackend::connect(&url).await.unwrap())).await;
+    if let Some(store) = common::postgres_store("seed_flow_on_postgres").await {
+        seed_flow(store).await;
+    }
 }
 
 #[cfg(feature = "redis")]
 #[actix_web::test]
 async fn seed_flow_on_redis() {
-    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
-        eprintln!("SKIPPED seed_flow_on_redis: set TEST_REDIS_URL=redis://... to run it");
-        return;
-    };
-    seed_flow(Arc::new({{crate_name}}::store::redis::RedisBackend::connect(&url).unwrap())).await;
+    if let Some(store) = common::redis_store("seed_flow_on_redis") {
+        seed_flow(store).await;
+    }
 }
 
 #[actix_web::test]

@@ -164,42 +164,26 @@ async fn lifecycle_on_memory() {
 }
 
 #[cfg(feature = "sqlite")]
-async fn sqlite() -> (tempfile::TempDir, Arc<dyn Backend>) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    {{crate_name}}::store::migrate(&url).await.unwrap();
-    let store = {{crate_name}}::store::SqlBackend::connect(&url).await.unwrap();
-    (dir, Arc::new(store))
-}
-
-#[cfg(feature = "sqlite")]
 #[actix_web::test]
 async fn lifecycle_on_sqlite() {
-    let (_dir, store) = sqlite().await;
+    let (_dir, store) = common::sqlite_store().await;
     lifecycle_flow(store).await;
 }
 
 #[cfg(feature = "postgres")]
 #[actix_web::test]
 async fn lifecycle_on_postgres() {
-    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED lifecycle_on_postgres: set TEST_POSTGRES_URL=postgres://... to run it");
-        return;
-    };
-    {{crate_name}}::store::migrate(&url).await.unwrap();
-    let store = {{crate_name}}::store::SqlBackend::connect(&url).await.unwrap();
-    lifecycle_flow(Arc::new(store)).await;
+    if let Some(store) = common::postgres_store("lifecycle_on_postgres").await {
+        lifecycle_flow(store).await;
+    }
 }
 
 #[cfg(feature = "redis")]
 #[actix_web::test]
 async fn lifecycle_on_redis() {
-    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
-        eprintln!("SKIPPED lifecycle_on_redis: set TEST_REDIS_URL=redis://... to run it");
-        return;
-    };
-    let store = {{crate_name}}::store::redis::RedisBackend::connect(&url).unwrap();
-    lifecycle_flow(Arc::new(store)).await;
+    if let Some(store) = common::redis_store("lifecycle_on_redis") {
+        lifecycle_flow(store).await;
+    }
 }
 
 /// A key allowed `requests` per `window` seconds, minted as the operator.
@@ -353,7 +337,7 @@ async fn quota_on_memory() {
 #[cfg(feature = "sqlite")]
 #[actix_web::test]
 async fn quota_on_sqlite() {
-    let (_dir, store) = sqlite().await;
+    let (_dir, store) = common::sqlite_store().await;
     quota_is_never_overspent(store).await;
 }
 

@@ -79,6 +79,36 @@ pub async fn harness_with(
     }
 }
 
+/// A migrated SQLite database in a temporary directory, which must live as long as the store.
+#[cfg(feature = "sqlite")]
+pub async fn sqlite_store() -> (tempfile::TempDir, Arc<dyn Backend>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    {{crate_name}}::store::migrate(&url).await.unwrap();
+    (dir, Arc::new({{crate_name}}::store::SqlBackend::connect(&url).await.unwrap()))
+}
+
+/// The migrated database at `TEST_POSTGRES_URL`, or `None` after a `SKIPPED` line naming `test`.
+#[cfg(feature = "postgres")]
+pub async fn postgres_store(test: &str) -> Option<Arc<dyn Backend>> {
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED {test}: set TEST_POSTGRES_URL=postgres://... to run it");
+        return None;
+    };
+    {{crate_name}}::store::migrate(&url).await.unwrap();
+    Some(Arc::new({{crate_name}}::store::SqlBackend::connect(&url).await.unwrap()))
+}
+
+/// The Redis server at `TEST_REDIS_URL`, or `None` after a `SKIPPED` line naming `test`.
+#[cfg(feature = "redis")]
+pub fn redis_store(test: &str) -> Option<Arc<dyn Backend>> {
+    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
+        eprintln!("SKIPPED {test}: set TEST_REDIS_URL=redis://... to run it");
+        return None;
+    };
+    Some(Arc::new({{crate_name}}::store::redis::RedisBackend::connect(&url).unwrap()))
+}
+
 pub async fn memory_harness() -> Harness<
     impl Service<
         actix_http::Request,
