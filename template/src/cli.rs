@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser, Subcommand};
 
 use crate::keys::{ApiKeyService, Manager, Rotation};
-use crate::model::{KeyStatus, NewKey, name_of};
+use crate::model::{ApiKeyRecord, KeyStatus, NewKey, name_of};
 use crate::store::{ListQuery, Retention};
 
 #[derive(Debug, Parser)]
@@ -116,8 +116,7 @@ impl KeysCommand {
                     record.scopes.join(", "),
                     record.expires_at.map(|at| format!(", expiring {at}")).unwrap_or_default()
                 );
-                eprintln!("Store it now; it is not shown again:");
-                println!("{}", created.key.as_str());
+                show_once(&created.key);
             }
             Self::List { owner, expiring, limit, offset } => {
                 let now = crate::model::now();
@@ -130,30 +129,7 @@ impl KeysCommand {
                         &ListQuery { owner_id: owner, expiring, limit, offset },
                     )
                     .await?;
-                println!(
-                    "{:<12}  {:<8}  {:<24}  {:>8}  {:<12}  SCOPES",
-                    "ID", "STATUS", "NAME", "REQUESTS", "EXPIRES IN"
-                );
-                for key in &page.items {
-                    let expires_in = match key.expires_at.map(|at| (at - now).to_std()) {
-                        None => "never".to_owned(),
-                        Some(Err(_)) => "expired".to_owned(),
-                        // To the minute: seconds would only make the column wider.
-                        Some(Ok(left)) => humantime::format_duration(Duration::from_secs(
-                            left.as_secs() / 60 * 60,
-                        ))
-                        .to_string(),
-                    };
-                    println!(
-                        "{:<12}  {:<8}  {:<24}  {:>8}  {:<12}  {}",
-                        key.id,
-                        name_of(KeyStatus::of(key)),
-                        key.name,
-                        key.request_count,
-                        expires_in,
-                        key.scopes.join(",")
-                    );
-                }
+                print_table(&page.items, now);
                 eprintln!("{} of {} keys", page.items.len(), page.total);
             }
             Self::Rotate { id, grace } => {
@@ -165,8 +141,7 @@ impl KeysCommand {
                     created.record.id,
                     humantime::format_duration(grace)
                 );
-                eprintln!("Store it now; it is not shown again:");
-                println!("{}", created.key.as_str());
+                show_once(&created.key);
             }
             Self::Revoke { id } => {
                 service.revoke_key(&Manager::Operator, &id).await?;
@@ -191,6 +166,40 @@ impl KeysCommand {
             }
         }
         Ok(())
+    }
+}
+
+/// A new key, on standard output alone so that it can be piped; it is never shown again.
+fn show_once(key: &str) {
+    eprintln!("Store it now; it is not shown again:");
+    println!("{key}");
+}
+
+/// One line per key, in columns.
+fn print_table(keys: &[ApiKeyRecord], now: chrono::DateTime<chrono::Utc>) {
+    println!(
+        "{:<12}  {:<8}  {:<24}  {:>8}  {:<12}  SCOPES",
+        "ID", "STATUS", "NAME", "REQUESTS", "EXPIRES IN"
+    );
+    for key in keys {
+        let expires_in = match key.expires_at.map(|at| (at - now).to_std()) {
+            None => "never".to_owned(),
+            Some(Err(_)) => "expired".to_owned(),
+            // To the minute: seconds would only make the column wider.
+            Some(Ok(left)) => {
+                humantime::format_duration(Duration::from_secs(left.as_secs() / 60 * 60))
+                    .to_string()
+            }
+        };
+        println!(
+            "{:<12}  {:<8}  {:<24}  {:>8}  {:<12}  {}",
+            key.id,
+            name_of(KeyStatus::of(key)),
+            key.name,
+            key.request_count,
+            expires_in,
+            key.scopes.join(",")
+        );
     }
 }
 

@@ -317,6 +317,18 @@ async fn sqlite_backend_conforms() {
     assert_eq!(diesel::sql_query(orphans).get_result::<Count>(&mut conn).unwrap().n, 0);
 }
 
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_pool_of_fewer_than_two_connections_is_refused() {
+    let (dir, _) = sqlite().await;
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    for size in [0, 1] {
+        let refused = {{crate_name}}::store::SqlBackend::connect_with_pool(&url, size).await;
+        let refused = matches!(refused, Err({{crate_name}}::store::StoreError::Unavailable(_)));
+        assert!(refused, "a pool of {size}");
+    }
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn postgres_backend_conforms() {

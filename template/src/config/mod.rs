@@ -126,15 +126,46 @@ fn canonical(net: IpNet) -> IpNet {
 pub const DATABASE_URL_FORMS: &str =
     "must start with sqlite://, postgres://, postgresql://, redis://, rediss:// or memory://";
 
-/// The kind of store a `DATABASE_URL` names: `memory`, `sqlite`, `postgres` or `redis`.
-pub fn store_kind(url: &str) -> Option<&'static str> {
+/// The kinds of store a `DATABASE_URL` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Sqlite,
+    Postgres,
+    Redis,
+}
+
+impl StoreKind {
+    /// Its name, which is also the Cargo feature that builds it in (but for `memory`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+            Self::Redis => "redis",
+        }
+    }
+
+    /// Whether this build includes it.
+    pub fn is_built(self) -> bool {
+        match self {
+            Self::Memory => true,
+            Self::Sqlite => cfg!(feature = "sqlite"),
+            Self::Postgres => cfg!(feature = "postgres"),
+            Self::Redis => cfg!(feature = "redis"),
+        }
+    }
+}
+
+/// The kind of store a `DATABASE_URL` names, by its scheme.
+pub fn store_kind(url: &str) -> Option<StoreKind> {
     [
-        ("memory:", "memory"),
-        ("sqlite:", "sqlite"),
-        ("postgres://", "postgres"),
-        ("postgresql://", "postgres"),
-        ("redis://", "redis"),
-        ("rediss://", "redis"),
+        ("memory:", StoreKind::Memory),
+        ("sqlite:", StoreKind::Sqlite),
+        ("postgres://", StoreKind::Postgres),
+        ("postgresql://", StoreKind::Postgres),
+        ("redis://", StoreKind::Redis),
+        ("rediss://", StoreKind::Redis),
     ]
     .into_iter()
     .find_map(|(scheme, kind)| url.starts_with(scheme).then_some(kind))
@@ -252,7 +283,7 @@ impl Config {
         ensure!(store_kind(&self.database_url).is_some(), "DATABASE_URL", DATABASE_URL_FORMS);
         if let Some(url) = &self.redis_url {
             ensure!(
-                store_kind(url) == Some("redis"),
+                store_kind(url) == Some(StoreKind::Redis),
                 "REDIS_URL",
                 "must start with redis:// or rediss://"
             );
@@ -393,7 +424,7 @@ impl Config {
     /// The Redis that instances share rate-limit counts through: the cache's, else the store's.
     pub fn shared_redis_url(&self) -> Option<&str> {
         let url = self.database_url.as_str();
-        (self.redis_url.as_deref()).or((store_kind(url) == Some("redis")).then_some(url))
+        (self.redis_url.as_deref()).or((store_kind(url) == Some(StoreKind::Redis)).then_some(url))
     }
 
     pub fn log_format(&self) -> LogFormat {

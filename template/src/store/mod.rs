@@ -17,7 +17,7 @@ pub(crate) mod testing;
 
 use std::sync::Arc;
 
-use crate::config::{Config, DATABASE_URL_FORMS, store_kind};
+use crate::config::{Config, DATABASE_URL_FORMS, StoreKind, store_kind};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent, KeyId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -265,12 +265,12 @@ pub trait Backend: Send + Sync + 'static {
 /// is set.
 pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
     let url = config.database_url.as_str();
-    let primary: Arc<dyn Backend> = match store_kind(url).filter(|kind| included(kind)) {
-        Some("memory") => Arc::new(MemoryBackend::default()),
+    let primary: Arc<dyn Backend> = match store_kind(url).filter(|kind| kind.is_built()) {
+        Some(StoreKind::Memory) => Arc::new(MemoryBackend::default()),
         #[cfg(feature = "redis")]
-        Some("redis") => Arc::new(redis::RedisBackend::connect(url)?),
+        Some(StoreKind::Redis) => Arc::new(redis::RedisBackend::connect(url)?),
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        Some("sqlite" | "postgres") => {
+        Some(StoreKind::Sqlite | StoreKind::Postgres) => {
             Arc::new(SqlBackend::connect_with_pool(url, config.database_pool_size).await?)
         }
         _ => return Err(not_built(url)),
@@ -289,31 +289,23 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
 
 /// Brings the database named by `DATABASE_URL` up to date. Returns how many migrations ran.
 pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
-    match store_kind(database_url).filter(|kind| included(kind)) {
-        Some("memory" | "redis") => Ok(0),
+    match store_kind(database_url).filter(|kind| kind.is_built()) {
+        Some(StoreKind::Memory | StoreKind::Redis) => Ok(0),
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
-        Some("sqlite" | "postgres") => sql::migrate(database_url).await,
+        Some(StoreKind::Sqlite | StoreKind::Postgres) => sql::migrate(database_url).await,
         _ => Err(not_built(database_url)),
     }
-}
-
-/// Whether this build includes the store of this kind (see [`store_kind`]).
-fn included(kind: &str) -> bool {
-    let built = [
-        ("sqlite", cfg!(feature = "sqlite")),
-        ("postgres", cfg!(feature = "postgres")),
-        ("redis", cfg!(feature = "redis")),
-        ("memory", true),
-    ];
-    built.contains(&(kind, true))
 }
 
 /// Why `url` names no store this build can open.
 fn not_built(url: &str) -> StoreError {
     StoreError::Unavailable(match store_kind(url) {
-        Some(kind) => format!(
-            "DATABASE_URL names {kind}, which this build does not include: rebuild with `--features {kind}`"
-        ),
+        Some(kind) => {
+            let name = kind.name();
+            format!(
+                "DATABASE_URL names {name}, which this build does not include: rebuild with `--features {name}`"
+            )
+        }
         None => format!("DATABASE_URL {DATABASE_URL_FORMS}"),
     })
 }

@@ -27,7 +27,7 @@ use self::models::{ApiKeyRow, ChangesRow, EventRow, UsageRow};
 use self::schema::{api_key_events, api_key_usage, api_keys};
 use super::feed::ChangeFeed;
 use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
-use crate::config::{DEFAULT_POOL_SIZE, store_kind};
+use crate::config::{DEFAULT_POOL_SIZE, StoreKind, store_kind};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[cfg(feature = "sqlite")]
@@ -86,12 +86,12 @@ impl<'a> Database<'a> {
     fn parse(url: &'a str) -> Result<Self, StoreError> {
         match store_kind(url) {
             #[cfg(feature = "sqlite")]
-            Some("sqlite") => {
+            Some(StoreKind::Sqlite) => {
                 let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
                 Ok(Self::Sqlite { path: path.unwrap_or_default() })
             }
             #[cfg(feature = "postgres")]
-            Some("postgres") => Ok(Self::Postgres { url }),
+            Some(StoreKind::Postgres) => Ok(Self::Postgres { url }),
             _ => Err(super::not_built(url)),
         }
     }
@@ -148,6 +148,11 @@ impl SqlBackend {
     /// Opens a pool of at most `size` connections (`DATABASE_POOL_SIZE`), 2 or more: a usage write
     /// holds one while it waits its turn.
     pub async fn connect_with_pool(database_url: &str, size: usize) -> Result<Self, StoreError> {
+        if size < 2 {
+            return Err(StoreError::Unavailable(format!(
+                "a pool of {size} connection(s): 2 or more are needed"
+            )));
+        }
         Ok(match Database::parse(database_url)? {
             #[cfg(feature = "sqlite")]
             Database::Sqlite { path } => {
