@@ -18,6 +18,12 @@ use crate::scope;
 /// Connections each instance opens to an SQL database at most, unless `DATABASE_POOL_SIZE` says
 /// otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 8;
+/// How long an instance trusts its in-process copy of a key while it cannot follow the change
+/// feed, unless `KEY_CACHE_TTL_MS` says otherwise.
+pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_millis(500);
+/// The longest an in-process copy of a key is kept, feed or not, unless
+/// `KEY_CACHE_LIFETIME_SECONDS` says otherwise.
+pub const DEFAULT_KEY_CACHE_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Settings of the service. Field `foo_bar` is read from the variable `FOO_BAR`.
 #[derive(Clone, Deserialize)]
@@ -185,8 +191,8 @@ impl Default for Config {
             database_pool_size: DEFAULT_POOL_SIZE,
             redis_url: None,
             redis_cache_ttl_seconds: 300,
-            key_cache_lifetime_seconds: 300,
-            key_cache_ttl_ms: 500,
+            key_cache_lifetime_seconds: DEFAULT_KEY_CACHE_LIFETIME.as_secs(),
+            key_cache_ttl_ms: DEFAULT_KEY_CACHE_TTL.as_millis() as u64,
             host: "127.0.0.1".into(),
             port: 8080,
             metrics_addr: String::new(),

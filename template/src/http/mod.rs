@@ -17,5 +17,4 @@ pub mod problem;
 pub mod proxies;
 
 pub use auth_macros::{require_api_key, require_scope};
-pub use guard::{GuardedRoute, RequireScopes, ScopeRequirement};
 pub use problem::{ApiError, Problem};

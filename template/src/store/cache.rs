@@ -9,7 +9,7 @@
 //! - on the instance that made the change, not at all (its entry is dropped at once);
 //! - on other instances, as long as the feed takes to bring the announcement (milliseconds);
 //! - while an instance cannot follow the feed, its copies are trusted only for `KEY_CACHE_TTL_MS`
-//!   ([`DEFAULT_LOCAL_TTL`] unless configured) after they were read, from [`SILENCE`] after the feed
+//!   ([`DEFAULT_KEY_CACHE_TTL`] unless configured) after they were read, from [`SILENCE`] after the feed
 //!   was last heard, and it drops everything cached once it follows again: a change is then seen
 //!   within `KEY_CACHE_TTL_MS` plus [`SILENCE`]. A store without a feed is treated so always;
 //! - however well the feed goes, no copy is kept longer than `KEY_CACHE_LIFETIME_SECONDS`;
@@ -38,14 +38,10 @@ use tokio::task::AbortHandle;
 use super::feed::{ChangeFeed, Heard, SILENCE, plausible_id};
 use super::quota::Leases;
 use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
+use crate::config::{DEFAULT_KEY_CACHE_LIFETIME, DEFAULT_KEY_CACHE_TTL};
 use crate::metrics::metrics;
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent, KeyId};
 
-/// How long an instance trusts its in-process copy of a key while it cannot follow the change feed,
-/// unless configured otherwise.
-pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_millis(500);
-/// The longest an in-process copy is kept, feed or not, unless configured otherwise.
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 /// quick_cache allocates as entries come, so only keys in use take memory.
 const LOCAL_CAPACITY: usize = 1_000_000;
 
@@ -159,10 +155,10 @@ struct Caches {
 }
 
 impl CachedBackend {
-    /// An in-process cache in front of `primary`, with entries trusted as [`DEFAULT_LIFETIME`] and
-    /// [`DEFAULT_LOCAL_TTL`] say.
+    /// An in-process cache in front of `primary`, with entries trusted as
+    /// [`DEFAULT_KEY_CACHE_LIFETIME`] and [`DEFAULT_KEY_CACHE_TTL`] say.
     pub fn new(primary: Arc<dyn Backend>) -> Self {
-        let local = LocalCache::new(DEFAULT_LIFETIME, DEFAULT_LOCAL_TTL);
+        let local = LocalCache::new(DEFAULT_KEY_CACHE_LIFETIME, DEFAULT_KEY_CACHE_TTL);
         let caches = Caches::new(Handle::try_current().ok(), Some(local));
         Self { primary, caches: Arc::new(caches), follower: OnceLock::new() }
     }
