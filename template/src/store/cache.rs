@@ -9,9 +9,10 @@
 //! - on the instance that made the change, not at all (its entry is dropped at once);
 //! - on other instances, as long as the feed takes to bring the announcement (milliseconds);
 //! - while an instance cannot follow the feed, its copies are trusted only for `KEY_CACHE_TTL_MS`
-//!   ([`DEFAULT_KEY_CACHE_TTL`] unless configured) after they were read, from [`SILENCE`] after the feed
-//!   was last heard, and it drops everything cached once it follows again: a change is then seen
-//!   within `KEY_CACHE_TTL_MS` plus [`SILENCE`]. A store without a feed is treated so always;
+//!   ([`DEFAULT_KEY_CACHE_TTL`] unless configured) after they were read, from [`SILENCE`] after
+//!   the feed was last heard, and it drops everything cached once it follows again: a change is
+//!   then seen within `KEY_CACHE_TTL_MS` plus [`SILENCE`]. A store without a feed is treated so
+//!   always;
 //! - however well the feed goes, no copy is kept longer than `KEY_CACHE_LIFETIME_SECONDS`;
 //! - if Redis cannot be reached when a key changes, the change is saved, this instance stops reading
 //!   that key from Redis, and it retries the fence twice a second: other instances that can reach

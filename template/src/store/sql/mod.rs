@@ -406,9 +406,9 @@ impl SqlBackend {
 }
 
 /// Runs `batch`, which deletes up to [`PURGE_BATCH`] rows and says how many it found and deleted,
-/// until it finds fewer, adding to `deleted` as it goes. With `one_writer` (SQLite), each full batch is followed by a pause as long
-/// as it took, so that the service's writes get the lock about half the time; PostgreSQL locks
-/// rows, not the database, and needs no pause.
+/// until it finds fewer, adding to `deleted` as it goes. With `one_writer` (SQLite), each full
+/// batch is followed by a pause as long as it took, so that the service's writes get the lock
+/// about half the time; PostgreSQL locks rows, not the database, and needs no pause.
 async fn in_batches<C>(
     conn: &mut C,
     one_writer: bool,
