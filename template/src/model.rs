@@ -292,7 +292,9 @@ impl KeyStatus {
     }
 
     /// Where `record` stands at `now`; the first that applies, in this order: a revoked key is
-    /// said to be revoked even once past its expiry.
+    /// said to be revoked even once past its expiry. Authentication refuses a key with the code of
+    /// its standing, so this order is also the order of those codes, not only of the `status`
+    /// field and the CLI's column.
     pub fn at(record: &ApiKeyRecord, now: DateTime<Utc>) -> Self {
         if record.revoked_at.is_some() {
             Self::Revoked
@@ -457,5 +459,32 @@ impl From<[u8; 32]> for KeyHash {
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("KeyHash(…)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    use crate::store::conformance::sample;
+
+    /// Authentication refuses a key with the code of the first standing that applies.
+    #[test]
+    fn a_key_stands_by_the_first_that_applies() {
+        let now = Utc::now();
+        let past = now - Duration::seconds(1);
+        let mut key = sample("owner", now);
+        assert_eq!(KeyStatus::at(&key, now), KeyStatus::Active);
+        key.enabled = false;
+        assert_eq!(KeyStatus::at(&key, now), KeyStatus::Disabled);
+        key.retires_at = Some(past);
+        assert_eq!(KeyStatus::at(&key, now), KeyStatus::Rotated);
+        key.expires_at = Some(past);
+        assert_eq!(KeyStatus::at(&key, now), KeyStatus::Expired);
+        key.revoked_at = Some(past);
+        assert_eq!(KeyStatus::at(&key, now), KeyStatus::Revoked);
+        key.expires_at = Some(now + Duration::seconds(1));
+        assert_eq!(KeyStatus::at(&key, now), KeyStatus::Revoked);
     }
 }

@@ -134,8 +134,11 @@ impl Parse for Requirement {
             if !scope::is_valid(&required.value()) {
                 return Err(syn::Error::new_spanned(
                     required,
-                    "a scope is one or more segments of a-z, 0-9, _ and - joined by ':', at most 64 characters \
-                     (wildcards are for keys to hold, not for routes to require)",
+                    format!(
+                        "a scope is one or more segments of a-z, 0-9, _ and - joined by ':', at most {} \
+                         characters (wildcards are for keys to hold, not for routes to require)",
+                        scope::MAX_SCOPE_LEN
+                    ),
                 ));
             }
         }

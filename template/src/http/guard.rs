@@ -36,6 +36,7 @@ pub(crate) struct Authentication(pub(crate) Result<ApiKey, AuthError>);
 #[derive(Clone, Default)]
 pub(crate) struct Admission(Rc<Charging>);
 
+/// A request's charge to its key's limits: asked for once, settled once.
 #[derive(Default)]
 struct Charging {
     reached: OnceCell<Result<Admitted, Refusal>>,
@@ -62,14 +63,14 @@ impl Admission {
         allowance: web::Data<Allowance>,
         key: ApiKey,
     ) -> Option<LocalBoxFuture<'static, ()>> {
-        let verdict = &self.0;
-        if !verdict.asked.replace(true)
+        let charging = &self.0;
+        if !charging.asked.replace(true)
             && let Some(at_once) = allowance.admit_at_once(&key)
         {
             // Cannot fail: nobody asked before, so nobody is filling the cell.
-            let _ = verdict.reached.set(at_once);
+            let _ = charging.reached.set(at_once);
         }
-        if verdict.reached.initialized() {
+        if charging.reached.initialized() {
             return None;
         }
         let admission = self.clone();

@@ -1,4 +1,6 @@
-//! What the HTTP tests share: an app over a store with an admin key, and request helpers.
+//! What the HTTP tests share: an app over a store with an admin key, the stores to run it on
+//! (SQLite, and PostgreSQL and Redis where `TEST_POSTGRES_URL` and `TEST_REDIS_URL` name a server),
+//! and request helpers.
 // Each test file is its own crate and uses a part of this module.
 #![allow(dead_code)]
 

@@ -148,12 +148,13 @@ impl SqlBackend {
     /// Opens a pool of at most `size` connections (`DATABASE_POOL_SIZE`), 2 or more: a usage write
     /// holds one while it waits its turn.
     pub async fn connect_with_pool(database_url: &str, size: usize) -> Result<Self, StoreError> {
+        let database = Database::parse(database_url)?;
         if size < 2 {
             return Err(StoreError::Unavailable(format!(
-                "a pool of {size} connection(s): 2 or more are needed"
+                "a pool of {size} connection(s) (DATABASE_POOL_SIZE): must be 2 or more"
             )));
         }
-        Ok(match Database::parse(database_url)? {
+        Ok(match database {
             #[cfg(feature = "sqlite")]
             Database::Sqlite { path } => {
                 let mut config = diesel_async::pooled_connection::ManagerConfig::default();
@@ -405,25 +406,26 @@ impl SqlBackend {
     }
 }
 
-/// Runs `batch`, which deletes up to [`PURGE_BATCH`] rows and says how many it found and deleted,
-/// until it finds fewer, adding to `deleted` as it goes. With `one_writer` (SQLite), each full
-/// batch is followed by a pause as long as it took, so that the service's writes get the lock
-/// about half the time; PostgreSQL locks rows, not the database, and needs no pause.
+/// Runs `delete_batch`, which deletes up to [`PURGE_BATCH`] rows and answers (rows found, rows
+/// deleted), until it finds fewer, adding to `deleted` as it goes. With `one_writer` (SQLite), each
+/// batch that found rows is followed by a pause as long as it took, so that the service's writes
+/// get the lock about half the time, also between the keys' last batch and the events' first;
+/// PostgreSQL locks rows, not the database, and needs no pause.
 async fn in_batches<C>(
     conn: &mut C,
     one_writer: bool,
     deleted: &mut u64,
-    mut batch: impl AsyncFnMut(&mut C) -> QueryResult<(usize, usize)>,
+    mut delete_batch: impl AsyncFnMut(&mut C) -> QueryResult<(usize, usize)>,
 ) -> QueryResult<()> {
     loop {
         let started = Instant::now();
-        let (found, gone) = batch(conn).await?;
+        let (found, gone) = delete_batch(conn).await?;
         *deleted += gone as u64;
+        if one_writer && found > 0 {
+            tokio::time::sleep(started.elapsed()).await;
+        }
         if found < PURGE_BATCH {
             return Ok(());
-        }
-        if one_writer {
-            tokio::time::sleep(started.elapsed()).await;
         }
     }
 }
