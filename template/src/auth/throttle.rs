@@ -10,7 +10,6 @@
 //! evicts old entries instead of growing a map. IPv6 clients are counted per /64, the block one
 //! host usually holds.
 
-use std::convert::Infallible;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -22,6 +21,8 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
+
+use crate::store::quota::entry;
 
 /// How many addresses and key ids are tracked at most, each.
 const CAPACITY: usize = 65_536;
@@ -155,11 +156,7 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let state = self
-            .0
-            .get_or_insert_with(key, || Ok::<_, Infallible>(Arc::default()))
-            .unwrap_or_else(|never| match never {});
-        state.measure_and_replace(&NotKeyed::NonKey, f)
+        entry(&self.0, key, Arc::default).measure_and_replace(&NotKeyed::NonKey, f)
     }
 }
 
