@@ -467,14 +467,12 @@ mod tests {
     use super::*;
     use chrono::Duration;
 
-    use crate::store::conformance::sample;
-
     /// Authentication refuses a key with the code of the first standing that applies.
     #[test]
     fn a_key_stands_by_the_first_that_applies() {
         let now = Utc::now();
         let past = now - Duration::seconds(1);
-        let mut key = sample("owner", now);
+        let mut key = NewKey::default().into_record(random_id(), KeyHash([0; 32]), now, None);
         assert_eq!(KeyStatus::at(&key, now), KeyStatus::Active);
         key.enabled = false;
         assert_eq!(KeyStatus::at(&key, now), KeyStatus::Disabled);
