@@ -194,7 +194,7 @@ fn print_table(keys: &[ApiKeyRecord], now: chrono::DateTime<chrono::Utc>) {
         println!(
             "{:<12}  {:<8}  {:<24}  {:>8}  {:<12}  {}",
             key.id,
-            name_of(KeyStatus::of(key)),
+            name_of(KeyStatus::at(key, now)),
             key.name,
             key.request_count,
             expires_in,

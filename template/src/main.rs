@@ -10,7 +10,7 @@ use {{crate_name}}::app;
 use {{crate_name}}::auth::UsageTracker;
 use {{crate_name}}::auth::key_format::KeyFormat;
 use {{crate_name}}::cli::{Cli, Command};
-use {{crate_name}}::config::{Config, LogFormat, StoreKind, store_kind};
+use {{crate_name}}::config::{Config, LogFormat, StoreKind};
 use {{crate_name}}::keys::ApiKeyService;
 use {{crate_name}}::store;
 
@@ -54,7 +54,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             Ok(())
         }
         // The keys would be written to a store that ends with this process.
-        Command::Keys(_) if store_kind(&config.database_url) == Some(StoreKind::Memory) => Err(
+        Command::Keys(_) if StoreKind::of(&config.database_url) == Some(StoreKind::Memory) => Err(
             "DATABASE_URL is memory://, which the service's process holds alone: mint its first key with `serve --admin-key-file`".into(),
         ),
         Command::Keys(command) => {

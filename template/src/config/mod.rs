@@ -142,6 +142,20 @@ pub enum StoreKind {
 }
 
 impl StoreKind {
+    /// The kind of store a `DATABASE_URL` names, by its scheme.
+    pub fn of(url: &str) -> Option<Self> {
+        [
+            ("memory:", Self::Memory),
+            ("sqlite:", Self::Sqlite),
+            ("postgres://", Self::Postgres),
+            ("postgresql://", Self::Postgres),
+            ("redis://", Self::Redis),
+            ("rediss://", Self::Redis),
+        ]
+        .into_iter()
+        .find_map(|(scheme, kind)| url.starts_with(scheme).then_some(kind))
+    }
+
     /// Its name, which is also the Cargo feature that builds it in (but for `memory`).
     pub fn name(self) -> &'static str {
         match self {
@@ -161,20 +175,6 @@ impl StoreKind {
             Self::Redis => cfg!(feature = "redis"),
         }
     }
-}
-
-/// The kind of store a `DATABASE_URL` names, by its scheme.
-pub fn store_kind(url: &str) -> Option<StoreKind> {
-    [
-        ("memory:", StoreKind::Memory),
-        ("sqlite:", StoreKind::Sqlite),
-        ("postgres://", StoreKind::Postgres),
-        ("postgresql://", StoreKind::Postgres),
-        ("redis://", StoreKind::Redis),
-        ("rediss://", StoreKind::Redis),
-    ]
-    .into_iter()
-    .find_map(|(scheme, kind)| url.starts_with(scheme).then_some(kind))
 }
 
 /// How log lines are written.
@@ -286,10 +286,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        ensure!(store_kind(&self.database_url).is_some(), "DATABASE_URL", DATABASE_URL_FORMS);
+        ensure!(StoreKind::of(&self.database_url).is_some(), "DATABASE_URL", DATABASE_URL_FORMS);
         if let Some(url) = &self.redis_url {
             ensure!(
-                store_kind(url) == Some(StoreKind::Redis),
+                StoreKind::of(url) == Some(StoreKind::Redis),
                 "REDIS_URL",
                 "must start with redis:// or rediss://"
             );
@@ -430,7 +430,7 @@ impl Config {
     /// The Redis that instances share rate-limit counts through: the cache's, else the store's.
     pub fn shared_redis_url(&self) -> Option<&str> {
         let url = self.database_url.as_str();
-        (self.redis_url.as_deref()).or((store_kind(url) == Some(StoreKind::Redis)).then_some(url))
+        (self.redis_url.as_deref()).or((StoreKind::of(url) == Some(StoreKind::Redis)).then_some(url))
     }
 
     pub fn log_format(&self) -> LogFormat {

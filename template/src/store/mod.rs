@@ -17,7 +17,7 @@ pub(crate) mod testing;
 
 use std::sync::Arc;
 
-use crate::config::{Config, DATABASE_URL_FORMS, StoreKind, store_kind};
+use crate::config::{Config, DATABASE_URL_FORMS, StoreKind};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent, KeyId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -265,7 +265,7 @@ pub trait Backend: Send + Sync + 'static {
 /// is set.
 pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
     let url = config.database_url.as_str();
-    let primary: Arc<dyn Backend> = match store_kind(url).filter(|kind| kind.is_built()) {
+    let primary: Arc<dyn Backend> = match StoreKind::of(url).filter(|kind| kind.is_built()) {
         Some(StoreKind::Memory) => Arc::new(MemoryBackend::default()),
         #[cfg(feature = "redis")]
         Some(StoreKind::Redis) => Arc::new(redis::RedisBackend::connect(url)?),
@@ -289,7 +289,7 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Backend>, StoreError> {
 
 /// Brings the database named by `DATABASE_URL` up to date. Returns how many migrations ran.
 pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
-    match store_kind(database_url).filter(|kind| kind.is_built()) {
+    match StoreKind::of(database_url).filter(|kind| kind.is_built()) {
         Some(StoreKind::Memory | StoreKind::Redis) => Ok(0),
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
         Some(StoreKind::Sqlite | StoreKind::Postgres) => sql::migrate(database_url).await,
@@ -299,7 +299,7 @@ pub async fn migrate(database_url: &str) -> Result<usize, StoreError> {
 
 /// Why `url` names no store this build can open.
 fn not_built(url: &str) -> StoreError {
-    StoreError::Unavailable(match store_kind(url) {
+    StoreError::Unavailable(match StoreKind::of(url) {
         Some(kind) => {
             let name = kind.name();
             format!(

@@ -27,7 +27,7 @@ use self::models::{ApiKeyRow, ChangesRow, EventRow, UsageRow};
 use self::schema::{api_key_events, api_key_usage, api_keys};
 use super::feed::ChangeFeed;
 use super::{Backend, EventQuery, ListQuery, Page, Purged, QuotaUse, Retention, StoreError, Usage};
-use crate::config::{DEFAULT_POOL_SIZE, StoreKind, store_kind};
+use crate::config::{DEFAULT_POOL_SIZE, StoreKind};
 use crate::model::{ApiKeyRecord, KeyChanges, KeyEvent};
 
 #[cfg(feature = "sqlite")]
@@ -84,7 +84,7 @@ enum Database<'a> {
 
 impl<'a> Database<'a> {
     fn parse(url: &'a str) -> Result<Self, StoreError> {
-        match store_kind(url) {
+        match StoreKind::of(url) {
             #[cfg(feature = "sqlite")]
             Some(StoreKind::Sqlite) => {
                 let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
