@@ -7,6 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 use zeroize::Zeroizing;
 
 use crate::keys::CreatedKey;
+use crate::keys::validation::DEFAULT_PAGE_SIZE;
 use crate::model::{ApiKeyRecord, KeyEvent, KeyStatus};
 use crate::store::Page;
 
@@ -96,7 +97,7 @@ pub struct PageParams {
 
 impl PageParams {
     pub fn limit(&self) -> u32 {
-        self.limit.unwrap_or(50)
+        self.limit.unwrap_or(DEFAULT_PAGE_SIZE)
     }
 
     pub fn offset(&self) -> u64 {

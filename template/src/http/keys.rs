@@ -7,7 +7,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::bodies::{EventList, KeyCreated, KeyDetails, KeyList, ListParams, PageParams};
 use super::{ApiError, Problem};
-use crate::keys::validation::{DEFAULT_GRACE_SECONDS, expiring_within};
+use crate::keys::validation::{DEFAULT_GRACE_SECONDS, DEFAULT_PAGE_SIZE, expiring_within};
 use crate::keys::{ApiKeyService, CreatedKey, Manager, Rotation};
 use crate::model::{KeyChanges, NewKey};
 use crate::store::ListQuery;
@@ -86,7 +86,7 @@ pub async fn list_keys(
     let query = ListQuery {
         expiring: expiring_within(params.expiring_within_days)?,
         owner_id: params.owner_id,
-        limit: params.limit.unwrap_or(50),
+        limit: params.limit.unwrap_or(DEFAULT_PAGE_SIZE),
         offset: params.offset.unwrap_or(0),
     };
     let page = service.list_keys(&by, &query).await?;

@@ -17,7 +17,7 @@ use super::ApiError;
 use super::guard::{self, Verifier};
 use crate::auth::limits::{Admitted, LimitState, Refusal, whole_seconds};
 use crate::auth::{Allowance, ApiKey, AuthError, Authenticator};
-use crate::keys::ServiceError;
+use crate::keys::error::invalid;
 use crate::keys::validation::MAX_SCOPES;
 use crate::model::RateLimit;
 use crate::scope::{self, Match};
@@ -198,20 +198,16 @@ fn requirement(
 ) -> Result<(Vec<String>, Match), ApiError> {
     let (field, required, mode) = match (scopes, any_scopes) {
         (Some(_), Some(_)) => {
-            return Err(invalid("any_scopes", "give scopes or any_scopes, not both".into()));
+            return Err(invalid("any_scopes", "give scopes or any_scopes, not both").into());
         }
         (None, Some(any)) if any.is_empty() => {
-            return Err(invalid("any_scopes", "must name at least one scope".into()));
+            return Err(invalid("any_scopes", "must name at least one scope").into());
         }
         (None, Some(any)) => ("any_scopes", any, Match::Any),
         (scopes, None) => ("scopes", scopes.unwrap_or_default(), Match::All),
     };
     check_scopes(&required).map_err(|message| invalid(field, message))?;
     Ok((required, mode))
-}
-
-fn invalid(field: &'static str, message: String) -> ApiError {
-    ApiError::Service(ServiceError::Invalid { field, message })
 }
 
 /// At most [`MAX_SCOPES`] scopes, each one a route could require (no wildcards).

@@ -18,7 +18,8 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
-pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
+/// A field of the request is out of bounds; `message` says how.
+pub fn invalid(field: &'static str, message: impl Into<String>) -> ServiceError {
     ServiceError::Invalid { field, message: message.into() }
 }
 

@@ -16,6 +16,8 @@ pub const MAX_OWNER_LEN: usize = 128;
 pub const MAX_SCOPES: usize = 32;
 pub const MAX_METADATA_BYTES: usize = 4096;
 pub const MAX_PAGE_SIZE: u32 = 100;
+/// The page size of a list that names none.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// Keys cannot be made to last longer than this (ten years).
 pub const MAX_LIFETIME_SECONDS: i64 = 10 * 366 * 24 * 3600;
 /// Largest rate limit: requests per window, and the window in seconds (a day).
