@@ -89,7 +89,7 @@ impl EventList {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Page size, 1 to 100.
-    #[param(minimum = 1, maximum = 100, default = 50)]
+    #[param(minimum = 1, maximum = 100, default = json!(DEFAULT_PAGE_SIZE))]
     pub limit: Option<u32>,
     #[param(minimum = 0, default = 0)]
     pub offset: Option<u64>,
@@ -117,7 +117,7 @@ pub struct ListParams {
     #[param(minimum = 1, maximum = 3660, example = 7)]
     pub expiring_within_days: Option<u32>,
     /// Page size, 1 to 100.
-    #[param(minimum = 1, maximum = 100, default = 50)]
+    #[param(minimum = 1, maximum = 100, default = json!(DEFAULT_PAGE_SIZE))]
     pub limit: Option<u32>,
     #[param(minimum = 0, default = 0)]
     pub offset: Option<u64>,
