@@ -378,7 +378,7 @@ impl Nginx {
                 .arg("-c")
                 .arg(dir.path().join("nginx.conf")),
         );
-        let child = Command::new(&nginx)
+        let mut child = Command::new(&nginx)
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
@@ -393,6 +393,9 @@ impl Nginx {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        // Not left running after the test that failed to reach it.
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "nginx did not listen on port {port}: {}",
             std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
