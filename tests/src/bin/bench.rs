@@ -292,7 +292,7 @@ struct Row {
     p99_us: f64,
     rps_ratio: f64,
     /// The open route's time per request in µs (of the service's one core): the median, over the
-    /// rounds, of the faster of each round's two open runs, as the ratios are taken against.
+    /// rounds, of the faster of each round's two open runs, the run the ratios are taken against.
     open_us: f64,
     p99_ratio: f64,
     store_per_request: f64,
@@ -1443,6 +1443,7 @@ fn beyond_open(row: &Row, ratio: f64) -> f64 {
     row.open_us * (1.0 / ratio - 1.0)
 }
 
+/// A row's own cost beyond an open-route request, as the goals print it.
 fn over(row: &Row) -> String {
     format!("{:+.2} µs a request", beyond_open(row, row.rps_ratio))
 }
@@ -1530,8 +1531,8 @@ fn render(
          ≥ 0.90, Zipf ≥ 0.90 with ≤ {ZIPF_STORE_GOAL} store round trips per request, keys with a \
          quota or a rate limit ≥ 0.80, garbage keys ≥ 0.90. Printed, never asserted. Beside each \
          ratio: what a request costs beyond an open-route request at that ratio, in µs of the \
-         service's core (the open route's time per request, the median of each round's faster open \
-         run, × (1/ratio - 1)), and what the goal leaves on the same terms.\n"
+         service's core (the open route's time per request, the median over the rounds of each round's \
+         faster open run, × (1/ratio - 1)), and what the goal leaves on the same terms.\n"
     );
     for report in reports {
         let _ = writeln!(out, "{}", goals(args, report));
