@@ -378,7 +378,7 @@ impl Nginx {
                 .arg("-c")
                 .arg(dir.path().join("nginx.conf")),
         );
-        let mut child = Command::new(&nginx)
+        let child = Command::new(&nginx)
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
@@ -387,19 +387,15 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx starts");
+        // Held from here on, so that a failure below stops nginx on the way out (`Drop`).
+        let started = Self { dir, child };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { dir, child };
+                return started;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        // Not left running after the test that failed to reach it.
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "nginx did not listen on port {port}: {}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
-        );
+        panic!("nginx did not listen on port {port}: {}", started.errors());
     }
 
     pub fn pid(&self) -> u32 {
